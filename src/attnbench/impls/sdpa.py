@@ -92,7 +92,13 @@ class SdpaImpl(Impl):
         return call
 
     def backend(self, fn, inputs: Inputs, device: str) -> tuple[str, list[str]]:
-        """Run fn once under the profiler; name the backend from the aten op that ran."""
+        """Run fn once under the profiler; name the backend from the aten op that ran.
+
+        An explicit backend is known by construction (sdpa_kernel raises when it cannot run), so only
+        sdpa-auto is profiled.
+        """
+        if self.backend_name is not None:
+            return self.backend_name.split("_")[0].lower(), []
         from torch.profiler import ProfilerActivity, profile
 
         activities = [ProfilerActivity.CPU]

@@ -1,0 +1,201 @@
+"""Thin typer app: each command parses, calls the library, prints. UserError -> one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import __version__
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Measure, compare, autotune and guard the speed of attention kernels.")
+
+DB_OPT = typer.Option(None, "--db", help="results database (default: $ATTNBENCH_DB or ./attnbench.db)")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"attnbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    pass
+
+
+def _open_store(db: Optional[str]):
+    from .store import Store
+
+    return Store(db)
+
+
+def build_workloads(preset: Optional[str], sweep: Optional[Path], batch: Optional[str], heads: Optional[str],
+                    kv_heads: Optional[str], seq: Optional[str], kv_seq: Optional[str], dim: Optional[str],
+                    dtype: Optional[str], causal: Optional[bool], direction: Optional[str], device: str):
+    """Workloads from a preset, a sweep file or shape flags (comma lists; the product is the sweep)."""
+    from .spec import expand, load_preset, load_sweep, parse_list
+
+    flags = {"batch": batch, "heads": heads, "kv_heads": kv_heads, "seq": seq, "kv_seq": kv_seq, "dim": dim,
+             "dtype": dtype}
+    given = {k: parse_list(v) for k, v in flags.items() if v is not None}
+    if causal is not None:
+        given["causal"] = [causal]
+    if direction is not None:
+        given["pass"] = parse_list(direction)
+    sources = [s for s in (preset, sweep) if s is not None]
+    if len(sources) > 1:
+        raise UserError("give either --preset or --sweep, not both")
+    if sources:
+        sweep_obj = load_preset(preset) if preset else load_sweep(sweep)
+        workloads = list(sweep_obj.workloads)
+        if given:
+            raise UserError("shape flags (-b, -H, -s, ...) cannot be combined with --preset/--sweep; "
+                            "put the axes in a sweep file instead")
+        return workloads, sweep_obj.name
+    if not given:
+        name = "characterize" if device.startswith("cuda") else "cpu-smoke"
+        return list(load_preset(name).workloads), name
+    # The original study's baseline shape fills the axes that were not given.
+    axes = {"batch": ["32"], "heads": ["8"], "seq": ["512"], "dim": ["64"],
+            "dtype": ["fp16" if device.startswith("cuda") else "fp32"], **given}
+    return expand(axes), "custom"
+
+
+def default_impls() -> List[str]:
+    from .impls import registry
+
+    return list(registry())
+
+
+@app.command()
+def run(
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="built-in sweep: characterize, llm-prefill, cpu-smoke"),
+    sweep: Optional[Path] = typer.Option(None, "--sweep", help="sweep file (TOML or YAML)"),
+    batch: Optional[str] = typer.Option(None, "-b", "--batch", help="comma list"),
+    heads: Optional[str] = typer.Option(None, "-H", "--heads", help="query heads, comma list"),
+    kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="KV heads (GQA), comma list"),
+    seq: Optional[str] = typer.Option(None, "-s", "--seq", help="query length, comma list"),
+    kv_seq: Optional[str] = typer.Option(None, "--kv-seq", help="key/value length, comma list"),
+    dim: Optional[str] = typer.Option(None, "-d", "--dim", help="head dim, comma list"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16, fp32, fp64; comma list"),
+    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="causal mask"),
+    direction: Optional[str] = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list"),
+    impl: Optional[List[str]] = typer.Option(None, "--impl", "-i",
+                                             help="impl name or package.module:function (repeatable; default: all)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
+    timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, host (CPU default)"),
+    samples: int = typer.Option(50, "--samples", help="samples per measurement (fixed count)"),
+    min_samples: int = typer.Option(10, "--min-samples"),
+    warmup_ms: float = typer.Option(25.0, "--warmup-ms", help="warm-up by time, after the first call"),
+    max_time_ms: float = typer.Option(2000.0, "--max-time-ms", help="time limit per measurement"),
+    resume: bool = typer.Option(False, "--resume", help="continue the newest unfinished run of this sweep"),
+    name: str = typer.Option("", "--name", help="a label for the run"),
+    db: Optional[str] = DB_OPT,
+    fmt: str = typer.Option("md", "--format", help="md or json (the report printed at the end)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Measure every impl on every workload: correctness first, then timing; results go to the store."""
+    from . import report as rep
+    from .runner import RunConfig, resolve_device
+    from .runner import run as run_sweep
+    from .timing import TimingPolicy
+
+    if fmt not in ("md", "json"):
+        raise UserError(f"--format must be md or json, got {fmt!r}")
+    dev = resolve_device(device)
+    workloads, sweep_name = build_workloads(preset, sweep, batch, heads, kv_heads, seq, kv_seq, dim, dtype,
+                                            causal, direction, dev)
+    if samples < 1 or min_samples < 1:
+        raise UserError("--samples and --min-samples must be at least 1")
+    policy = TimingPolicy(warmup_ms=warmup_ms, min_samples=min(min_samples, samples), max_samples=samples,
+                          max_time_ms=max_time_ms)
+    config = RunConfig(workloads=workloads, impls=list(impl) if impl else default_impls(), device=dev,
+                       timer=timer, policy=policy, name=name or sweep_name)
+    with _open_store(db) as store:
+        try:
+            run_id = run_sweep(config, store, resume=resume, progress=not quiet and sys.stderr.isatty())
+        except KeyboardInterrupt:
+            typer.echo(f"attnbench: interrupted; what was measured is stored in {store.path}. "
+                       "Run the same command with --resume to finish.", err=True)
+            raise typer.Exit(130)
+        if fmt == "json":
+            typer.echo(json.dumps(rep.json_report(store, run_id), indent=2, default=str))
+        else:
+            typer.echo(rep.markdown(store, run_id))
+
+
+@app.command("list")
+def list_impls(
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N"),
+) -> None:
+    """Every impl, and whether it can run here (with the reason when not)."""
+    from .impls import registry
+    from .runner import resolve_device
+    from .spec import Workload
+
+    dev = resolve_device(device)
+    probe = Workload(batch=1, q_heads=8, kv_heads=8, q_len=128, kv_len=128, head_dim=64,
+                     dtype="fp16" if dev.startswith("cuda") else "fp32")
+    typer.echo(f"impls on {dev} (checked on {probe.label}):")
+    impls = registry()
+    width = max(len(n) for n in impls)
+    for name, impl in impls.items():
+        why = impl.supports(probe, dev)
+        state = "yes" if why is None else f"no: {why}"
+        typer.echo(f"  {name:<{width}}  {state:<40}  {impl.description}")
+    typer.echo("plugins: --impl package.module:function, or the 'attnbench.impls' entry point group")
+
+
+@app.command()
+def report(
+    run_id: Optional[str] = typer.Argument(None, help="run id (default: the newest)"),
+    fmt: str = typer.Option("md", "--format", help="md or json"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write to a file instead of stdout"),
+    db: Optional[str] = DB_OPT,
+) -> None:
+    """Print a stored run as Markdown or JSON."""
+    from . import report as rep
+
+    with _open_store(db) as store:
+        if fmt == "md":
+            text = rep.markdown(store, run_id)
+        elif fmt == "json":
+            text = json.dumps(rep.json_report(store, run_id), indent=2, default=str)
+        else:
+            raise UserError(f"--format must be md or json, got {fmt!r}")
+    if output:
+        output.write_text(text + "\n")
+        typer.echo(f"wrote {output}", err=True)
+    else:
+        typer.echo(text)
+
+
+@app.command()
+def runs(db: Optional[str] = DB_OPT) -> None:
+    """The stored runs, newest last."""
+    import time
+
+    with _open_store(db) as store:
+        infos = store.runs()
+        if not infos:
+            typer.echo(f"no runs in {store.path}")
+            return
+        for r in infos:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
+            typer.echo(f"{r.run_id:>4}  {when}  {r.status:<11}  {r.n_measurements:>4} measurements  "
+                       f"env {r.env_id}  {r.name}")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    try:
+        app(args=argv, prog_name="attnbench")
+    except UserError as exc:
+        print(f"attnbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,221 @@
+"""Executes a sweep: workload x impl -> supports? -> correctness -> timing -> store, one cell at a time."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import device as devmod
+from .correctness import check
+from .errors import UserError
+from .impls import Impl, Unsupported, make_call, make_inputs, resolve_many
+from .measurement import Measurement, params_key
+from .spec import Workload
+from .store import Store
+from .timing import Timer, TimingPolicy, make_timer, measure
+
+
+@dataclass
+class RunConfig:
+    workloads: list[Workload]
+    impls: list[str]
+    device: str | None = None            # None: the GPU if there is one, else the CPU
+    timer: str = "auto"                  # auto: cold on a GPU, host on a CPU
+    policy: TimingPolicy = field(default_factory=TimingPolicy)
+    seed: int = 0
+    name: str = ""
+    params: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # impl -> param sets to run
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workloads": [w.key for w in self.workloads],
+            "impls": list(self.impls),
+            "device": self.device,
+            "timer": self.timer,
+            "policy": dataclasses.asdict(self.policy),
+            "seed": self.seed,
+            "params": self.params,
+        }
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:500]
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer, policy: TimingPolicy,
+                 params: dict[str, Any] | None = None, seed: int = 0, env_id: str = "") -> Measurement:
+    """One (workload, impl, params) cell: every failure becomes a status with a reason."""
+    params = params or {}
+    base = dict(workload=workload, impl=impl.name, params=params, env_id=env_id, device=device, timer=timer.mode)
+    why = impl.supports(workload, device)
+    if why:
+        return Measurement(status="unsupported", reason=why, **base)
+    stage = "build"
+    try:
+        inputs = make_inputs(workload, device, seed)
+        t0 = time.perf_counter()
+        fn = impl.build(workload, device, params)
+        call = make_call(fn, workload, inputs)
+        stage = "first call"
+        call()
+        _sync(device)
+        compile_ms = (time.perf_counter() - t0) * 1e3
+        with impl.context():
+            stage = "correctness check"
+            result = check(fn, workload, device)
+            extra: dict[str, Any] = {"check_seed": result.seed, "checked_batch": result.checked_batch,
+                                     "errors": result.details}
+            if result.note:
+                extra["check_note"] = result.note
+            if not result.ok:
+                return Measurement(status="incorrect", reason=result.reason, rel_err=result.rel_err,
+                                   tolerance=result.tolerance, compile_ms=compile_ms, extra=extra, **base)
+            stage = "backend detection"
+            backend, kernels = impl.backend(fn, inputs, device)
+            if kernels:
+                extra["kernels"] = kernels
+            peak = devmod.peak_memory_mb(call, device) if hasattr(devmod, "peak_memory_mb") else None
+            stage = "timing"
+            timing = measure(timer, call, policy)
+    except Unsupported as exc:
+        return Measurement(status="unsupported", reason=str(exc), **base)
+    except Exception as exc:  # the sweep goes on; the reason is kept
+        _free(device)
+        if _is_oom(exc):
+            return Measurement(status="oom", reason=f"out of memory during {stage}", **base)
+        return Measurement(status="error", reason=f"{stage}: {_one_line(exc)}", **base)
+    bad = [x for x in timing.samples_ms if not (x == x and x > 0)]
+    if bad:
+        return Measurement(status="error", reason=f"timer returned {len(bad)} invalid samples", **base)
+    extra.update(warmup_calls=timing.warmup_calls)
+    return Measurement(
+        status="ok", samples_ms=tuple(timing.samples_ms), host_ms=tuple(timing.host_ms),
+        clocks_mhz=tuple(timing.clocks_mhz), stop_reason=timing.stop_reason, compile_ms=compile_ms,
+        warmup_ms=timing.warmup_ms, rel_err=result.rel_err, tolerance=result.tolerance, backend=backend,
+        peak_mem_mb=peak, extra=extra, **base)
+
+
+class _Progress:
+    """A rich progress bar on stderr (workload, impl, ETA); silent when disabled."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("starting", total=total)
+
+    def update(self, text: str) -> None:
+        if self.bar:
+            self.bar.update(self.task, description=text)
+
+    def advance(self) -> None:
+        if self.bar:
+            self.bar.advance(self.task)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "", "auto"):
+        return devmod.detect_device()
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: torch sees no CUDA GPU here")
+    elif device != "cpu":
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    return device
+
+
+def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: bool = False,
+        progress: bool | None = None, on_measurement: Callable[[Measurement], None] | None = None) -> int:
+    """Measure every cell of the config and store each as soon as it is taken. Returns the run id.
+
+    With resume, the newest unfinished run of the same configuration continues, skipping stored cells.
+    """
+    device = resolve_device(config.device)
+    impls = resolve_many(config.impls)
+    if not config.workloads:
+        raise UserError("the sweep has no workloads")
+    timer = timer or make_timer(config.timer, device)
+    fp = devmod.fingerprint(device)
+    eid = devmod.env_id(fp)
+    store.add_environment(eid, fp)
+    chash = config.hash()
+    run_id = None
+    done: set[tuple[str, str, str]] = set()
+    if resume:
+        previous = store.resumable_run(chash)
+        if previous is not None:
+            run_id = previous.run_id
+            done = store.cells(run_id)
+            store.reopen_run(run_id)
+    if run_id is None:
+        cfg = config.to_dict()
+        cfg["device"] = device
+        cfg["timer_mode"] = timer.mode
+        run_id = store.start_run(eid, cfg, chash, config.name)
+
+    cells = [(w, impl, p) for w in config.workloads for impl in impls
+             for p in config.params.get(impl.name, [{}])]
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _Progress(len(cells), show)
+    try:
+        for w, impl, params in cells:
+            if (w.key, impl.name, params_key(params)) in done:
+                bar.advance()
+                continue
+            bar.update(f"{w.label} · {impl.name}")
+            m = measure_cell(impl, w, device, timer, config.policy, params, config.seed, eid)
+            store.add(run_id, m)
+            if on_measurement:
+                on_measurement(m)
+            bar.advance()
+            _free(device)
+    except KeyboardInterrupt:
+        bar.close()
+        store.finish_run(run_id, "interrupted")
+        raise
+    bar.close()
+    store.finish_run(run_id, "complete")
+    return run_id
