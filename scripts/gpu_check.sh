@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
+# Sections: env, tests, run, benchmarks (timer, tune, gate, compare), all (default).
+# Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
+# pytest-gpu.log, attnbench.db (the runs, for reports made elsewhere), bench.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/attnbench-gpu}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+DB="$OUT/attnbench.db"
+SUMMARY="$OUT/summary.md"
+BENCH="$OUT/bench.log"
+sections=("$@")
+[ ${#sections[@]} -eq 0 ] && sections=(all)
+want() { local s; for s in "${sections[@]}"; do [ "$s" = all ] || [ "$s" = "$1" ] && return 0; done; return 1; }
+say() { echo "$*" | tee -a "$SUMMARY"; }
+step() { # step NAME CMD...: run, keep the log, note the exit code
+  local name=$1; shift
+  local t0=$(date +%s)
+  "$@" >>"$BENCH" 2>&1
+  local rc=$?
+  say "- $name: exit $rc ($(( $(date +%s) - t0 )) s)"
+  return 0
+}
+
+say "# gpu_check $(date -u +%FT%TZ)"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv,noheader | tee -a "$SUMMARY"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)" | tee -a "$SUMMARY"
+
+if want env; then
+  say "## env"
+  python3 -m attnbench env --ceilings --db "$DB" 2>&1 | tee -a "$SUMMARY"
+fi
+
+if want tests; then
+  say "## pytest -m gpu"
+  python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/pytest-gpu.log" 2>&1
+  say "- pytest gpu: exit $? ($(tail -n 1 "$OUT/pytest-gpu.log"))"
+fi
+
+if want run; then
+  say "## attnbench run --preset characterize"
+  step "run characterize" python3 -m attnbench run --preset characterize --db "$DB" -q --name characterize
+  python3 -m attnbench report --db "$DB" >> "$SUMMARY" 2>&1
+  step "sdpa-cudnn vs do_bench" python3 benchmarks/sdpa_vs_dobench.py --db "$DB" --impl sdpa-cudnn --out "$OUT/json"
+  grep -A 20 "vs triton do_bench" "$BENCH" | tail -n 14 >> "$SUMMARY"
+  say "## attnbench run --preset llm-prefill"
+  step "run llm-prefill" python3 -m attnbench run --preset llm-prefill --db "$DB" -q --name llm-prefill
+  python3 -m attnbench report --db "$DB" | head -n 45 >> "$SUMMARY" 2>&1
+fi
+
+for b in timer_accuracy timer_stability timer_cost tune_racing dispatch_overhead gate_power compare_checks; do
+  group=${b%%_*}
+  if want benchmarks || want "$group"; then
+    if [ -f "benchmarks/$b.py" ]; then
+      say "## benchmarks/$b.py"
+      step "$b" python3 "benchmarks/$b.py" --out "$OUT/json"
+      tail -n 30 "$BENCH" | sed -n '/^|/p;/^[A-Za-z].*:/p' | tail -n 25 >> "$SUMMARY"
+    fi
+  fi
+done
+# Small JSON results into one file (the device tool returns at most 8 files).
+if [ -d "$OUT/json" ]; then
+  python3 - "$OUT/json" > "$OUT/bench.json" <<'PY'
+import json, pathlib, sys
+out = {p.name: json.loads(p.read_text()) for p in sorted(pathlib.Path(sys.argv[1]).glob("*.json"))}
+print(json.dumps(out, indent=1))
+PY
+  rm -rf "$OUT/json"
+fi
+say "done"
