@@ -62,7 +62,7 @@ def test_run_then_report_md_and_json(capsys, tmp_path):
     (["run", "--device", "tpu"], "unknown device"),
     (["report", "abc"], "run id must be a number"),
     (["report", "99"], "no run"),
-    (["report", "--format", "pdf"], "--format must be md or json"),
+    (["report", "--format", "pdf"], "--format must be md, json"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, msg):
     code, out, err = cli(capsys, *args, "--db", str(tmp_path / "r.db"))

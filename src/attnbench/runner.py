@@ -127,6 +127,23 @@ def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer, poli
         peak_mem_mb=peak, extra=extra, **base)
 
 
+def annotate(m: Measurement, ceilings) -> Measurement:
+    """Add the roofline placement and plausibility flag (metrics.assess) to an ok measurement's extra,
+    so compare, tune and gate see an implausible figure as such."""
+    if not m.ok or ceilings is None:
+        return m
+    from .metrics import assess
+    from .stats import median
+
+    host = median(m.host_ms) if m.host_ms and m.timer != "host" else None
+    roof = assess(m.workload, median(m.samples_ms), host, ceilings)
+    extra = dict(m.extra, plausibility=roof["plausibility"], regime=roof["regime"],
+                 pct_peak=roof["pct_peak"], pct_bound=roof["pct_bound"])
+    if roof["plausibility_reason"]:
+        extra["plausibility_reason"] = roof["plausibility_reason"]
+    return dataclasses.replace(m, extra=extra)
+
+
 class _Progress:
     """A rich progress bar on stderr (workload, impl, ETA); silent when disabled."""
 
@@ -181,6 +198,7 @@ def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: 
     fp = devmod.fingerprint(device)
     eid = devmod.env_id(fp)
     store.add_environment(eid, fp)
+    ceilings = devmod.ceilings_for(fp, store.get("ceilings", eid))
     chash = config.hash()
     run_id = None
     done: set[tuple[str, str, str]] = set()
@@ -207,6 +225,7 @@ def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: 
                 continue
             bar.update(f"{w.label} · {impl.name}")
             m = measure_cell(impl, w, device, timer, config.policy, params, config.seed, eid)
+            m = annotate(m, ceilings)
             store.add(run_id, m)
             if on_measurement:
                 on_measurement(m)

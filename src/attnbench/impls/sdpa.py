@@ -28,6 +28,20 @@ _OP_BACKENDS = [
 _NO_KERNEL = ("No available kernel", "No viable backend")
 
 
+def _reasons(messages) -> str:
+    """torch's warnings on why each backend was skipped, without source locations, headers, or the
+    backends that sdpa_kernel itself disabled."""
+    import re
+
+    out = []
+    for text in messages:
+        text = re.sub(r"\s*\(Triggered internally at [^)]*\)\.?", "", text).strip()
+        if not text or text.endswith("because:") or "has been runtime disabled" in text:
+            continue
+        out.append(text)
+    return "; ".join(dict.fromkeys(out))
+
+
 class SdpaImpl(Impl):
     family = "sdpa"
 
@@ -73,7 +87,7 @@ class SdpaImpl(Impl):
                     out = fn(q, k, v)
                 except RuntimeError as exc:
                     if any(s in str(exc) for s in _NO_KERNEL):
-                        why = "; ".join(dict.fromkeys(str(w.message).strip() for w in caught))
+                        why = _reasons(str(w.message) for w in caught)
                         raise Unsupported(f"torch has no {self.name} kernel for this input"
                                           + (f": {why}" if why else "")) from None
                     raise
