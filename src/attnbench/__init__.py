@@ -1,3 +1,38 @@
 """attnbench: measure, compare, autotune and guard the speed of attention kernels."""
 
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
 __version__ = "0.1.0"
+
+# Public name -> module that defines it. Loaded on first use, so `import attnbench` (and `--help`)
+# stays fast and imports no torch.
+_LAZY = {
+    "Workload": "spec",
+    "Sweep": "spec",
+    "load_preset": "spec",
+    "load_sweep": "spec",
+    "Measurement": "measurement",
+    "Store": "store",
+    "RunConfig": "runner",
+    "run": "runner",
+    "TimingPolicy": "timing",
+    "UserError": "errors",
+    "compare_runs": "compare",
+    "compare_impls": "compare",
+    "tune": "tune",
+    "attention": "dispatch",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'attnbench' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
