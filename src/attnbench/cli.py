@@ -193,6 +193,83 @@ def runs(db: Optional[str] = DB_OPT) -> None:
                        f"env {r.env_id}  {r.name}")
 
 
+@app.command()
+def compare(
+    run_ids: Optional[List[str]] = typer.Argument(None, help="two stored run ids: RUN_A (candidate) RUN_B (baseline)"),
+    impl: Optional[List[str]] = typer.Option(None, "--impl", "-i",
+                                             help="exactly two: A (candidate) then B (baseline), measured now"),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="built-in sweep (measuring now)"),
+    sweep: Optional[Path] = typer.Option(None, "--sweep", help="sweep file (TOML or YAML)"),
+    batch: Optional[str] = typer.Option(None, "-b", "--batch", help="comma list"),
+    heads: Optional[str] = typer.Option(None, "-H", "--heads", help="query heads, comma list"),
+    kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="KV heads (GQA), comma list"),
+    seq: Optional[str] = typer.Option(None, "-s", "--seq", help="query length, comma list"),
+    kv_seq: Optional[str] = typer.Option(None, "--kv-seq", help="key/value length, comma list"),
+    dim: Optional[str] = typer.Option(None, "-d", "--dim", help="head dim, comma list"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16, fp32, fp64; comma list"),
+    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="causal mask"),
+    direction: Optional[str] = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
+    timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, host (CPU default)"),
+    samples: int = typer.Option(50, "--samples", help="samples per measurement"),
+    min_samples: int = typer.Option(10, "--min-samples"),
+    warmup_ms: float = typer.Option(25.0, "--warmup-ms", help="warm-up by time, after the first call"),
+    max_time_ms: float = typer.Option(2000.0, "--max-time-ms", help="time limit per measurement"),
+    threshold: float = typer.Option(0.02, "--threshold", help="relative change below which A and B are 'same'"),
+    fmt: str = typer.Option("md", "--format", help="md or json"),
+    per_token: bool = typer.Option(False, "--per-token", help="compare throughput per token (different shapes)"),
+    allow_env_mismatch: bool = typer.Option(False, "--allow-env-mismatch",
+                                            help="compare stored runs from different environments (with a warning)"),
+    cost_per_hour: Optional[float] = typer.Option(None, "--cost-per-hour", help="USD per GPU-hour: add a cost section"),
+    calls_per_day: Optional[float] = typer.Option(None, "--calls-per-day", help="calls per day, for the cost section"),
+    db: Optional[str] = DB_OPT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Is A faster than B? Two impls measured now (--impl A --impl B) or two stored runs (RUN_A RUN_B).
+
+    Exit code 0 whatever the verdict: compare informs, `gate` decides.
+    """
+    from . import compare as cmp
+
+    if fmt not in ("md", "json"):
+        raise UserError(f"--format must be md or json, got {fmt!r}")
+    impls, runs_given = list(impl or []), list(run_ids or [])
+    if (len(impls), len(runs_given)) not in ((2, 0), (0, 2)):
+        raise UserError("give exactly two --impl (measure now) or exactly two run ids (stored runs), "
+                        f"got {len(impls)} --impl and {len(runs_given)} run ids")
+    if (cost_per_hour is None) != (calls_per_day is None):
+        raise UserError("--cost-per-hour and --calls-per-day go together")
+    with _open_store(db) as store:
+        if runs_given:
+            result = cmp.compare_runs(store, runs_given[0], runs_given[1], allow_env_mismatch=allow_env_mismatch,
+                                      threshold=threshold, per_token=per_token)
+        else:
+            from .runner import resolve_device
+            from .timing import TimingPolicy
+
+            dev = resolve_device(device)
+            workloads, sweep_name = build_workloads(preset, sweep, batch, heads, kv_heads, seq, kv_seq, dim, dtype,
+                                                    causal, direction, dev)
+            if samples < 1 or min_samples < 1:
+                raise UserError("--samples and --min-samples must be at least 1")
+            policy = TimingPolicy(warmup_ms=warmup_ms, min_samples=min(min_samples, samples), max_samples=samples,
+                                  max_time_ms=max_time_ms)
+            try:
+                result, _ = cmp.compare_impls(impls[0], impls[1], workloads, store, device=dev, timer=timer,
+                                              policy=policy, threshold=threshold, per_token=per_token,
+                                              progress=not quiet and sys.stderr.isatty(),
+                                              name=f"compare {sweep_name}: {impls[0]} vs {impls[1]}")
+            except KeyboardInterrupt:
+                typer.echo(f"attnbench: interrupted; what was measured is stored in {store.path}.", err=True)
+                raise typer.Exit(130)
+    if cost_per_hour is not None:
+        result = cmp.with_cost(result, calls_per_day, cost_per_hour)
+    if fmt == "json":
+        typer.echo(json.dumps(cmp.to_json(result), indent=2, default=str))
+    else:
+        typer.echo(cmp.to_markdown(result))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     try:
         app(args=argv, prog_name="attnbench")
