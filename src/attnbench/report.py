@@ -131,6 +131,41 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
     return "\n".join(out)
 
 
+CSV_COLUMNS = ("run_id", "workload_key", "workload", "batch", "q_heads", "kv_heads", "q_len", "kv_len",
+               "head_dim", "dtype", "causal", "pass", "impl", "params", "status", "reason", "timer", "n",
+               "median_ms", "ci_lo", "ci_hi", "tflops", "gbps", "rel_err", "backend", "stop_reason")
+
+
+def csv_report(store: Store, run_id: int | str | None = None) -> str:
+    """One row per measurement (CSV_COLUMNS; empty cells where a value does not apply), for
+    spreadsheets and pandas. Times are ms: the median and its 95% CI; params as canonical JSON."""
+    import csv
+    import io
+
+    from .measurement import params_key
+
+    info = store.run(run_id)
+    buf = io.StringIO()
+    out = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    out.writeheader()
+    for r in rows_for(store, info.run_id):
+        m, w = r.m, r.m.workload
+        out.writerow({
+            "run_id": info.run_id, "workload_key": w.key, "workload": w.label, "batch": w.batch,
+            "q_heads": w.q_heads, "kv_heads": w.kv_heads, "q_len": w.q_len, "kv_len": w.kv_len,
+            "head_dim": w.head_dim, "dtype": w.dtype, "causal": w.causal, "pass": w.direction, "impl": m.impl,
+            "params": params_key(m.params), "status": m.status, "reason": m.reason, "timer": m.timer,
+            "n": len(m.samples_ms), "median_ms": _g(r.median_ms), "ci_lo": _g(r.ci[0] if r.ci else None),
+            "ci_hi": _g(r.ci[1] if r.ci else None), "tflops": _g(r.tflops), "gbps": _g(r.gbps),
+            "rel_err": _g(m.rel_err), "backend": m.backend, "stop_reason": m.stop_reason,
+        })
+    return buf.getvalue()
+
+
+def _g(x: float | None) -> str:
+    return "" if x is None else repr(float(x))
+
+
 def json_report(store: Store, run_id: int | str | None = None) -> dict[str, Any]:
     info = store.run(run_id)
     data = store.export_run(info.run_id)
