@@ -274,7 +274,7 @@ def render_run_view(view: RunView) -> str:
             ceiling_rows.append((f"{d} compute", _num(ceil.peak(d)) + " TFLOP/s" if ceil.peak(d) else "unknown",
                                  ceil.source(d)))
         ceiling_rows.append(("memory", _num(ceil.gbps) + " GB/s" if ceil.gbps else "unknown", ceil.gbps_source))
-    md = methods([e.row for e in view.entries], view.env, view.info.config)
+    md = methods([e.row for e in view.entries], view.env, view.info.config, ceil)
     return _jinja().from_string(RUN_PAGE).render(
         v=view, info=view.info, device=_env_line(view.env), software=_software(view.env), counts=counts,
         best=best_per_workload(view), plots=plots, roof=roof, ceiling_rows=ceiling_rows,

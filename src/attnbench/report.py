@@ -11,10 +11,12 @@ from .measurement import Measurement
 from .store import Store, measurement_to_dict
 
 TIMER_TEXT = {
-    "cold": "device time by CUDA events around each call; L2 flushed (an L2-sized buffer rewritten) "
+    "cold": "device time by CUDA events around each call; L2 flushed (a buffer of twice the L2 size read) "
             "before every sample, outside the timed window; one synchronize per batch of samples",
     "warm": "device time by CUDA events around back-to-back calls; no cache flush (warm L2)",
-    "graph": "device time of CUDA-graph replays of the call",
+    "graph": "device time of CUDA-graph replays of the call (captured once, checked to hold the call's "
+             "kernels); L2 flushed before every replay, outside the timed window",
+    "graph-warm": "device time of CUDA-graph replays of the call, back to back (warm L2)",
     "host": "host wall time of call + synchronize (what the caller waits for, including Python, "
             "dispatch and launch overhead)",
     "fake": "synthetic samples from a seeded fake timer (tests only)",
@@ -31,6 +33,7 @@ class Row:
     tflops: float | None = None
     gbps: float | None = None
     host_median_ms: float | None = None
+    roofline: dict[str, Any] | None = None  # metrics.assess: % of peak, regime, plausibility
 
     def to_dict(self) -> dict[str, Any]:
         d = measurement_to_dict(self.m)
@@ -38,24 +41,35 @@ class Row:
             "median_ms": self.median_ms, "ci95_ms": list(self.ci) if self.ci else None,
             "tflops": self.tflops, "gbps": self.gbps, "host_median_ms": self.host_median_ms,
             "n": len(self.m.samples_ms), "flops": metrics.flops(self.m.workload),
-            "min_bytes": metrics.min_bytes(self.m.workload),
+            "min_bytes": metrics.min_bytes(self.m.workload), "roofline": self.roofline,
         }
         return d
 
 
-def summarize(m: Measurement, seed: int = 0) -> Row:
+def summarize(m: Measurement, seed: int = 0, ceilings=None) -> Row:
     if not m.ok:
         return Row(m)
     from .stats import median, median_ci
 
     med = median(m.samples_ms)
     ci = median_ci(m.samples_ms, seed=seed)
-    host = median(m.host_ms) if m.host_ms else None
-    return Row(m, med, ci, metrics.tflops_per_s(m.workload, med), metrics.gb_per_s(m.workload, med), host)
+    host = median(m.host_ms) if m.host_ms and m.timer != "host" else None
+    roof = metrics.assess(m.workload, med, host, ceilings) if ceilings is not None else None
+    return Row(m, med, ci, metrics.tflops_per_s(m.workload, med), metrics.gb_per_s(m.workload, med), host, roof)
+
+
+def run_ceilings(store: Store, env_id: str):
+    """The environment's ceilings: measured ones cached by `attnbench env --ceilings`, else the datasheet."""
+    from . import device
+
+    fp = store.environment(env_id) or {}
+    return device.ceilings_for(fp, store.get("ceilings", env_id))
 
 
 def rows_for(store: Store, run_id: int) -> list[Row]:
-    return [summarize(m) for m in store.measurements(run_id)]
+    env_id = store.run(run_id).env_id
+    ceilings = run_ceilings(store, env_id)
+    return [summarize(m, ceilings=ceilings) for m in store.measurements(run_id)]
 
 
 def _fmt_ms(x: float | None) -> str:
@@ -81,7 +95,7 @@ def _env_line(env: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
-def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, Any]) -> str:
+def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, Any], ceilings=None) -> str:
     timers = sorted({r.m.timer for r in rows if r.m.timer})
     ok = [r for r in rows if r.m.ok]
     ns = [len(r.m.samples_ms) for r in ok]
@@ -94,15 +108,61 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
                      "after a first call timed apart (compilation) and a warm-up by time; every raw sample "
                      "is kept in the store.")
     lines.append("- Median with a 95% bootstrap confidence interval (BCa, seeded) of the median.")
+    lines.append("- Note column: samples and stop reason (converged: the median's 95% CI half-width from order "
+                 "statistics fell under the target; time-limit, sample-limit, fixed) with that half-width; the "
+                 "IQR over the median; the share of samples beyond 3 IQR (kept, never dropped); the median SM "
+                 "clock (NVML, read mid-batch); THROTTLED when a reading fell > 10% below the run's typical "
+                 "clock (the median of the measurements' median clocks).")
     lines.append("- Correctness: before timing, each impl's output on fresh random inputs is compared with "
                  "float64 attention by ||out - ref|| / ||ref|| (a sub-batch for large shapes), against a "
                  "dtype tolerance; NaN/Inf fail. Incorrect results get no timing.")
     lines.append(f"- {metrics.CONVENTION}")
     lines.append(f"- Environment: {_env_line(env)}.")
+    if ceilings is not None:
+        dtypes = sorted({r.m.workload.dtype for r in rows})
+        peaks = ", ".join(f"{d} {ceilings.peak(d):.4g} TFLOP/s ({ceilings.source(d)})" for d in dtypes
+                          if ceilings.peak(d))
+        bw = f"{ceilings.gbps:.4g} GB/s ({ceilings.gbps_source})" if ceilings.gbps else "unknown"
+        lines.append(f"- Ceilings: {peaks or 'compute peak unknown'}; memory {bw}. `% peak` is TFLOP/s over "
+                     "the compute ceiling, in brackets over the roofline bound at the workload's intensity; "
+                     "the regime compares the arithmetic intensity with the ridge point "
+                     "(host-bound: the host time per call exceeds the device time). A figure above 100% of "
+                     "either ceiling is flagged IMPLAUSIBLE (warm cache, miscounted work or a timer error), "
+                     "never celebrated. Measure the ceilings with `attnbench env --ceilings`.")
     policy = run_config.get("policy")
     if policy:
         lines.append(f"- Policy: {json.dumps(policy, sort_keys=True)}.")
     return "\n".join(lines)
+
+
+def timing_note(m: Measurement, typical_mhz: float | None) -> str:
+    """Samples, stop reason and precision, IQR, the share beyond 3 IQR, SM clock, throttling."""
+    from .stats import iqr, median, outlier_fraction
+    from .timing import throttled
+
+    med = median(m.samples_ms)
+    parts = [f"n={len(m.samples_ms)} {m.stop_reason}".strip()]
+    if m.extra.get("precision") is not None:
+        parts[0] += f" ±{100 * m.extra['precision']:.2g}%"
+    parts.append(f"IQR {100 * iqr(m.samples_ms) / med:.2g}%")
+    out = outlier_fraction(m.samples_ms)
+    if out > 0:
+        parts.append(f"{100 * out:.2g}% beyond 3 IQR")
+    if m.clocks_mhz:
+        parts.append(f"{median(m.clocks_mhz):.0f} MHz")
+    dropped = m.extra.get("discarded_throttled") or {}
+    if m.extra.get("throttled") or throttled(m.clocks_mhz, typical_mhz):
+        parts.append("THROTTLED" + (f" ({len(dropped['indices'])} samples dropped)" if dropped.get("indices")
+                                    else ""))
+    return ", ".join(parts)
+
+
+def typical_clock(rows: list[Row]) -> float | None:
+    """The run's typical SM clock: the median of its measurements' median clocks."""
+    from .stats import median
+
+    meds = [median(r.m.clocks_mhz) for r in rows if r.m.ok and r.m.clocks_mhz]
+    return median(meds) if meds else None
 
 
 def markdown(store: Store, run_id: int | str | None = None) -> str:
@@ -112,22 +172,33 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
     title = f"# attnbench run {info.run_id}" + (f": {info.name}" if info.name else "")
     out = [title, "", f"Device: {_env_line(env)}. Status: {info.status}. "
                       f"{len(rows)} measurements ({sum(r.m.ok for r in rows)} ok).", ""]
-    out.append("| workload | impl | status | median ms [95% CI] | TFLOP/s | GB/s | rel err | ran | note |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
+    out.append("| workload | impl | status | median ms [95% CI] | TFLOP/s | GB/s | % peak (of bound) | regime "
+               "| rel err | ran | note |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    typical = typical_clock(rows)
     for r in rows:
         m = r.m
         if m.ok:
             time_text = f"{_fmt_ms(r.median_ms)} [{_fmt_ms(r.ci[0])}, {_fmt_ms(r.ci[1])}]"
             tf, gb = f"{r.tflops:.3g}", f"{r.gbps:.4g}"
-            note = f"n={len(m.samples_ms)}, {m.stop_reason}"
-            if r.host_median_ms is not None and m.timer != "host":
+            note = timing_note(m, typical)
+            if r.host_median_ms is not None:
                 note += f", host {_fmt_ms(r.host_median_ms)} ms/call"
+            roof = r.roofline or {}
+            pct = f"{roof['pct_peak']:.0f}%" if roof.get("pct_peak") is not None else ""
+            if pct and roof.get("pct_bound") is not None:
+                pct += f" ({roof['pct_bound']:.0f}%)"
+            regime = roof.get("regime", "")
+            if roof.get("plausibility") == "implausible":
+                status_flag = "IMPLAUSIBLE: " + roof["plausibility_reason"]
+                note = f"{status_flag}; {note}"
         else:
-            time_text, tf, gb, note = "", "", "", m.reason
+            time_text, tf, gb, note, pct, regime = "", "", "", m.reason, "", ""
         err = f"{m.rel_err:.1e}" if m.rel_err is not None else ""
         out.append("| " + " | ".join(_cell(x) for x in (
-            m.workload.label, m.impl_label, m.status, time_text, tf, gb, err, m.backend, note)) + " |")
-    out += ["", methods(rows, env, info.config), ""]
+            m.workload.label, m.impl_label, m.status, time_text, tf, gb, pct, regime, err, m.backend, note))
+            + " |")
+    out += ["", methods(rows, env, info.config, run_ceilings(store, info.env_id)), ""]
     return "\n".join(out)
 
 
