@@ -90,11 +90,20 @@ def run(
     impl: Optional[List[str]] = typer.Option(None, "--impl", "-i",
                                              help="impl name or package.module:function (repeatable; default: all)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
-    timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, host (CPU default)"),
-    samples: int = typer.Option(50, "--samples", help="samples per measurement (fixed count)"),
+    timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, graph, graph-warm, host (CPU default)"),
+    samples: Optional[int] = typer.Option(None, "--samples", help="a fixed count of samples (adaptive stopping off)"),
     min_samples: int = typer.Option(10, "--min-samples"),
+    max_samples: int = typer.Option(10_000, "--max-samples", help="sample limit of adaptive stopping"),
     warmup_ms: float = typer.Option(25.0, "--warmup-ms", help="warm-up by time, after the first call"),
+    min_time_ms: float = typer.Option(20.0, "--min-time-ms", help="sample at least this long (adaptive)"),
     max_time_ms: float = typer.Option(2000.0, "--max-time-ms", help="time limit per measurement"),
+    target_precision: Optional[float] = typer.Option(
+        None, "--target-precision", help="stop when the median's 95% CI half-width is under this fraction "
+        "(default 0.01; 0: a fixed count of --samples, default 50)"),
+    interleave: bool = typer.Option(False, "--interleave", help="time a workload's impls round by round, in a "
+                                    "seeded random order per round, so drift hits all alike"),
+    discard_throttled: bool = typer.Option(False, "--discard-throttled", help="drop samples whose SM clock fell "
+                                           "> 10% below the run's typical clock (kept aside in the store)"),
     resume: bool = typer.Option(False, "--resume", help="continue the newest unfinished run of this sweep"),
     name: str = typer.Option("", "--name", help="a label for the run"),
     db: Optional[str] = DB_OPT,
@@ -105,19 +114,19 @@ def run(
     from . import report as rep
     from .runner import RunConfig, resolve_device
     from .runner import run as run_sweep
-    from .timing import TimingPolicy
+    from .timing import policy_from_options
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
     dev = resolve_device(device)
     workloads, sweep_name = build_workloads(preset, sweep, batch, heads, kv_heads, seq, kv_seq, dim, dtype,
                                             causal, direction, dev)
-    if samples < 1 or min_samples < 1:
-        raise UserError("--samples and --min-samples must be at least 1")
-    policy = TimingPolicy(warmup_ms=warmup_ms, min_samples=min(min_samples, samples), max_samples=samples,
-                          max_time_ms=max_time_ms)
+    policy = policy_from_options(samples=samples, min_samples=min_samples, max_samples=max_samples,
+                                 warmup_ms=warmup_ms, min_time_ms=min_time_ms, max_time_ms=max_time_ms,
+                                 target_precision=target_precision)
     config = RunConfig(workloads=workloads, impls=list(impl) if impl else default_impls(), device=dev,
-                       timer=timer, policy=policy, name=name or sweep_name)
+                       timer=timer, policy=policy, name=name or sweep_name, interleave=interleave,
+                       discard_throttled=discard_throttled)
     with _open_store(db) as store:
         try:
             run_id = run_sweep(config, store, resume=resume, progress=not quiet and sys.stderr.isatty())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -18,7 +19,8 @@ from .impls import Impl, Unsupported, make_call, make_inputs, resolve_many
 from .measurement import Measurement, params_key
 from .spec import Workload
 from .store import Store
-from .timing import Timer, TimingPolicy, make_timer, measure
+from .timing import (Timer, TimingPolicy, TimingResult, make_timer, measure, measure_interleaved, split_throttled,
+                     throttled)
 
 
 @dataclass
@@ -31,9 +33,11 @@ class RunConfig:
     seed: int = 0
     name: str = ""
     params: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # impl -> param sets to run
+    interleave: bool = False             # time a workload's impls round by round (measure_interleaved)
+    discard_throttled: bool = False      # drop samples whose clock fell > 10% below the run's typical
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "workloads": [w.key for w in self.workloads],
             "impls": list(self.impls),
             "device": self.device,
@@ -42,6 +46,8 @@ class RunConfig:
             "seed": self.seed,
             "params": self.params,
         }
+        d.update({k: True for k in ("interleave", "discard_throttled") if getattr(self, k)})  # old hashes hold
+        return d
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -74,11 +80,43 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer, policy: TimingPolicy,
-                 params: dict[str, Any] | None = None, seed: int = 0, env_id: str = "") -> Measurement:
-    """One (workload, impl, params) cell: every failure becomes a status with a reason."""
+@dataclass
+class Prepared:
+    """A cell ready to time: built, first call taken (compile time), correct, backend known."""
+
+    impl: Impl
+    call: Callable[[], Any]
+    base: dict[str, Any]
+    compile_ms: float
+    check: Any
+    backend: str
+    peak: float | None
+    extra: dict[str, Any]
+
+
+class ClockTrack:
+    """The run's typical SM clock: the median of its measurements' median clocks (this one included)."""
+
+    def __init__(self) -> None:
+        self.medians: list[float] = []
+
+    def typical(self, clocks) -> float | None:
+        from .stats import median
+
+        return median(self.medians + [median(clocks)]) if clocks else None
+
+    def add(self, clocks) -> None:
+        from .stats import median
+
+        if clocks:
+            self.medians.append(median(clocks))
+
+
+def prepare_cell(impl: Impl, workload: Workload, device: str, timer_mode: str,
+                 params: dict[str, Any] | None = None, seed: int = 0, env_id: str = "") -> Measurement | Prepared:
+    """Everything before timing; a Measurement when the cell ends here (unsupported, incorrect, failed)."""
     params = params or {}
-    base = dict(workload=workload, impl=impl.name, params=params, env_id=env_id, device=device, timer=timer.mode)
+    base = dict(workload=workload, impl=impl.name, params=params, env_id=env_id, device=device, timer=timer_mode)
     why = impl.supports(workload, device)
     if why:
         return Measurement(status="unsupported", reason=why, **base)
@@ -107,24 +145,78 @@ def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer, poli
             if kernels:
                 extra["kernels"] = kernels
             peak = devmod.peak_memory_mb(call, device) if hasattr(devmod, "peak_memory_mb") else None
-            stage = "timing"
-            timing = measure(timer, call, policy)
     except Unsupported as exc:
         return Measurement(status="unsupported", reason=str(exc), **base)
     except Exception as exc:  # the sweep goes on; the reason is kept
-        _free(device)
-        if _is_oom(exc):
-            return Measurement(status="oom", reason=f"out of memory during {stage}", **base)
-        return Measurement(status="error", reason=f"{stage}: {_one_line(exc)}", **base)
+        return _failed(base, stage, exc, device)
+    return Prepared(impl, call, base, compile_ms, result, backend, peak, extra)
+
+
+def _failed(base: dict[str, Any], stage: str, exc: BaseException, device: str, **kw: Any) -> Measurement:
+    _free(device)
+    if _is_oom(exc):
+        return Measurement(status="oom", reason=f"out of memory during {stage}", **kw, **base)
+    return Measurement(status="error", reason=f"{stage}: {_one_line(exc)}", **kw, **base)
+
+
+def finish_cell(p: Prepared, timing: TimingResult, clocks: ClockTrack | None = None,
+                discard_throttled: bool = False) -> Measurement:
+    """A prepared cell and its timing -> the ok Measurement; throttling is flagged (and, on request,
+    throttled samples are moved to extra['discarded_throttled'], never dropped silently)."""
     bad = [x for x in timing.samples_ms if not (x == x and x > 0)]
     if bad:
-        return Measurement(status="error", reason=f"timer returned {len(bad)} invalid samples", **base)
-    extra.update(warmup_calls=timing.warmup_calls)
+        return Measurement(status="error", reason=f"timer returned {len(bad)} invalid samples", **p.base)
+    extra = dict(p.extra, warmup_calls=timing.warmup_calls, sampling_ms=round(timing.sampling_ms, 3))
+    if timing.precision is not None and timing.precision == timing.precision and timing.precision != float("inf"):
+        extra["precision"] = timing.precision
+    if timing.info:
+        extra["timing"] = timing.info
+    typical = clocks.typical(timing.clocks_mhz) if clocks is not None else None
+    if clocks is not None:
+        clocks.add(timing.clocks_mhz)
+    if typical:
+        extra["typical_mhz"] = typical
+        if throttled(timing.clocks_mhz, typical):
+            extra["throttled"] = True
+            if discard_throttled:
+                timing, dropped = split_throttled(timing, typical)
+                extra["discarded_throttled"] = dropped
     return Measurement(
         status="ok", samples_ms=tuple(timing.samples_ms), host_ms=tuple(timing.host_ms),
-        clocks_mhz=tuple(timing.clocks_mhz), stop_reason=timing.stop_reason, compile_ms=compile_ms,
-        warmup_ms=timing.warmup_ms, rel_err=result.rel_err, tolerance=result.tolerance, backend=backend,
-        peak_mem_mb=peak, extra=extra, **base)
+        clocks_mhz=tuple(timing.clocks_mhz), stop_reason=timing.stop_reason, compile_ms=p.compile_ms,
+        warmup_ms=timing.warmup_ms, rel_err=p.check.rel_err, tolerance=p.check.tolerance, backend=p.backend,
+        peak_mem_mb=p.peak, extra=extra, **p.base)
+
+
+def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer, policy: TimingPolicy,
+                 params: dict[str, Any] | None = None, seed: int = 0, env_id: str = "", *,
+                 clocks: ClockTrack | None = None, discard_throttled: bool = False) -> Measurement:
+    """One (workload, impl, params) cell: every failure becomes a status with a reason."""
+    p = prepare_cell(impl, workload, device, timer.mode, params, seed, env_id)
+    if isinstance(p, Measurement):
+        return p
+    try:
+        with impl.context():
+            timing = measure(timer, p.call, policy)
+    except Exception as exc:
+        return _failed(p.base, "timing", exc, device, compile_ms=p.compile_ms)
+    return finish_cell(p, timing, clocks, discard_throttled)
+
+
+def measure_together(cells: list[Prepared], device: str, timer: Timer, policy: TimingPolicy, seed: int = 0, *,
+                     clocks: ClockTrack | None = None, discard_throttled: bool = False) -> list[Measurement]:
+    """The timing phase of one workload's prepared cells, interleaved round by round (--interleave)."""
+    keys = [f"{i}:{p.base['impl']}" for i, p in enumerate(cells)]
+    errors: dict[str, BaseException] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            for p in cells:
+                stack.enter_context(p.impl.context())
+            results = measure_interleaved(timer, dict(zip(keys, (p.call for p in cells))), policy, seed, errors)
+    except Exception as exc:
+        return [_failed(p.base, "timing", exc, device, compile_ms=p.compile_ms) for p in cells]
+    return [_failed(p.base, "timing", errors[k], device, compile_ms=p.compile_ms) if k in errors
+            else finish_cell(p, results[k], clocks, discard_throttled) for k, p in zip(keys, cells)]
 
 
 def annotate(m: Measurement, ceilings) -> Measurement:
@@ -218,19 +310,40 @@ def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: 
              for p in config.params.get(impl.name, [{}])]
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(len(cells), show)
+    track = ClockTrack()
+    opts = dict(clocks=track, discard_throttled=config.discard_throttled)
+
+    def emit(m: Measurement) -> None:
+        m = annotate(m, ceilings)
+        store.add(run_id, m)
+        if on_measurement:
+            on_measurement(m)
+        bar.advance()
+        _free(device)
+
+    # --interleave: one group per workload (cells are workload-major), timed together; else one cell each.
+    groups = ([[c for c in cells if c[0].key == key] for key in dict.fromkeys(c[0].key for c in cells)]
+              if config.interleave else [[c] for c in cells])
     try:
-        for w, impl, params in cells:
-            if (w.key, impl.name, params_key(params)) in done:
-                bar.advance()
-                continue
-            bar.update(f"{w.label} · {impl.name}")
-            m = measure_cell(impl, w, device, timer, config.policy, params, config.seed, eid)
-            m = annotate(m, ceilings)
-            store.add(run_id, m)
-            if on_measurement:
-                on_measurement(m)
-            bar.advance()
-            _free(device)
+        for group in groups:
+            ready: list[Prepared] = []
+            for w, impl, params in group:
+                if (w.key, impl.name, params_key(params)) in done:
+                    bar.advance()
+                    continue
+                bar.update(f"{w.label} · {impl.name}")
+                if not config.interleave:
+                    emit(measure_cell(impl, w, device, timer, config.policy, params, config.seed, eid, **opts))
+                    continue
+                p = prepare_cell(impl, w, device, timer.mode, params, config.seed, eid)
+                if isinstance(p, Measurement):
+                    emit(p)
+                else:
+                    ready.append(p)
+            if ready:
+                bar.update(f"{ready[0].base['workload'].label} · {len(ready)} impls interleaved")
+                for m in measure_together(ready, device, timer, config.policy, config.seed, **opts):
+                    emit(m)
     except KeyboardInterrupt:
         bar.close()
         store.finish_run(run_id, "interrupted")

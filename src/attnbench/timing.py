@@ -1,38 +1,66 @@
-"""How long: Timer protocol, CUDA-event / host / fake timers, warm-up by time and the sampling loop.
+"""How long: the Timer protocol, host and fake timers, warm-up by time, adaptive stopping, interleaving.
 
-A Timer turns "call fn n times" into n Samples. `measure` owns the policy: one first call (compile,
-autotune, handle creation) timed on its own, warm-up by time, then batches of samples until the
-policy says stop, with the stop reason recorded.
+A Timer turns "call fn n times" into n Samples (one synchronize per batch). `measure` owns the policy:
+a first call timed on its own (compilation, graph capture, autotuning), warm-up by time, then batches
+of samples until the policy stops, with the stop reason recorded:
+
+- `converged`: at least `min_samples` and `min_time_ms`, and the 95% CI half-width of the median
+  (distribution-free, order statistics: `stats.relative_halfwidth`) is under `target_precision`;
+- `sample-limit` / `time-limit`: `max_samples` reached, or `max_time_ms` of sampling spent (the time
+  limit applies only once `min_samples` are in: a few samples are the least a median needs);
+- `fixed`: no target; exactly `max_samples` (unless the time limit came first).
+
+Batch sizes: each batch lasts at least MIN_BATCH_MS (so the per-batch synchronize and statistics cost
+stay small) and at most MAX_BATCH_MS (the SM clock is read once per batch), grows at most by doubling,
+and asks only for the samples the current precision predicts are missing (the half-width shrinks like
+1/sqrt(n)), so a converged measurement overshoots by little.
+
+The CUDA timers (cold / warm / graph) live in `cuda_timers.py`, the NVML clock reader in `clocks.py`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
+
+from .clocks import split_throttled, throttle_mask, throttled  # noqa: F401  (public here too)
+from .stats import relative_halfwidth
+
+TIMER_MODES = ("cold", "warm", "graph", "graph-warm", "host")
+MIN_BATCH_MS = 2.0         # shortest batch of samples (wall time) once the cost per sample is known
+MAX_BATCH_MS = 100.0       # longest batch: one clock reading per batch, so this is the clock's resolution
+INTERLEAVE_BATCH_MS = 25.0 # longest batch when interleaving: short rounds spread drift evenly
+MAX_WARMUP_CALLS = 10_000
+PREDICT_MARGIN = 1.1       # ask for 10% more samples than the 1/sqrt(n) prediction
 
 
 @dataclass(frozen=True)
 class TimingPolicy:
     warmup_ms: float = 25.0          # warm-up by time, after the first (compile) call
     min_samples: int = 10
-    max_samples: int = 100           # fixed count when target_precision is None
-    min_time_ms: float = 0.0         # keep sampling at least this long (sum of samples' wall time)
-    max_time_ms: float = 2000.0      # stop here whatever the precision
+    max_samples: int = 100           # the count when target_precision is None, else the sample limit
+    min_time_ms: float = 0.0         # keep sampling at least this long (wall time of the batches)
+    max_time_ms: float = 2000.0      # stop here whatever the precision (after min_samples)
     target_precision: float | None = None  # relative half-width of the median's 95% CI (adaptive)
 
     def __post_init__(self) -> None:
         if self.min_samples < 1 or self.max_samples < self.min_samples:
             raise ValueError("need 1 <= min_samples <= max_samples")
+        if self.min_time_ms < 0 or self.max_time_ms < self.min_time_ms or self.warmup_ms < 0:
+            raise ValueError("need 0 <= min_time_ms <= max_time_ms and warmup_ms >= 0")
+        if self.target_precision is not None and not self.target_precision > 0:
+            raise ValueError("target_precision must be > 0 (None: a fixed count of max_samples)")
 
 
 @dataclass(frozen=True)
 class Sample:
     device_ms: float                 # the timed quantity (host wall time for the host timer)
     host_ms: float | None = None     # host-side cost of the call (enqueue time for CUDA timers)
-    clock_mhz: float | None = None
+    clock_mhz: float | None = None   # SM clock read during the sample's batch
 
 
 @dataclass
@@ -45,6 +73,10 @@ class TimingResult:
     first_call_ms: float | None = None
     warmup_ms: float = 0.0
     warmup_calls: int = 0
+    precision: float | None = None   # relative 95% CI half-width of the median at the stop
+    sampling_ms: float = 0.0         # wall time spent in sample batches
+    batches: int = 0
+    info: dict[str, Any] = field(default_factory=dict)  # timer facts: sleep, graph nodes, GPU conditions
 
 
 class Timer(Protocol):
@@ -54,10 +86,12 @@ class Timer(Protocol):
         """The clock that warm-up and time limits are read on."""
 
     def run(self, fn: Callable[[], object], n: int) -> list[Sample]:
-        """Call fn n times and return one Sample per call."""
+        """Call fn n times and return one Sample per call (synchronized at the end)."""
 
     def sync(self) -> None:
         """Wait for queued device work."""
+
+    # Optional: info(fn) -> dict, conditions() -> dict, release(fn) -> None.
 
 
 class HostTimer:
@@ -65,8 +99,9 @@ class HostTimer:
 
     mode = "host"
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", clock: Any = None):
         self.device = device
+        self.clock = clock  # clocks.ClockReader or None
 
     def now_ms(self) -> float:
         return time.perf_counter() * 1e3
@@ -75,7 +110,7 @@ class HostTimer:
         if self.device.startswith("cuda"):
             import torch
 
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
 
     def run(self, fn, n):
         out = []
@@ -83,71 +118,43 @@ class HostTimer:
             t0 = time.perf_counter()
             fn()
             self.sync()
-            ms = (time.perf_counter() - t0) * 1e3
-            out.append(Sample(device_ms=ms, host_ms=ms))
-        return out
+            out.append((time.perf_counter() - t0) * 1e3)
+        mhz = self.clock.sm_mhz() if self.clock else None
+        return [Sample(device_ms=ms, host_ms=ms, clock_mhz=mhz) for ms in out]
 
-
-class CudaEventTimer:
-    """Device time per call by CUDA events; cold L2 by default (an L2-sized buffer is rewritten
-    between samples, outside the timed window); one synchronize per batch of samples."""
-
-    def __init__(self, device: str = "cuda", cold: bool = True):
-        import torch
-
-        self.device = device
-        self.cold = cold
-        self.mode = "cold" if cold else "warm"
-        self._flush = None
-        if cold:
-            props = torch.cuda.get_device_properties(torch.device(device))
-            l2 = int(getattr(props, "L2_cache_size", 0) or 64 * 2**20)
-            # Twice the L2, so nothing of the previous call's data can survive the rewrite.
-            self._flush = torch.empty(2 * l2 // 4, dtype=torch.int32, device=device)
-
-    def now_ms(self) -> float:
-        return time.perf_counter() * 1e3
-
-    def sync(self) -> None:
-        import torch
-
-        torch.cuda.synchronize()
-
-    def run(self, fn, n):
-        import torch
-
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        host = []
-        for i in range(n):
-            if self._flush is not None:
-                self._flush.zero_()
-            starts[i].record()
-            t0 = time.perf_counter()
-            fn()
-            host.append((time.perf_counter() - t0) * 1e3)
-            ends[i].record()
-        torch.cuda.synchronize()
-        return [Sample(device_ms=s.elapsed_time(e), host_ms=h) for s, e, h in zip(starts, ends, host)]
+    def conditions(self) -> dict[str, Any]:
+        return self.clock.conditions() if self.clock else {}
 
 
 class FakeTimer:
     """Seeded synthetic samples on a virtual clock, for tests: the pipeline runs end to end with no GPU.
 
-    `fn` is still called (so failures surface) unless call=False. Times are lognormal around
-    `median_ms` (or `medians[name]` picked by the caller) with relative spread `spread`.
+    `fn` is still called (so failures surface) unless call=False. Each sample is lognormal around
+    the call's median with relative spread `spread`. The median is `medians[fn]` (by identity) or
+    `median_ms`, times (1 + drift_per_s * virtual seconds). `clocks` (a sequence, or a function of
+    the index of the call, counting every call) programs the SM clock per sample; when given, a
+    sample at clock c takes clock_mhz / c times longer, as a throttled GPU would. `log` records
+    (fn, n, virtual start ms) of every run() call.
     """
 
     mode = "fake"
 
     def __init__(self, median_ms: float = 1.0, spread: float = 0.02, seed: int = 0,
-                 call: bool = True, clock_mhz: float | None = 1755.0):
+                 call: bool = True, clock_mhz: float | None = 1755.0, *,
+                 medians: Mapping[Callable, float] | None = None, drift_per_s: float = 0.0,
+                 clocks: Sequence[float] | Callable[[int], float] | None = None, host_ratio: float = 1.1):
         self.median_ms = median_ms
         self.spread = spread
         self.call = call
         self.clock_mhz = clock_mhz
+        self.medians = dict(medians or {})
+        self.drift_per_s = drift_per_s
+        self.clocks = clocks
+        self.host_ratio = host_ratio
         self.rng = np.random.default_rng(seed)
         self._now = 0.0
+        self.count = 0
+        self.log: list[tuple[Callable, int, float]] = []
 
     def now_ms(self) -> float:
         return self._now
@@ -155,97 +162,264 @@ class FakeTimer:
     def sync(self) -> None:
         pass
 
+    def _clock(self, i: int) -> float | None:
+        if self.clocks is None:
+            return self.clock_mhz
+        if callable(self.clocks):
+            return float(self.clocks(i))
+        return float(self.clocks[min(i, len(self.clocks) - 1)])
+
     def run(self, fn, n):
+        self.log.append((fn, n, self._now))
         out = []
         for _ in range(n):
             if self.call:
                 fn()
-            ms = float(self.median_ms * np.exp(self.rng.normal(0.0, self.spread)))
+            med = self.medians.get(fn, self.median_ms) * (1.0 + self.drift_per_s * self._now / 1e3)
+            ms = float(med * np.exp(self.rng.normal(0.0, self.spread)))
+            mhz = self._clock(self.count)
+            if self.clocks is not None and mhz and self.clock_mhz:
+                ms *= self.clock_mhz / mhz
+            self.count += 1
             self._now += ms
-            out.append(Sample(device_ms=ms, host_ms=ms * 1.1, clock_mhz=self.clock_mhz))
+            out.append(Sample(device_ms=ms, host_ms=ms * self.host_ratio, clock_mhz=mhz))
         return out
 
 
 def make_timer(mode: str, device: str) -> Timer:
-    """The timer for a mode name on a device ('cpu' allows only 'host')."""
+    """The timer for a mode name on a device ('cpu' allows only 'host'; 'auto' picks cold or host)."""
     from .errors import UserError
 
-    if device == "cpu" or not device.startswith("cuda"):
-        if mode not in ("host", "auto"):
+    cuda = str(device).startswith("cuda")
+    if mode == "auto":
+        mode = "cold" if cuda else "host"
+    if mode not in TIMER_MODES:
+        raise UserError(f"unknown timer {mode!r}; choose {', '.join(TIMER_MODES)}")
+    if not cuda:
+        if mode != "host":
             raise UserError(f"timer {mode!r} needs a CUDA GPU; on the CPU use --timer host")
         return HostTimer(device)
-    if mode in ("cold", "auto"):
-        return CudaEventTimer(device, cold=True)
-    if mode == "warm":
-        return CudaEventTimer(device, cold=False)
+    from .clocks import open_reader
+
+    clock = open_reader(device)
     if mode == "host":
-        return HostTimer(device)
-    raise UserError(f"unknown timer {mode!r}; choose cold, warm or host")
+        return HostTimer(device, clock)
+    from .cuda_timers import CudaEventTimer, CudaGraphTimer
+
+    if mode in ("cold", "warm"):
+        return CudaEventTimer(device, cold=mode == "cold", clock=clock)
+    return CudaGraphTimer(device, cold=mode == "graph", clock=clock)
+
+
+def policy_from_options(*, samples: int | None = None, min_samples: int = 10, max_samples: int = 10_000,
+                        warmup_ms: float = 25.0, min_time_ms: float = 20.0, max_time_ms: float = 2000.0,
+                        target_precision: float | None = None) -> TimingPolicy:
+    """The CLI's policy: adaptive stopping at 1% by default; `samples` (or a target of 0) is a fixed count."""
+    from .errors import UserError
+
+    if samples is not None and target_precision:
+        raise UserError("give --samples (a fixed count) or --target-precision (adaptive stopping), not both")
+    if target_precision is None:
+        target_precision = 0.0 if samples is not None else 0.01
+    if samples is not None and samples < 1 or min_samples < 1:
+        raise UserError("--samples and --min-samples must be at least 1")
+    if target_precision < 0:
+        raise UserError(f"--target-precision must be >= 0 (0: a fixed count), got {target_precision}")
+    try:
+        if target_precision == 0:
+            n = samples or 50
+            return TimingPolicy(warmup_ms=warmup_ms, min_samples=min(min_samples, n), max_samples=n,
+                                max_time_ms=max_time_ms)
+        return TimingPolicy(warmup_ms=warmup_ms, min_samples=min_samples, max_samples=max(max_samples, min_samples),
+                            min_time_ms=min_time_ms, max_time_ms=max_time_ms, target_precision=target_precision)
+    except ValueError as exc:
+        raise UserError(f"timing options: {exc}") from None
+
+
+def __getattr__(name: str):  # the CUDA timers, for `from attnbench.timing import CudaEventTimer`
+    if name in ("CudaEventTimer", "CudaGraphTimer", "GraphCaptureError"):
+        from . import cuda_timers
+
+        return getattr(cuda_timers, name)
+    raise AttributeError(name)
+
+
+def _precision(xs: list[float]) -> float:
+    try:
+        return relative_halfwidth(xs)
+    except ValueError:  # empty or non-finite samples: never "converged"
+        return math.inf
+
+
+class _Sampler:
+    """The sampling state of one callable: first call, warm-up, then one batch per step()."""
+
+    def __init__(self, timer: Timer, fn: Callable[[], object], policy: TimingPolicy,
+                 max_batch_ms: float = MAX_BATCH_MS):
+        self.timer, self.fn, self.p = timer, fn, policy
+        self.max_batch_ms = max_batch_ms
+        self.samples: list[Sample] = []
+        self.elapsed = 0.0            # wall ms spent in this callable's sample batches
+        self.per_ms: float | None = None
+        self.batches = 0
+        self.precision = math.inf
+        self.reason = ""
+        self.first_ms: float | None = None
+        self.warm_ms = 0.0
+        self.warm_calls = 0
+
+    def first_call(self) -> None:
+        t0 = self.timer.now_ms()
+        first = self.timer.run(self.fn, 1)[0]
+        self.timer.sync()
+        self.first_ms = max(first.device_ms, self.timer.now_ms() - t0)
+
+    def warmup(self) -> None:
+        t = self.timer
+        start = t.now_ms()
+        batch = 1
+        while t.now_ms() - start < self.p.warmup_ms and self.warm_calls < MAX_WARMUP_CALLS:
+            t.run(self.fn, batch)
+            self.warm_calls += batch
+            batch = min(batch * 2, 64)
+        self.warm_ms = t.now_ms() - start
+        if self.warm_calls:
+            self.per_ms = self.warm_ms / self.warm_calls
+
+    def next_batch(self) -> int:
+        p, n, per = self.p, len(self.samples), self.per_ms
+        left = p.max_samples - n
+        floor = max(p.min_samples - n, 1)          # min_samples are owed whatever the growth rule
+        if not per:
+            return min(left, floor)
+        if self.elapsed < p.min_time_ms:
+            floor = max(floor, math.ceil((p.min_time_ms - self.elapsed) / per))
+        hi_time = max(1, math.ceil((p.max_time_ms - self.elapsed) / per))
+        if p.target_precision is None:
+            b = max(floor, hi_time)
+        else:
+            lo = max(1, math.ceil(MIN_BATCH_MS / per))
+            hi = min(max(lo, n), hi_time)          # at most double
+            if math.isfinite(self.precision) and n:
+                need = math.ceil(n * ((self.precision / p.target_precision) ** 2 - 1.0) * PREDICT_MARGIN)
+            else:
+                need = max(6 - n, n)
+            b = max(floor, min(max(need, lo), hi))
+        return max(1, min(left, b, int(self.max_batch_ms / per)))
+
+    def step(self) -> bool:
+        """Take one batch; True when the policy says stop (self.reason says why)."""
+        b = self.next_batch()
+        t0 = self.timer.now_ms()
+        got = self.timer.run(self.fn, b)
+        dt = self.timer.now_ms() - t0
+        self.samples.extend(got)
+        self.elapsed += dt
+        self.batches += 1
+        if got:
+            self.per_ms = dt / len(got)
+        if self.p.target_precision is not None:
+            self.precision = _precision([s.device_ms for s in self.samples])
+        self.reason = self._stop()
+        return bool(self.reason)
+
+    def _stop(self) -> str:
+        p, n = self.p, len(self.samples)
+        if p.target_precision is None:
+            if n >= p.max_samples:
+                return "fixed"
+        else:
+            if n >= p.min_samples and self.elapsed >= p.min_time_ms and self.precision <= p.target_precision:
+                return "converged"
+            if n >= p.max_samples:
+                return "sample-limit"
+        if self.elapsed >= p.max_time_ms and n >= p.min_samples:
+            return "time-limit"
+        return ""
+
+    def result(self) -> TimingResult:
+        s = self.samples
+        xs = [x.device_ms for x in s]
+        info: dict[str, Any] = {}
+        if hasattr(self.timer, "info"):
+            info.update(self.timer.info(self.fn))
+        if hasattr(self.timer, "conditions"):
+            cond = self.timer.conditions()
+            if cond:
+                info["gpu"] = cond
+        return TimingResult(
+            mode=self.timer.mode, samples_ms=xs,
+            host_ms=[x.host_ms for x in s if x.host_ms is not None],
+            clocks_mhz=[x.clock_mhz for x in s if x.clock_mhz is not None],
+            stop_reason=self.reason, first_call_ms=self.first_ms, warmup_ms=self.warm_ms,
+            warmup_calls=self.warm_calls, precision=_precision(xs) if xs else None,
+            sampling_ms=self.elapsed, batches=self.batches, info=info)
+
+
+def _release(timer: Timer, fn: Callable) -> None:
+    if hasattr(timer, "release"):
+        timer.release(fn)
 
 
 def measure(timer: Timer, fn: Callable[[], object], policy: TimingPolicy = TimingPolicy()) -> TimingResult:
-    """First call (timed alone), warm-up by time, then samples in growing batches until the policy stops."""
-    t0 = timer.now_ms()
-    first = timer.run(fn, 1)[0]
-    timer.sync()
-    first_ms = max(first.device_ms, timer.now_ms() - t0)
-
-    warm_start = timer.now_ms()
-    warm_calls = 0
-    batch = 1
-    while timer.now_ms() - warm_start < policy.warmup_ms and warm_calls < 10_000:
-        timer.run(fn, batch)
-        warm_calls += batch
-        batch = min(batch * 2, 64)
-    warmup_ms = timer.now_ms() - warm_start
-
-    samples: list[Sample] = []
-    start = timer.now_ms()
-    batch = min(policy.min_samples, 10)
-    reason = ""
-    while True:
-        samples.extend(timer.run(fn, batch))
-        n = len(samples)
-        elapsed = timer.now_ms() - start
-        if n >= policy.min_samples and elapsed >= policy.min_time_ms:
-            if policy.target_precision is not None:
-                if relative_ci_halfwidth([s.device_ms for s in samples]) <= policy.target_precision:
-                    reason = "converged"
-                    break
-            elif n >= policy.max_samples:
-                reason = "fixed"
-                break
-        if n >= policy.max_samples:
-            reason = "sample-limit"
-            break
-        if elapsed >= policy.max_time_ms and n >= policy.min_samples:
-            reason = "time-limit"
-            break
-        batch = max(1, min(policy.max_samples - n, max(batch, n // 2)))
-    return TimingResult(
-        mode=timer.mode,
-        samples_ms=[s.device_ms for s in samples],
-        host_ms=[s.host_ms for s in samples if s.host_ms is not None],
-        clocks_mhz=[s.clock_mhz for s in samples if s.clock_mhz is not None],
-        stop_reason=reason,
-        first_call_ms=first_ms,
-        warmup_ms=warmup_ms,
-        warmup_calls=warm_calls,
-    )
+    """First call (timed alone), warm-up by time, then batches of samples until the policy stops."""
+    s = _Sampler(timer, fn, policy)
+    try:
+        s.first_call()
+        s.warmup()
+        while not s.step():
+            pass
+        return s.result()
+    finally:
+        _release(timer, fn)
 
 
-def relative_ci_halfwidth(samples: list[float], confidence: float = 0.95) -> float:
-    """Half-width of a distribution-free CI of the median (binomial order statistics), over the median."""
-    x = np.sort(np.asarray(samples, dtype=float))
-    n = len(x)
-    if n < 6:
-        return float("inf")
-    from scipy.stats import binom
+def measure_interleaved(timer: Timer, calls: Mapping[str, Callable[[], object]],
+                        policy: TimingPolicy = TimingPolicy(), seed: int = 0,
+                        errors: dict[str, BaseException] | None = None) -> dict[str, TimingResult]:
+    """Measure several callables round by round, so slow drift (clocks, heat, neighbours) hits all alike.
 
-    lo = int(binom.ppf((1 - confidence) / 2, n, 0.5))
-    hi = min(n - 1, n - lo - 1)
-    lo = max(0, lo - 1) if lo > 0 else 0
-    med = float(np.median(x))
-    if med <= 0:
-        return float("inf")
-    return float((x[hi] - x[lo]) / 2 / med)
+    Google Benchmark's random interleaving: each round gives every unfinished callable one batch (of
+    at most INTERLEAVE_BATCH_MS), in an order shuffled per round by a generator seeded with `seed`.
+    First calls, then warm-ups, come first; each callable stops by its own policy and then leaves the
+    rotation. With `errors` given, a
+    callable that raises is dropped, its exception stored there under its name; otherwise it raises.
+    """
+    rng = np.random.default_rng(seed)
+    samplers = {name: _Sampler(timer, fn, policy, INTERLEAVE_BATCH_MS) for name, fn in calls.items()}
+    rounds: dict[str, int] = {name: 0 for name in samplers}
+
+    def guarded(name: str, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except Exception as exc:
+            if errors is None:
+                raise
+            errors[name] = exc
+            samplers.pop(name, None)
+            return None
+
+    try:
+        for name in list(samplers):
+            guarded(name, samplers[name].first_call)
+        names = list(samplers)
+        for i in rng.permutation(len(names)):  # warm-ups in a shuffled order too
+            if names[i] in samplers:
+                guarded(names[i], samplers[names[i]].warmup)
+        active = list(samplers)
+        while active:
+            for i in rng.permutation(len(active)):
+                name = active[i]
+                if name in samplers:
+                    rounds[name] += 1
+                    guarded(name, samplers[name].step)
+            active = [n for n in active if n in samplers and not samplers[n].reason]
+        out = {}
+        for name, s in samplers.items():
+            r = s.result()
+            r.info["interleaved"] = {"rounds": rounds[name], "seed": seed, "of": len(calls)}
+            out[name] = r
+        return out
+    finally:
+        for fn in calls.values():
+            _release(timer, fn)

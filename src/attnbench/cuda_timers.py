@@ -1,0 +1,286 @@
+"""Device timers: CUDA events around eager calls (`cold`, `warm`) and around CUDA-graph replays (`graph`).
+
+One sample, on the current stream of the device:
+
+    [L2 flush]  [spin]  start-event  call (or graph replay)  end-event
+
+- L2 flush (cold modes only): a sum over a buffer twice the L2 size, outside the timed window, so
+  none of the call's inputs are in L2 when it starts. A read, not a write (do_bench zeroes a buffer):
+  after a read the L2 holds clean lines, so the timed kernel does not pay for writing back the
+  flush's dirty lines, and ncu (the reference) also starts kernels from a clean, flushed cache.
+- Spin (nvbench's blocking kernel; here `torch.cuda._sleep`): it holds the GPU while the host
+  enqueues start-event, the call and end-event, so the window holds device work only, not launch
+  latency or host-side dispatch (FIELD-NOTES: +2-4 us per eager call, up to 3.4x for cuDNN's host
+  work on 10 us kernels). Length: 1.5 x the call's host time (measured once per callable, with a
+  synchronize after each call) + 10 us, capped at 2 ms, in cycles at the GPU's maximum SM clock; at
+  a lower clock the spin only lasts longer, never too short.
+- Within a batch the host runs ahead of the GPU (at most LAG samples, so a full launch queue never
+  blocks a timed enqueue and inflates the host time), the spins keep the SMs busy (an idle GPU drops
+  its clock: FIELD-NOTES), there is one synchronize per batch, and the SM clock is read through NVML
+  mid-batch while the GPU is busy.
+- The host time of every call (Python, dispatch, launch: what a caller pays) is kept beside it.
+
+Graph mode captures the call once per callable and times replays in the same frame. Cold-cache
+form: the call closes over its inputs, so rotating input copies would need one graph (and one set of
+buffers) per copy; capturing the flush inside the graph and subtracting its separately measured cost
+would add the flush's own noise to every sample. The flush is therefore eager, before the spin,
+outside the window; a replay is a single launch, enqueued while the spin runs, so neither the flush
+nor the launch is timed. The capture is checked: torch's "graph is empty" warning, the graph's
+nodes (from cudaGraphDebugDotPrint where torch can keep the graph: it must hold a kernel), and the
+replay's device time against the eager call's in the same regime (at least GRAPH_MIN_RATIO of it;
+less means the capture missed work that ran on another stream or on the host). A call that cannot be
+captured (a host synchronization such as .item(), CPU work, an op capture forbids) raises
+GraphCaptureError with the reason; the runner records that as status `error`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import tempfile
+import time
+import warnings
+from typing import Any, Callable
+
+from .timing import Sample
+
+LAG = 64                  # samples the host may enqueue ahead of the GPU within a batch
+SPIN_CAP_US = 2000.0
+SPIN_PAD_US = 10.0
+FALLBACK_MHZ = 2000.0     # if neither NVML nor torch gives the max SM clock (over-estimate: longer spin)
+GRAPH_MIN_RATIO = 0.4
+PROBE_SAMPLES = 5
+
+
+class GraphCaptureError(RuntimeError):
+    """The call cannot be timed as a CUDA graph: capture failed, or the graph misses its work."""
+
+
+def _short(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _props_mhz(props: Any) -> float | None:
+    khz = getattr(props, "clock_rate", None)
+    return float(khz) / 1000.0 if khz else None
+
+
+class CudaEventTimer:
+    """Device time per call by CUDA events, launch hidden behind a spin; cold L2 (flush) or warm."""
+
+    def __init__(self, device: str = "cuda", cold: bool = True, clock: Any = None, flush_factor: float = 2.0):
+        import torch
+
+        dev = torch.device(device)
+        self.index = dev.index if dev.index is not None else torch.cuda.current_device()
+        self.device = torch.device("cuda", self.index)
+        self.cold = cold
+        self.clock = clock
+        self.mode = "cold" if cold else "warm"
+        props = torch.cuda.get_device_properties(self.index)
+        self.l2_bytes = int(getattr(props, "L2_cache_size", 0) or 64 * 2**20)
+        self._flush_buf = None
+        if cold:
+            self._flush_buf = torch.zeros(int(flush_factor * self.l2_bytes) // 4, dtype=torch.float32,
+                                          device=self.device)
+        self.mhz = (clock.max_sm_mhz() if clock is not None else None) or _props_mhz(props) or FALLBACK_MHZ
+        self._spin: dict[int, tuple[Callable, int, float]] = {}  # id(fn) -> (fn, cycles, host us)
+
+    def now_ms(self) -> float:
+        return time.perf_counter() * 1e3
+
+    def sync(self) -> None:
+        import torch
+
+        torch.cuda.synchronize(self.device)
+
+    def _flush(self) -> None:
+        if self._flush_buf is not None:
+            self._flush_buf.sum()
+
+    def _target(self, fn: Callable) -> Callable:
+        """What a sample times: the call itself (the graph timer returns its replay)."""
+        return fn
+
+    def _spin_cycles(self, fn: Callable, call: Callable) -> int:
+        entry = self._spin.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            return entry[1]
+        times = []
+        for _ in range(3):
+            self.sync()
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        self.sync()
+        host_us = statistics.median(times) * 1e6
+        cycles = int(min(SPIN_CAP_US, 1.5 * host_us + SPIN_PAD_US) * self.mhz)
+        self._spin[id(fn)] = (fn, cycles, host_us)
+        return cycles
+
+    def run(self, fn, n):
+        import torch
+
+        with torch.cuda.device(self.index):
+            call = self._target(fn)
+            return self._timed(call, n, self._spin_cycles(fn, call))
+
+    def _timed(self, call: Callable, n: int, cycles: int, read_clock: bool = True) -> list[Sample]:
+        import torch
+
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        host = [0.0] * n
+        mhz = None
+        for i in range(n):
+            if i >= LAG:
+                ends[i - LAG].synchronize()
+            self._flush()
+            if cycles > 0:
+                torch.cuda._sleep(cycles)
+            starts[i].record()
+            t0 = time.perf_counter()
+            call()
+            host[i] = (time.perf_counter() - t0) * 1e3
+            ends[i].record()
+            if read_clock and i == n // 2 and self.clock is not None:
+                mhz = self.clock.sm_mhz()
+        torch.cuda.synchronize(self.device)
+        return [Sample(device_ms=s.elapsed_time(e), host_ms=h, clock_mhz=mhz) for s, e, h in zip(starts, ends, host)]
+
+    def info(self, fn: Callable) -> dict[str, Any]:
+        out: dict[str, Any] = {"flush_mb": round(self._flush_buf.numel() * 4 / 2**20, 1) if self.cold else 0}
+        entry = self._spin.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            out.update(spin_us=round(entry[1] / self.mhz, 1), call_host_us=round(entry[2], 1))
+        return out
+
+    def conditions(self) -> dict[str, Any]:
+        return self.clock.conditions() if self.clock is not None else {}
+
+    def release(self, fn: Callable) -> None:
+        self._spin.pop(id(fn), None)
+
+
+def _recover() -> None:
+    """After a failed capture: wait for the device and clear a stale error before going on."""
+    import torch
+
+    for _ in range(2):
+        try:
+            torch.cuda.synchronize()
+            torch.zeros(1, device="cuda").add_(1)
+            torch.cuda.synchronize()
+            return
+        except Exception:
+            continue
+
+
+def _new_graph() -> tuple[Any, bool]:
+    import torch
+
+    try:
+        return torch.cuda.CUDAGraph(keep_graph=True), True
+    except TypeError:  # older torch: no keep_graph, so no node listing
+        return torch.cuda.CUDAGraph(), False
+
+
+def graph_nodes(dot: str) -> dict[str, int]:
+    """Node counts from cudaGraphDebugDotPrint text: {'graph_nodes': n, 'kernel_nodes': k}; {} if unknown."""
+    nodes = set(re.findall(r"graph_\d+_node_\d+", dot))
+    if not nodes:
+        return {}
+    kernels = len(re.findall(r"\bKERNEL\b", dot))
+    if kernels == 0 and "kernel" in dot.lower():
+        kernels = -1  # a kernel is named but the node type format is unknown: do not claim none
+    return {"graph_nodes": len(nodes), "kernel_nodes": kernels}
+
+
+def _dump_nodes(graph: Any) -> dict[str, int]:
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "graph.dot")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                graph.debug_dump(path)
+            with open(path, errors="replace") as f:
+                return graph_nodes(f.read())
+    except Exception:
+        return {}
+
+
+class CudaGraphTimer(CudaEventTimer):
+    """Device time of CUDA-graph replays of the call; cold L2 (`graph`) or warm (`graph-warm`)."""
+
+    def __init__(self, device: str = "cuda", cold: bool = True, clock: Any = None, flush_factor: float = 2.0):
+        super().__init__(device, cold, clock, flush_factor)
+        self.mode = "graph" if cold else "graph-warm"
+        self._graphs: dict[int, tuple[Callable, Any, dict[str, Any]]] = {}
+
+    def _target(self, fn: Callable) -> Callable:
+        entry = self._graphs.get(id(fn))
+        if entry is None or entry[0] is not fn:
+            graph, facts = self._capture(fn)
+            entry = (fn, graph, facts)
+            self._graphs[id(fn)] = entry
+        return entry[1].replay
+
+    def _capture(self, fn: Callable) -> tuple[Any, dict[str, Any]]:
+        import torch
+
+        # Warm-up on a side stream, as torch requires before capture (lazy handles, workspaces).
+        current = torch.cuda.current_stream()
+        side = torch.cuda.Stream()
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        current.wait_stream(side)
+        torch.cuda.synchronize()
+        graph, kept = _new_graph()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with torch.cuda.graph(graph):
+                    fn()
+        except Exception as exc:
+            first = exc.__context__ if exc.__context__ is not None else exc
+            why = _short(first) + ("" if first is exc else f" (then {_short(exc)})")
+            del graph
+            _recover()
+            raise GraphCaptureError(
+                f"cannot capture the call in a CUDA graph: {why}. The call may synchronize with the host "
+                "(.item(), .cpu(), data-dependent shapes) or use an op that capture forbids; time it with "
+                "--timer cold instead") from exc
+        facts: dict[str, Any] = {}
+        if kept:
+            graph.instantiate()
+            facts.update(_dump_nodes(graph))
+        if any("graph is empty" in str(w.message).lower() for w in caught) or facts.get("graph_nodes") == 0:
+            raise GraphCaptureError("the captured CUDA graph is empty: the call's work ran on the host or on a "
+                                    "stream outside the capture")
+        if facts.get("kernel_nodes") == 0:
+            raise GraphCaptureError(f"the captured CUDA graph holds no kernel ({facts['graph_nodes']} nodes, "
+                                    "memory operations only)")
+        cycles = int(SPIN_CAP_US / 4 * self.mhz)  # a generous fixed spin for the probe
+        replay_ms = statistics.median(s.device_ms for s in self._timed(graph.replay, PROBE_SAMPLES, cycles, False))
+        eager_ms = statistics.median(s.device_ms for s in self._timed(fn, PROBE_SAMPLES, cycles, False))
+        facts.update(replay_probe_ms=round(replay_ms, 5), eager_probe_ms=round(eager_ms, 5))
+        if replay_ms < GRAPH_MIN_RATIO * eager_ms:
+            raise GraphCaptureError(
+                f"the CUDA graph replay takes {replay_ms * 1e3:.1f} us on the device but the eager call "
+                f"{eager_ms * 1e3:.1f} us: the capture misses work that ran on another stream or on the host")
+        return graph, facts
+
+    def info(self, fn: Callable) -> dict[str, Any]:
+        out = super().info(fn)
+        entry = self._graphs.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            out.update(entry[2])
+        return out
+
+    def release(self, fn: Callable) -> None:
+        super().release(fn)
+        self._graphs.pop(id(fn), None)
