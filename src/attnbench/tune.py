@@ -1,0 +1,949 @@
+"""Autotuning: the fastest correct impl and params per workload (correctness gate, then racing), a
+persistent cache, the dispatch table and capacity planning.
+
+Search, per workload, over every candidate (impl x its param_space, or the params given):
+
+1. Gate: supports(), build, first call (compilation, timed apart), correctness against float64
+   attention. Rejected with a status and reason: unsupported, incorrect, oom, error; after the first
+   samples also implausible (above the device's compute or memory ceiling, `device.plausibility`).
+   A rejected candidate is never a winner.
+2. Racing (default): every survivor gets `first_samples`; after each round the leader is the lowest
+   median; a candidate is dropped when the lower bound of its median's CI (order statistics, 99%)
+   lies above the upper bound of the leader's by more than `margin`. Survivors' sample counts then
+   grow by `growth`, up to `max_samples`. It stops when one is left, when all survivors are within
+   `equivalence` of each other (max upper bound / min lower bound), at the sample limit, or when the
+   budget (timer clock, gate included; round 1 always completes) is spent: then the best median wins
+   and its CI is stated. Within a round, candidates take turns in chunks of 5 samples, so slow drift
+   (clocks, heat) falls on all of them alike (FlexAttention configs, which cannot stay compiled side
+   by side, take their share in one piece, rebuilt once per round).
+   Exhaustive (`exhaustive=True`), to validate racing: every candidate gets the fixed policy's warm-up
+   and max_samples samples, taken the same interleaved way, with nothing dropped.
+3. The chosen one: the lowest median among the candidates not dropped; ties go to the baseline (a
+   baseline within `equivalence` of the best is chosen, since it costs nothing to dispatch to).
+   Its speedup over the baseline is median(baseline) / median(chosen) with a bootstrap CI.
+
+Cost per workload: samples taken, their summed time (sample_ms), the timer-clock time of warm-up and
+sampling (measure_ms: what the GPU was held for measuring) and the wall time including compilation
+and correctness checks (wall_s).
+
+The timer is injectable; a timer with a `select(impl, params, workload)` method is told which
+candidate the next samples belong to (tests fake per-candidate times that way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .errors import UserError
+from .measurement import params_key
+from .spec import Workload
+from .timing import TimingPolicy
+
+FORMAT = "attnbench-tune"
+VERSION = 1  # of the report JSON and the cached values. 1: first version.
+CACHE_NAMESPACE = "tune"
+REJECTED = ("unsupported", "incorrect", "oom", "error", "implausible")
+
+# The exhaustive reference: 100 samples each after 25 ms of warm-up (the runner's defaults, fixed count).
+EXHAUSTIVE_POLICY = TimingPolicy(warmup_ms=25.0, min_samples=100, max_samples=100)
+
+
+@dataclass(frozen=True)
+class RacingPolicy:
+    first_samples: int = 10
+    growth: float = 2.0
+    max_samples: int = 100       # as many as the exhaustive search takes per candidate, never more
+    warmup_ms: float = 5.0       # before round 1 (rounds run back to back, so clocks stay up)
+    confidence: float = 0.99     # of the order-statistic median CIs that drop candidates
+    margin: float = 0.01         # drop when lo(candidate) > hi(leader) * (1 + margin)
+    equivalence: float = 0.01    # stop when all survivors lie within this of each other
+
+    def __post_init__(self) -> None:
+        if self.first_samples < 1 or self.max_samples < self.first_samples or self.growth <= 1:
+            raise ValueError("need 1 <= first_samples <= max_samples and growth > 1")
+
+
+@dataclass
+class TuneConfig:
+    workloads: list[Workload]
+    impls: list[str] | None = None       # None: every registered impl
+    device: str | None = None
+    timer: str = "auto"
+    params: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # impl -> params (else param_space)
+    budget_s: float | None = 60.0        # per workload (racing only)
+    budget_total_s: float | None = None  # for the whole sweep, shared out as it goes
+    exhaustive: bool = False
+    policy: TimingPolicy = EXHAUSTIVE_POLICY
+    racing: RacingPolicy = field(default_factory=RacingPolicy)
+    baseline: str = "sdpa-auto"
+    force: bool = False
+    seed: int = 0
+
+    @property
+    def mode(self) -> str:
+        return "exhaustive" if self.exhaustive else "racing"
+
+
+def candidate_names(impls: list[str] | None, baseline: str = "sdpa-auto") -> list[str]:
+    """The impls to search: the given names (None: every registered impl), plus the baseline (its
+    speedup needs it)."""
+    from .impls import registry
+
+    names = list(impls) if impls else list(registry())
+    if baseline and baseline not in names:
+        names.append(baseline)
+    return list(dict.fromkeys(names))
+
+
+def cli_impls(given: list[str] | None) -> list[str] | None:
+    """The CLI's rule: no --impl, or only plugins ('module:function'), means every registered impl
+    plus those plugins; any registered name given means exactly the names given."""
+    from .impls import registry
+
+    if not given:
+        return None
+    if all(":" in n for n in given):
+        return list(dict.fromkeys(list(registry()) + list(given)))
+    return list(dict.fromkeys(given))
+
+
+def _space(impl, w: Workload, device: str, cfg: "TuneConfig") -> list[dict[str, Any]]:
+    """The params to try: the config's for this impl, else its param_space (a failing one: defaults)."""
+    if impl.name in cfg.params:
+        return [dict(p) for p in cfg.params[impl.name]] or [{}]
+    try:
+        return [dict(p) for p in (impl.param_space(w, device) or [{}])]
+    except Exception:
+        return [{}]
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+def _label(impl: str, params: dict[str, Any]) -> str:
+    if not params:
+        return impl
+    return f"{impl}[" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + "]"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    impl: str
+    params: dict[str, Any]
+    status: str = "ok"                  # ok or one of REJECTED
+    reason: str = ""
+    samples_ms: tuple[float, ...] = ()
+    host_ms: tuple[float, ...] = ()
+    median_ms: float | None = None
+    ci_ms: tuple[float, float] | None = None   # 95% bootstrap CI of the median (stats.median_ci)
+    dropped_round: int | None = None    # racing: the round after which it was dropped
+    note: str = ""
+    rel_err: float | None = None
+    backend: str = ""
+    compile_ms: float | None = None
+
+    @property
+    def label(self) -> str:
+        return _label(self.impl, self.params)
+
+    @property
+    def timed(self) -> bool:
+        return self.status == "ok" and bool(self.samples_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["label"] = self.label
+        d["ci_ms"] = list(self.ci_ms) if self.ci_ms else None
+        d["samples_ms"], d["host_ms"] = list(self.samples_ms), list(self.host_ms)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Candidate":
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        d["samples_ms"], d["host_ms"] = tuple(d.get("samples_ms", ())), tuple(d.get("host_ms", ()))
+        d["ci_ms"] = tuple(d["ci_ms"]) if d.get("ci_ms") else None
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class WorkloadResult:
+    workload: Workload
+    mode: str                           # racing or exhaustive
+    candidates: tuple[Candidate, ...]   # ranked: timed by median, then rejected
+    chosen: str | None                  # label of the chosen candidate (None: nothing passed)
+    stop_reason: str                    # one-left, equivalent, sample-limit, budget, exhaustive, none-correct
+    rounds: int
+    cost: dict[str, float]
+    speedup: dict[str, Any] | None      # {baseline, value, lo, hi}: median(baseline) / median(chosen)
+    env_id: str
+    notes: tuple[str, ...] = ()
+    cached: bool = False
+
+    def get(self, label: str | None) -> Candidate | None:
+        return next((c for c in self.candidates if c.label == label), None)
+
+    @property
+    def winner(self) -> Candidate | None:
+        return self.get(self.chosen)
+
+    @property
+    def runner_up(self) -> Candidate | None:
+        return next((c for c in self.candidates if c.timed and c.label != self.chosen), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"workload": self.workload.to_dict(), "workload_key": self.workload.key,
+                "label": self.workload.label, "mode": self.mode, "chosen": self.chosen,
+                "stop_reason": self.stop_reason, "rounds": self.rounds, "cost": dict(self.cost),
+                "speedup": self.speedup, "env_id": self.env_id, "notes": list(self.notes),
+                "candidates": [c.to_dict() for c in self.candidates]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], cached: bool = False) -> "WorkloadResult":
+        return cls(workload=Workload.from_dict(d["workload"]), mode=d["mode"],
+                   candidates=tuple(Candidate.from_dict(c) for c in d["candidates"]), chosen=d.get("chosen"),
+                   stop_reason=d.get("stop_reason", ""), rounds=int(d.get("rounds", 0)),
+                   cost=dict(d.get("cost", {})), speedup=d.get("speedup"), env_id=d.get("env_id", ""),
+                   notes=tuple(d.get("notes", ())), cached=cached)
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    env_id: str
+    fingerprint: dict[str, Any]
+    mode: str
+    timer: str
+    baseline: str
+    workloads: tuple[WorkloadResult, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "env_id": self.env_id,
+                "environment": _env_summary(self.fingerprint, self.env_id), "mode": self.mode,
+                "timer": self.timer, "baseline": self.baseline, "settings": self.settings,
+                "workloads": [w.to_dict() for w in self.workloads]}
+
+
+def _env_summary(fp: dict[str, Any], eid: str) -> dict[str, Any]:
+    keys = ("device_kind", "gpu_name", "sm_count", "driver", "cuda", "cudnn", "torch", "triton", "cpu_model")
+    return {"env_id": eid, **{k: fp.get(k) for k in keys if k in fp}}
+
+
+# ---------------------------------------------------------------------------------------------
+# The search on one workload
+# ---------------------------------------------------------------------------------------------
+
+class _Live:
+    """A candidate during the search (mutable; becomes a frozen Candidate at the end)."""
+
+    def __init__(self, impl, params: dict[str, Any], timer=None):
+        self.impl, self.params, self.timer = impl, dict(params), timer
+        self.status, self.reason, self.note = "ok", "", ""
+        self.samples: list[float] = []
+        self.host: list[float] = []
+        self.fn = self.call = None
+        self.compile_ms: float | None = None
+        self.rel_err: float | None = None
+        self.backend = ""
+        self.dropped: int | None = None
+
+    @property
+    def label(self) -> str:
+        return _label(self.impl.name, self.params)
+
+    @property
+    def exclusive(self) -> bool:
+        """Building it invalidates other builds of its family (FlexAttention resets torch.compile)."""
+        return bool(getattr(self.impl, "exclusive_compile", self.impl.family == "flex"))
+
+    def reject(self, status: str, reason: str) -> bool:
+        self.status, self.reason = status, reason
+        self.release()
+        return False
+
+    def release(self) -> None:
+        """Drop the built callable (and any state the timer keeps for it, e.g. a captured CUDA graph)."""
+        forget = getattr(self.timer, "release", None)
+        if callable(forget) and self.call is not None:
+            forget(self.call)
+        self.fn = self.call = None
+
+
+def _order_ci(samples: list[float], confidence: float) -> tuple[float, float]:
+    from .stats import median_ci_order
+
+    return median_ci_order(samples, confidence)
+
+
+class _Search:
+    def __init__(self, w: Workload, device: str, timer, cfg: TuneConfig, budget_ms: float | None,
+                 ceilings, seed: int):
+        self.w, self.device, self.timer, self.cfg = w, device, timer, cfg
+        self.ceilings = ceilings
+        self.start = timer.now_ms()
+        self.deadline = None if budget_ms is None else self.start + budget_ms
+        self.live_exclusive: dict[str, _Live] = {}
+        self.stage = ""
+        self.chunk = 5  # samples per turn when candidates are interleaved
+        self.rewarm_ms = cfg.policy.warmup_ms if cfg.exhaustive else cfg.racing.warmup_ms
+        self.cost = {"samples": 0, "sample_ms": 0.0, "measure_ms": 0.0, "compile_ms": 0.0}
+        from .impls import make_inputs
+
+        self.inputs = make_inputs(w, device, seed)
+
+    def over_budget(self) -> bool:
+        return self.deadline is not None and self.timer.now_ms() >= self.deadline
+
+    # -- building and the gate ----------------------------------------------------------------
+    def _build(self, c: _Live) -> None:
+        from .impls import make_call
+        from .runner import _sync
+
+        t0 = time.perf_counter()
+        c.release()
+        self.stage = "build"
+        c.fn = c.impl.build(self.w, self.device, c.params)
+        c.call = make_call(c.fn, self.w, self.inputs)
+        self.stage = "first call"
+        c.call()
+        _sync(self.device)
+        ms = (time.perf_counter() - t0) * 1e3
+        c.compile_ms = ms if c.compile_ms is None else c.compile_ms
+        self.cost["compile_ms"] += ms
+        if c.exclusive:
+            self.live_exclusive[c.impl.family] = c
+
+    def _ensure_built(self, c: _Live) -> bool:
+        """Build c if it is not built (or another build of its family replaced it); True if it built."""
+        if c.call is None or (c.exclusive and self.live_exclusive.get(c.impl.family) is not c):
+            self._build(c)
+            return True
+        return False
+
+    def _guard(self, c: _Live, stage: str, action: Callable[[], Any]) -> bool:
+        """Run a stage; any failure becomes the candidate's status (never a crash of the search)."""
+        from .impls import Unsupported
+        from .runner import _free, _is_oom, _one_line
+
+        self.stage = stage
+        try:
+            action()
+            return True
+        except Unsupported as exc:
+            return c.reject("unsupported", str(exc))
+        except Exception as exc:
+            _free(self.device)
+            stage = self.stage
+            if _is_oom(exc):
+                return c.reject("oom", f"out of memory during {stage}")
+            return c.reject("error", f"{stage}: {_one_line(exc)}")
+
+    def gate(self, c: _Live) -> bool:
+        try:
+            why = c.impl.supports(self.w, self.device)
+        except Exception as exc:  # a plugin's supports() may itself fail
+            why = f"supports() raised {type(exc).__name__}: {exc}"
+        if why:
+            return c.reject("unsupported", why)
+        if not self._guard(c, "build", lambda: self._build(c)):
+            return False
+
+        def check() -> None:
+            from .correctness import check as check_fn
+
+            with c.impl.context():
+                result = check_fn(c.fn, self.w, self.device)
+                c.rel_err = result.rel_err
+                if not result.ok:
+                    c.status, c.reason = "incorrect", result.reason
+                    return
+                c.backend, _ = c.impl.backend(c.fn, self.inputs, self.device)
+
+        if not self._guard(c, "correctness check", check):
+            return False
+        if c.status != "ok":
+            c.release()
+            return False
+        return True
+
+    # -- sampling -------------------------------------------------------------------------------
+    def _select(self, c: _Live) -> None:
+        select = getattr(self.timer, "select", None)
+        if callable(select):
+            select(c.impl.name, dict(c.params), self.w)
+
+    def _record(self, c: _Live, times: list[float], hosts: list, spent_ms: float) -> None:
+        bad = [x for x in times if not (x == x and x > 0)]
+        if bad:
+            raise RuntimeError(f"timer returned {len(bad)} invalid samples")
+        c.samples += times
+        c.host += [h for h in hosts if h is not None]
+        self.cost["samples"] += len(times)
+        self.cost["sample_ms"] += sum(times)
+        self.cost["measure_ms"] += spent_ms
+
+    def take(self, c: _Live, n: int, warmup_ms: float = 0.0) -> bool:
+        """n more samples (n=0: warm-up only). Warm-up by time first when asked, or after a rebuild."""
+
+        def run() -> None:
+            warm = max(warmup_ms, self.rewarm_ms) if self._ensure_built(c) else warmup_ms
+            self.stage = "timing"
+            self._select(c)
+            t = self.timer
+            t0 = t.now_ms()
+            with c.impl.context():
+                calls = 0
+                while warm > 0 and (calls == 0 or (t.now_ms() - t0 < warm and calls < 10_000)):
+                    batch = max(1, min(2 ** calls.bit_length(), 64))
+                    t.run(c.call, batch)
+                    calls += batch
+                samples = t.run(c.call, n) if n > 0 else []
+            self._record(c, [s.device_ms for s in samples], [s.host_ms for s in samples], t.now_ms() - t0)
+
+        return self._guard(c, "timing", run)
+
+    def fill(self, cands: list[_Live], target: int) -> bool:
+        """Bring every candidate to `target` samples; False when the budget ran out first.
+
+        Candidates that can stay built side by side are sampled in round-robin chunks, so slow drift
+        (clocks, heat) falls on all of them alike; an exclusive one (FlexAttention) takes its share in
+        one piece, the currently built one first, so each is rebuilt at most once per call."""
+        live = self.live_exclusive
+        excl = sorted((c for c in cands if c.exclusive), key=lambda c: 0 if live.get(c.impl.family) is c else 1)
+        for c in excl:
+            if self.over_budget():
+                return False
+            self.take(c, target - len(c.samples))
+        while True:
+            pending = [c for c in cands if not c.exclusive and c.status == "ok" and len(c.samples) < target]
+            if not pending:
+                return True
+            for c in pending:
+                if self.over_budget():
+                    return False
+                self.take(c, min(self.chunk, target - len(c.samples)))
+
+    def plausible(self, c: _Live) -> bool:
+        if self.ceilings is None or not c.samples:
+            return True
+        from . import device as devmod
+        from . import metrics
+        from .stats import median
+
+        check = getattr(devmod, "plausibility", None)
+        if check is None:
+            return True
+        med = median(c.samples)
+        status, reason = check(metrics.tflops_per_s(self.w, med), metrics.gb_per_s(self.w, med), self.ceilings,
+                               self.w.dtype)
+        if status != "ok":
+            return c.reject("implausible", reason)
+        return True
+
+    # -- the two searches -----------------------------------------------------------------------
+    def _first_round(self, cands: list[_Live], samples: int, warmup_ms: float) -> list[_Live]:
+        """Gate every candidate, warm each up, and give each `samples` samples: an exclusive one right
+        after its gate (while it is built), the others interleaved. Returns the plausible survivors."""
+        shared = []
+        for c in cands:
+            if not self.gate(c):
+                continue
+            if c.exclusive:
+                self.take(c, samples, warmup_ms)
+            elif self.take(c, 0, warmup_ms):
+                shared.append(c)
+        self.deadline, deadline = None, self.deadline  # round 1 always completes
+        self.fill(shared, samples)
+        self.deadline = deadline
+        return [c for c in cands if c.status == "ok" and c.samples and self.plausible(c)]
+
+    def exhaustive(self, cands: list[_Live]) -> tuple[str, int]:
+        """The fixed policy for everyone: warm-up by time, then max_samples samples each."""
+        p = self.cfg.policy
+        self._first_round(cands, p.max_samples, p.warmup_ms)
+        return ("exhaustive" if any(c.status == "ok" for c in cands) else "none-correct"), 1
+
+    def race(self, cands: list[_Live]) -> tuple[str, int]:
+        rp = self.cfg.racing
+        alive = self._first_round(cands, rp.first_samples, rp.warmup_ms)
+        rounds = 1
+        while True:
+            if not alive:
+                return "none-correct", rounds
+            alive = self._eliminate(alive, rounds)
+            if len(alive) == 1:
+                return "one-left", rounds
+            if self._equivalent(alive):
+                return "equivalent", rounds
+            have = max(len(c.samples) for c in alive)
+            if all(len(c.samples) >= rp.max_samples for c in alive):
+                return "sample-limit", rounds
+            if self.over_budget():
+                return "budget", rounds
+            rounds += 1
+            target = min(rp.max_samples, max(have + 1, math.ceil(have * rp.growth)))
+            finished = self.fill(alive, target)
+            alive = [c for c in alive if c.status == "ok"]
+            if not finished:
+                return ("budget" if alive else "none-correct"), rounds
+
+    def _eliminate(self, alive: list[_Live], rounds: int) -> list[_Live]:
+        from .stats import median
+
+        rp = self.cfg.racing
+        leader = min(alive, key=lambda c: median(c.samples))
+        _, hi_leader = _order_ci(leader.samples, rp.confidence)
+        keep = []
+        for c in alive:
+            lo, hi = _order_ci(c.samples, rp.confidence)
+            if c is not leader and lo > hi_leader * (1 + rp.margin):
+                c.dropped = rounds
+                c.note = (f"dropped after round {rounds}: {rp.confidence:.0%} CI [{lo:.4g}, {hi:.4g}] ms above "
+                          f"{leader.label}'s upper bound {hi_leader:.4g} ms by > {rp.margin:.0%}")
+                c.release()
+            else:
+                keep.append(c)
+        return keep
+
+    def _equivalent(self, alive: list[_Live]) -> bool:
+        rp = self.cfg.racing
+        cis = [_order_ci(c.samples, rp.confidence) for c in alive]
+        return max(hi for _, hi in cis) <= min(lo for lo, _ in cis) * (1 + rp.equivalence)
+
+
+def _finish(search: _Search, cands: list[_Live], stop: str, rounds: int, cfg: TuneConfig, eid: str,
+            wall_s: float) -> WorkloadResult:
+    from .stats import median, median_ci, ratio_ci
+
+    frozen: list[Candidate] = []
+    for c in cands:
+        timed = c.status == "ok" and bool(c.samples)
+        frozen.append(Candidate(
+            impl=c.impl.name, params=c.params, status=c.status, reason=c.reason,
+            samples_ms=tuple(c.samples), host_ms=tuple(c.host),
+            median_ms=median(c.samples) if timed else None,
+            ci_ms=median_ci(c.samples, seed=cfg.seed) if timed else None,
+            dropped_round=c.dropped, note=c.note, rel_err=c.rel_err, backend=c.backend, compile_ms=c.compile_ms))
+    timed = sorted((c for c in frozen if c.timed), key=lambda c: c.median_ms)
+    ranked = tuple(timed + [c for c in frozen if not c.timed])
+    eligible = [c for c in timed if c.dropped_round is None]
+    notes: list[str] = []
+    chosen = eligible[0] if eligible else None
+    base = next((c for c in timed if c.label == cfg.baseline), None)
+    eq = cfg.racing.equivalence
+    if chosen is not None and base is not None and base is not chosen and base.dropped_round is None \
+            and base.median_ms <= chosen.median_ms * (1 + eq):
+        notes.append(f"{cfg.baseline} is within {eq:.0%} of {chosen.label} ({base.median_ms:.4g} vs "
+                     f"{chosen.median_ms:.4g} ms): ties go to the baseline")
+        chosen = base
+    if stop == "budget" and chosen is not None:
+        notes.append(f"budget spent before racing finished: {chosen.label} has the best median among "
+                     f"{len(eligible)} undecided candidates")
+    speedup = None
+    if chosen is not None and base is not None:
+        r, lo, hi = (1.0, 1.0, 1.0) if base is chosen else ratio_ci(base.samples_ms, chosen.samples_ms,
+                                                                   seed=cfg.seed)
+        speedup = {"baseline": cfg.baseline, "value": r, "lo": lo, "hi": hi}
+    elif chosen is not None:
+        b = next((c for c in frozen if c.label == cfg.baseline), None)
+        notes.append(f"no speedup over {cfg.baseline}: " + (f"it was {b.status} ({b.reason})" if b else "not measured"))
+    cost = dict(search.cost, wall_s=wall_s)
+    return WorkloadResult(workload=search.w, mode=cfg.mode, candidates=ranked,
+                          chosen=chosen.label if chosen else None, stop_reason=stop, rounds=rounds, cost=cost,
+                          speedup=speedup, env_id=eid, notes=tuple(notes))
+
+
+def search_workload(w: Workload, impls: list, device: str, timer, cfg: TuneConfig, eid: str = "",
+                    budget_s: float | None = None, ceilings=None) -> WorkloadResult:
+    """Gate and race (or measure exhaustively) every (impl, params) candidate of one workload."""
+    t0 = time.perf_counter()
+    cands = [_Live(impl, p, timer) for impl in impls for p in _space(impl, w, device, cfg)]
+    budget_ms = None if (cfg.exhaustive or budget_s is None) else budget_s * 1e3
+    search = _Search(w, device, timer, cfg, budget_ms, ceilings, cfg.seed)
+    try:
+        stop, rounds = search.exhaustive(cands) if cfg.exhaustive else search.race(cands)
+    finally:
+        for c in cands:
+            c.release()
+        search.inputs = None
+        from .runner import _free
+
+        _free(device)
+    return _finish(search, cands, stop, rounds, cfg, eid, time.perf_counter() - t0)
+
+
+def cache_key(eid: str, w: Workload, labels: list[str], cfg: TuneConfig, timer_mode: str) -> str:
+    """env id | workload key | hash of the candidate list and the search settings that change the answer."""
+    settings = {"candidates": sorted(labels), "mode": cfg.mode, "timer": timer_mode, "baseline": cfg.baseline,
+                "policy": dataclasses.asdict(cfg.policy) if cfg.exhaustive else dataclasses.asdict(cfg.racing)}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{eid}|{w.key}|{digest}"
+
+
+def _ceilings(fp: dict[str, Any], store, eid: str):
+    from . import device as devmod
+
+    if not hasattr(devmod, "ceilings_for"):
+        return None
+    try:
+        return devmod.ceilings_for(fp, store.get("ceilings", eid))
+    except Exception:
+        return devmod.ceilings_for(fp, None)
+
+
+def tune(config: TuneConfig, store, *, timer=None, fingerprint: dict[str, Any] | None = None, ceilings=None,
+         progress: Callable[[str], None] | None = None) -> TuneResult:
+    """Search every workload (cached per environment, workload and candidate list unless force)."""
+    from . import device as devmod
+    from .impls import resolve_many
+    from .runner import resolve_device
+    from .timing import make_timer
+
+    if not config.workloads:
+        raise UserError("nothing to tune: no workloads")
+    device = resolve_device(config.device)
+    timer = timer or make_timer(config.timer, device)
+    fp = fingerprint if fingerprint is not None else devmod.fingerprint(device)
+    eid = devmod.env_id(fp)
+    store.add_environment(eid, fp)
+    impls = resolve_many(candidate_names(config.impls, config.baseline))
+    ceil = ceilings if ceilings is not None else _ceilings(fp, store, eid)
+    t_start = timer.now_ms()
+    out = []
+    for i, w in enumerate(config.workloads):
+        labels = [_label(impl.name, p) for impl in impls for p in _space(impl, w, device, config)]
+        key = cache_key(eid, w, labels, config, timer.mode)
+        hit = None if config.force else store.get(CACHE_NAMESPACE, key)
+        if hit is not None:
+            result = WorkloadResult.from_dict(hit, cached=True)
+        else:
+            budget = config.budget_s
+            if config.budget_total_s is not None:
+                left = config.budget_total_s * 1e3 - (timer.now_ms() - t_start)
+                share = max(0.0, left / 1e3 / (len(config.workloads) - i))
+                budget = share if budget is None else min(budget, share)
+            result = search_workload(w, impls, device, timer, config, eid, budget, ceil)
+            store.put(CACHE_NAMESPACE, key, result.to_dict())
+        if progress:
+            progress(_progress_line(result))
+        out.append(result)
+    settings = {"budget_s": config.budget_s, "budget_total_s": config.budget_total_s,
+                "racing": dataclasses.asdict(config.racing), "policy": dataclasses.asdict(config.policy),
+                "impls": [i.name for i in impls], "device": device}
+    return TuneResult(env_id=eid, fingerprint=fp, mode=config.mode, timer=timer.mode, baseline=config.baseline,
+                      workloads=tuple(out), settings=settings)
+
+
+def _progress_line(r: WorkloadResult) -> str:
+    win = r.winner
+    what = f"{win.label} {win.median_ms:.4g} ms" if win else "no correct candidate"
+    src = "cached" if r.cached else f"{r.stop_reason}, {r.cost.get('wall_s', 0):.1f} s"
+    return f"{r.workload.label}: {what} ({src})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The dispatch table
+# ---------------------------------------------------------------------------------------------
+
+def dispatch_table(result: TuneResult):
+    """The chosen candidate per bucket. Two workloads in one bucket: the first keeps it, and the
+    conflict is noted when their winners differ."""
+    from .dispatch import DispatchTable, Entry, workload_bucket
+
+    entries: dict[str, Entry] = {}
+    notes = []
+    for r in result.workloads:
+        win = r.winner
+        if win is None:
+            continue
+        bucket = workload_bucket(r.workload)
+        if bucket in entries:
+            other = entries[bucket]
+            if (other.impl, other.params) != (win.impl, win.params):
+                notes.append(f"bucket {bucket}: {r.workload.label} chose {win.label}, but the entry keeps "
+                             f"{_label(other.impl, other.params)} from {Workload.from_dict(other.workload).label}")
+            continue
+        base = r.get(result.baseline)
+        ru = r.runner_up
+
+        def brief(c):
+            return None if c is None else {"impl": c.impl, "params": c.params, "median_ms": c.median_ms,
+                                           "ci_ms": list(c.ci_ms) if c.ci_ms else None}
+
+        entries[bucket] = Entry(bucket=bucket, impl=win.impl, params=win.params, workload=r.workload.to_dict(),
+                                data={"winner": brief(win), "runner_up": brief(ru),
+                                      "baseline": brief(base) if base is not None and base.timed else None,
+                                      "speedup": r.speedup, "workload_key": r.workload.key,
+                                      "search": {"mode": r.mode, "stop_reason": r.stop_reason}})
+    env = _env_summary(result.fingerprint, result.env_id)
+    created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    return DispatchTable(environment=env, entries=entries, baseline=result.baseline, created=created, notes=notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------
+
+def _ms(x: float | None) -> str:
+    if x is None:
+        return ""
+    return f"{x:.4g}" if x < 100 else f"{x:.1f}"
+
+
+def _cell(x: Any) -> str:
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
+def _speedup_text(s: dict[str, Any] | None) -> str:
+    if not s:
+        return "n/a"
+    return f"{s['value']:.3g}x [{s['lo']:.3g}, {s['hi']:.3g}] vs {s['baseline']}"
+
+
+def markdown(result: TuneResult) -> str:
+    env = result.to_dict()["environment"]
+    where = env.get("gpu_name") or f"CPU ({env.get('cpu_model', '?')})"
+    out = [f"# attnbench tune ({result.mode})", "",
+           f"Environment {result.env_id}: {where}, torch {env.get('torch')}"
+           + (f", cuDNN {env['cudnn']}" if env.get("cudnn") else "") + (f", triton {env['triton']}" if env.get("triton") else "")
+           + f". Timer `{result.timer}`.", ""]
+    out += ["| workload | chosen | median ms [95% CI] | speedup vs " + result.baseline + " | runner-up | search |",
+            "|---|---|---|---|---|---|"]
+    for r in result.workloads:
+        win, ru = r.winner, r.runner_up
+        med = f"{_ms(win.median_ms)} [{_ms(win.ci_ms[0])}, {_ms(win.ci_ms[1])}]" if win else ""
+        search = "cached" if r.cached else f"{r.stop_reason}, {int(r.cost.get('samples', 0))} samples"
+        out.append("| " + " | ".join(_cell(x) for x in (
+            r.workload.label, win.label if win else "none correct", med,
+            _speedup_text(r.speedup) if win else "", f"{ru.label} {_ms(ru.median_ms)} ms" if ru else "", search)) + " |")
+    for r in result.workloads:
+        out += ["", f"## {r.workload.label}", ""]
+        cost = r.cost
+        out.append(f"{r.mode}: stopped ({r.stop_reason}) after {r.rounds} round(s); {int(cost.get('samples', 0))} "
+                   f"samples, {cost.get('measure_ms', 0):.0f} ms measuring, {cost.get('wall_s', 0):.1f} s wall"
+                   + (" (from the cache)" if r.cached else "") + ".")
+        out += ["", "| rank | candidate | median ms [95% CI] | n | ran | status |", "|---|---|---|---|---|---|"]
+        rank = 0
+        for c in r.candidates:
+            if not c.timed:
+                continue
+            rank += 1
+            state = "**chosen**" if c.label == r.chosen else (c.note or "not chosen")
+            out.append("| " + " | ".join(_cell(x) for x in (
+                rank, c.label, f"{_ms(c.median_ms)} [{_ms(c.ci_ms[0])}, {_ms(c.ci_ms[1])}]", len(c.samples_ms),
+                c.backend, state)) + " |")
+        rejected = [c for c in r.candidates if not c.timed]
+        if rejected:
+            out += ["", "| rejected | status | reason |", "|---|---|---|"]
+            out += ["| " + " | ".join(_cell(x) for x in (c.label, c.status, c.reason)) + " |" for c in rejected]
+        for n in r.notes:
+            out.append(f"\nNote: {n}")
+    rp = result.settings.get("racing", {})
+    out += ["", "## Methods", "",
+            "- Every candidate passes a correctness check against float64 attention before it is timed; "
+            "rejected candidates (unsupported, incorrect, oom, error, implausible) are never chosen.",
+            f"- Medians with 95% bootstrap CIs; speedup = median({result.baseline}) / median(chosen) with a "
+            "percentile-bootstrap CI.",
+            "- Racing drops a candidate when the lower bound of its median's "
+            f"{rp.get('confidence', 0.99):.0%} order-statistic CI lies more than {rp.get('margin', 0.01):.0%} "
+            "above the leader's upper bound; ties within "
+            f"{rp.get('equivalence', 0.01):.0%} go to {result.baseline}."]
+    return "\n".join(out)
+
+
+def json_report(result: TuneResult) -> dict[str, Any]:
+    return result.to_dict()
+
+
+# ---------------------------------------------------------------------------------------------
+# Capacity planning
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CapacityRow:
+    batch: int
+    impl: str                 # label of what was timed
+    status: str               # ok, not-measured, or the chosen candidate's absence ("none correct", oom ...)
+    median_ms: float | None = None
+    ci_ms: tuple[float, float] | None = None
+    tokens_per_s: float | None = None
+    within_budget: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class CapacityPlan:
+    shape: str                # the workload label without its batch
+    latency_budget_ms: float
+    rows: tuple[CapacityRow, ...]
+    best_batch: int | None
+    criterion: str = "95% CI upper bound of the median latency <= budget"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shape": self.shape, "latency_budget_ms": self.latency_budget_ms, "criterion": self.criterion,
+                "best_batch": self.best_batch,
+                "rows": [{**dataclasses.asdict(r), "ci_ms": list(r.ci_ms) if r.ci_ms else None} for r in self.rows]}
+
+
+def plan_capacity(config: TuneConfig, store, latency_budget_ms: float, impl: str = "best", *, timer=None,
+                  fingerprint: dict[str, Any] | None = None, ceilings=None,
+                  progress: Callable[[str], None] | None = None) -> list[CapacityPlan]:
+    """Per shape (the workloads grouped by everything but batch): time each batch, and pick the batch
+    with the most query tokens/s whose latency is within the budget (the CI upper bound of the median,
+    so a batch is in only when it is confidently in). impl='best' tunes each batch (racing, cached) and
+    times its winner; a name times that impl alone with the fixed policy. Batches are taken in
+    increasing order, and once one is confidently over the budget (CI lower bound above it) the larger
+    ones are not measured: latency is taken as non-decreasing in batch."""
+    if latency_budget_ms <= 0:
+        raise UserError("--latency-budget must be positive")
+    groups: dict[Workload, list[Workload]] = {}
+    for w in config.workloads:
+        groups.setdefault(w.replace(batch=1), []).append(w)
+    plans = []
+    for shape, ws in groups.items():
+        rows: list[CapacityRow] = []
+        over = None
+        for w in sorted(set(ws), key=lambda w: w.batch):
+            if over is not None:
+                rows.append(CapacityRow(w.batch, "", "not-measured",
+                                        note=f"batch {over} was already over the budget"))
+                continue
+            if impl == "best":
+                cfg = dataclasses.replace(config, workloads=[w])
+            else:
+                cfg = dataclasses.replace(config, workloads=[w], impls=[impl], baseline="", exhaustive=True)
+            r = tune(cfg, store, timer=timer, fingerprint=fingerprint, ceilings=ceilings, progress=progress).workloads[0]
+            win = r.winner
+            if win is None:
+                failed = [c for c in r.candidates if not c.timed]
+                why = "; ".join(f"{c.label}: {c.status} ({c.reason})" for c in failed[:3]) or "nothing to time"
+                rows.append(CapacityRow(w.batch, "" if impl == "best" else impl, "failed", note=why))
+                if failed and all(c.status == "oom" for c in failed):
+                    over = w.batch
+                continue
+            from . import metrics
+
+            lo, hi = win.ci_ms
+            within = hi <= latency_budget_ms
+            rows.append(CapacityRow(w.batch, win.label, "ok", win.median_ms, (lo, hi),
+                                    metrics.tokens_per_s(w, win.median_ms), within))
+            if lo > latency_budget_ms:
+                over = w.batch
+        inside = [r for r in rows if r.within_budget]
+        best = max(inside, key=lambda r: r.tokens_per_s).batch if inside else None
+        plans.append(CapacityPlan(shape=_shape_label(shape), latency_budget_ms=latency_budget_ms, rows=tuple(rows),
+                                  best_batch=best))
+    return plans
+
+
+def _shape_label(w: Workload) -> str:
+    return w.label.split(" ", 1)[1]  # drop 'B1'
+
+
+def capacity_markdown(plans: list[CapacityPlan]) -> str:
+    out = ["# attnbench tune --objective throughput", ""]
+    for p in plans:
+        best = f"batch {p.best_batch}" if p.best_batch is not None else "no batch within the budget"
+        out += [f"## {p.shape}: {best} (budget {_ms(p.latency_budget_ms)} ms; {p.criterion})", "",
+                "| batch | impl | median ms | 95% CI | tokens/s | within budget |", "|---|---|---|---|---|---|"]
+        for r in p.rows:
+            ci = f"[{_ms(r.ci_ms[0])}, {_ms(r.ci_ms[1])}]" if r.ci_ms else ""
+            tps = f"{r.tokens_per_s:.4g}" if r.tokens_per_s else ""
+            inside = ("**yes (best)**" if r.batch == p.best_batch else "yes") if r.within_budget else \
+                ("no" if r.status == "ok" else f"{r.status}: {r.note}")
+            out.append("| " + " | ".join(_cell(x) for x in (r.batch, r.impl, _ms(r.median_ms), ci, tps, inside)) + " |")
+        out.append("")
+    out.append("tokens/s counts query tokens (batch x q_len) per second at the median latency.")
+    return "\n".join(out)
+
+
+def capacity_json(plans: list[CapacityPlan]) -> dict[str, Any]:
+    return {"format": "attnbench-capacity", "version": 1, "plans": [p.to_dict() for p in plans]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Small parsers for the CLI
+# ---------------------------------------------------------------------------------------------
+
+def parse_duration(text: str | None, what: str = "--budget") -> float | None:
+    """'60s', '2m', '500ms', '1h' or a plain number of seconds -> seconds."""
+    if text is None:
+        return None
+    t = str(text).strip().lower()
+    for suffix, factor in (("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if t.endswith(suffix):
+            t, scale = t[: -len(suffix)], factor
+            break
+    else:
+        scale = 1.0
+    try:
+        value = float(t) * scale
+    except ValueError:
+        raise UserError(f"{what}: expected a duration like 60s, 2m or 500ms, got {text!r}") from None
+    if value < 0 or not math.isfinite(value):
+        raise UserError(f"{what} must be a non-negative duration, got {text!r}")
+    return value
+
+
+def parse_ms(text: str, what: str = "--latency-budget") -> float:
+    """'2ms', '0.5ms', '1s' or a plain number of milliseconds -> milliseconds."""
+    t = str(text).strip().lower()
+    if t.endswith("ms"):
+        return _positive(t[:-2], text, what)
+    if t.endswith("us"):
+        return _positive(t[:-2], text, what) / 1e3
+    if t.endswith("s"):
+        return _positive(t[:-1], text, what) * 1e3
+    return _positive(t, text, what)
+
+
+def _positive(t: str, text: str, what: str) -> float:
+    try:
+        v = float(t)
+    except ValueError:
+        raise UserError(f"{what}: expected a time like 2ms, got {text!r}") from None
+    if not v > 0:
+        raise UserError(f"{what} must be positive, got {text!r}")
+    return v
+
+
+def expand_ellipsis(text: str | None) -> str | None:
+    """'1,2,4,...,256' -> '1,2,4,8,16,32,64,128,256' (geometric when the two values before '...' have a
+    ratio, else arithmetic); lists without '...' pass through."""
+    if text is None or "..." not in text:
+        return text
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    i = parts.index("...")
+    if i < 2 or i != len(parts) - 2:
+        raise UserError(f"{text!r}: write '...' after at least two values and before the last one")
+    try:
+        a, b, end = int(parts[i - 2]), int(parts[i - 1]), int(parts[-1])
+    except ValueError:
+        raise UserError(f"{text!r}: '...' needs integers around it") from None
+    seq = [int(p) for p in parts[:i]]
+    if b <= a:
+        raise UserError(f"{text!r}: the values before '...' must increase")
+    if len(seq) >= 3 and seq[-3] > 0 and seq[-1] * seq[-3] == seq[-2] ** 2 and b % a == 0:
+        geometric = True
+    elif len(seq) >= 3:
+        geometric = False
+        if seq[-1] - seq[-2] != seq[-2] - seq[-3]:
+            raise UserError(f"{text!r}: the values before '...' are neither a geometric nor an arithmetic sequence")
+    else:  # two values: a whole ratio reads as geometric (1,2,...,256), else arithmetic
+        geometric = a > 0 and b % a == 0
+    while True:
+        nxt = seq[-1] * (b // a) if geometric else seq[-1] + (b - a)
+        if nxt > end:
+            break
+        seq.append(nxt)
+    if seq[-1] != end:
+        seq.append(end)
+    return ",".join(str(x) for x in seq)
