@@ -16,8 +16,10 @@ One sample, on the current stream of the device:
   a lower clock the spin only lasts longer, never too short.
 - Within a batch the host runs ahead of the GPU (at most LAG samples, so a full launch queue never
   blocks a timed enqueue and inflates the host time), the spins keep the SMs busy (an idle GPU drops
-  its clock: FIELD-NOTES), there is one synchronize per batch, and the SM clock is read through NVML
-  mid-batch while the GPU is busy.
+  its clock: FIELD-NOTES), the host waits once per batch (on the last end event), and the SM clock is
+  read through NVML mid-batch while the GPU is busy. Between batches a keep-alive spin, enqueued after
+  the last end event and sized to the host's last gap between batches (statistics, NVML; capped at
+  1 ms), keeps the GPU busy until the next batch is queued, so no sample starts on an idle GPU.
 - The host time of every call (Python, dispatch, launch: what a caller pays) is kept beside it.
 
 Graph mode captures the call once per callable and times replays in the same frame. Cold-cache
@@ -48,6 +50,7 @@ from .timing import Sample
 LAG = 64                  # samples the host may enqueue ahead of the GPU within a batch
 SPIN_CAP_US = 2000.0
 SPIN_PAD_US = 10.0
+KEEPALIVE_US = (50.0, 1000.0)  # bounds of the spin that covers the host's work between batches
 FALLBACK_MHZ = 2000.0     # if neither NVML nor torch gives the max SM clock (over-estimate: longer spin)
 GRAPH_MIN_RATIO = 0.4
 PROBE_SAMPLES = 5
@@ -87,6 +90,8 @@ class CudaEventTimer:
                                           device=self.device)
         self.mhz = (clock.max_sm_mhz() if clock is not None else None) or _props_mhz(props) or FALLBACK_MHZ
         self._spin: dict[int, tuple[Callable, int, float]] = {}  # id(fn) -> (fn, cycles, host us)
+        self._batch_end: float | None = None  # perf_counter when the host last finished waiting for a batch
+        self._keepalive_us = 200.0
 
     def now_ms(self) -> float:
         return time.perf_counter() * 1e3
@@ -130,6 +135,11 @@ class CudaEventTimer:
     def _timed(self, call: Callable, n: int, cycles: int, read_clock: bool = True) -> list[Sample]:
         import torch
 
+        if n <= 0:
+            return []
+        if self._batch_end is not None:  # the host's gap since the last batch sizes the next keep-alive
+            gap_us = (time.perf_counter() - self._batch_end) * 1e6
+            self._keepalive_us = min(KEEPALIVE_US[1], max(KEEPALIVE_US[0], 1.5 * gap_us))
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         host = [0.0] * n
@@ -147,7 +157,9 @@ class CudaEventTimer:
             ends[i].record()
             if read_clock and i == n // 2 and self.clock is not None:
                 mhz = self.clock.sm_mhz()
-        torch.cuda.synchronize(self.device)
+        torch.cuda._sleep(int(self._keepalive_us * self.mhz))  # after the last end event: not timed
+        ends[-1].synchronize()
+        self._batch_end = time.perf_counter()
         return [Sample(device_ms=s.elapsed_time(e), host_ms=h, clock_mhz=mhz) for s, e, h in zip(starts, ends, host)]
 
     def info(self, fn: Callable) -> dict[str, Any]:
@@ -239,28 +251,41 @@ class CudaGraphTimer(CudaEventTimer):
                 fn()
         current.wait_stream(side)
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         graph, kept = _new_graph()
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                with torch.cuda.graph(graph):
-                    fn()
-        except Exception as exc:
-            first = exc.__context__ if exc.__context__ is not None else exc
-            why = _short(first) + ("" if first is exc else f" (then {_short(exc)})")
+        # capture_begin/end by hand rather than torch.cuda.graph: when capture_end raises, that context
+        # manager leaves the capture stream current; here `torch.cuda.stream` restores it in any case.
+        failed: list[BaseException] = []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with torch.cuda.stream(torch.cuda.Stream()):
+                try:
+                    graph.capture_begin()
+                except Exception as exc:
+                    failed.append(exc)
+                if not failed:
+                    try:
+                        fn()
+                    except Exception as exc:
+                        failed.append(exc)
+                    try:
+                        graph.capture_end()
+                    except Exception as exc:
+                        failed.append(exc)
+        if failed:
+            why = _short(failed[0]) + "".join(f" (then {_short(e)})" for e in failed[1:])
             del graph
             _recover()
             raise GraphCaptureError(
                 f"cannot capture the call in a CUDA graph: {why}. The call may synchronize with the host "
                 "(.item(), .cpu(), data-dependent shapes) or use an op that capture forbids; time it with "
-                "--timer cold instead") from exc
-        facts: dict[str, Any] = {}
-        if kept:
-            graph.instantiate()
-            facts.update(_dump_nodes(graph))
+                "--timer cold instead") from failed[0]
+        facts: dict[str, Any] = _dump_nodes(graph) if kept else {}
         if any("graph is empty" in str(w.message).lower() for w in caught) or facts.get("graph_nodes") == 0:
             raise GraphCaptureError("the captured CUDA graph is empty: the call's work ran on the host or on a "
                                     "stream outside the capture")
+        if kept:
+            graph.instantiate()
         if facts.get("kernel_nodes") == 0:
             raise GraphCaptureError(f"the captured CUDA graph holds no kernel ({facts['graph_nodes']} nodes, "
                                     "memory operations only)")
