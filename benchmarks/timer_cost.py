@@ -59,30 +59,29 @@ def main() -> None:
     timer = make_timer("cold", "cuda")
     gpu = torch.cuda.get_device_name()
     rows = []
+    def ours(call, row: dict) -> None:
+        t0 = time.perf_counter()
+        r = measure(timer, call, policy)
+        row.update(ours_s=time.perf_counter() - t0, ours_ms=statistics.median(r.samples_ms),
+                   ours_n=len(r.samples_ms), ours_precision=r.precision, ours_stop=r.stop_reason)
+
+    def theirs(call, row: dict) -> None:
+        t0 = time.perf_counter()
+        samples, med = do_bench_samples(call)
+        torch.cuda.synchronize()
+        row.update(do_bench_s=time.perf_counter() - t0, do_bench_ms=med,
+                   do_bench_n=len(samples) if samples else None,
+                   do_bench_precision=relative_halfwidth(samples) if samples else None)
+
     for i, w in enumerate(load_preset(args.preset).workloads):
         row: dict = {"workload": w.label}
         try:
             call = make_call(impl.build(w, "cuda", {}), w, make_inputs(w, "cuda", 0))
+            call()  # the first call (compilation) outside impl.context(), as the runner does
+            torch.cuda.synchronize()
             with impl.context():
-                call()
-                torch.cuda.synchronize()
-
-                def ours() -> None:
-                    t0 = time.perf_counter()
-                    r = measure(timer, call, policy)
-                    row.update(ours_s=time.perf_counter() - t0, ours_ms=statistics.median(r.samples_ms),
-                               ours_n=len(r.samples_ms), ours_precision=r.precision, ours_stop=r.stop_reason)
-
-                def theirs() -> None:
-                    t0 = time.perf_counter()
-                    samples, med = do_bench_samples(call)
-                    torch.cuda.synchronize()
-                    row.update(do_bench_s=time.perf_counter() - t0, do_bench_ms=med,
-                               do_bench_n=len(samples) if samples else None,
-                               do_bench_precision=relative_halfwidth(samples) if samples else None)
-
-                for step in ((ours, theirs) if i % 2 == 0 else (theirs, ours)):
-                    step()
+                for step in ((ours, theirs) if i % 2 == 0 else (theirs, ours)):  # alternate who goes first
+                    step(call, row)
             del call
         except Exception as exc:  # recorded; the sweep goes on
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]
