@@ -12,10 +12,13 @@ from .store import Store, measurement_to_dict
 
 TIMER_TEXT = {
     "cold": "device time by CUDA events around each call; L2 flushed (a buffer of twice the L2 size read) "
-            "before every sample, outside the timed window; one synchronize per batch of samples",
+            "before every sample, outside the timed window; the launch hidden behind a spin kernel queued "
+            "before the start event (the GPU is busy while the host enqueues the call); one synchronize per "
+            "batch of samples",
     "warm": "device time by CUDA events around back-to-back calls; no cache flush (warm L2)",
     "graph": "device time of CUDA-graph replays of the call (captured once, checked to hold the call's "
-             "kernels); L2 flushed before every replay, outside the timed window",
+             "kernels); L2 flushed before every replay, outside the timed window; the host time beside it "
+             "is the replay's launch cost, not the eager call's",
     "graph-warm": "device time of CUDA-graph replays of the call, back to back (warm L2)",
     "host": "host wall time of call + synchronize (what the caller waits for, including Python, "
             "dispatch and launch overhead)",
