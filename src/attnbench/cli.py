@@ -381,6 +381,151 @@ def tune(
     typer.echo(text)
 
 
+@app.command()
+def gate(
+    baseline: Path = typer.Option(..., "--baseline", help="baseline JSON, e.g. perf/attnbench-baseline.json"),
+    update: bool = typer.Option(False, "--update", help="create the baseline, or add new cells and move confirmed "
+                                                        "improvements up (regressions are never absorbed)"),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="built-in sweep (default: the baseline's cells)"),
+    sweep: Optional[Path] = typer.Option(None, "--sweep", help="sweep file (TOML or YAML)"),
+    batch: Optional[str] = typer.Option(None, "-b", "--batch", help="comma list"),
+    heads: Optional[str] = typer.Option(None, "-H", "--heads", help="query heads, comma list"),
+    kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="KV heads (GQA), comma list"),
+    seq: Optional[str] = typer.Option(None, "-s", "--seq", help="query length, comma list"),
+    kv_seq: Optional[str] = typer.Option(None, "--kv-seq", help="key/value length, comma list"),
+    dim: Optional[str] = typer.Option(None, "-d", "--dim", help="head dim, comma list"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16, fp32, fp64; comma list"),
+    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="causal mask"),
+    direction: Optional[str] = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list"),
+    impl: Optional[List[str]] = typer.Option(None, "--impl", "-i", help="impls to gate (default: the baseline's)"),
+    threshold: float = typer.Option(0.03, "--threshold", help="smallest slowdown that fails (fraction; the "
+                                                              "baseline's thresholds override it per impl or cell)"),
+    alpha: float = typer.Option(0.05, "--alpha", help="family-wise error rate (Holm over all compared cells)"),
+    confirm: int = typer.Option(1, "--confirm", help="re-measure flagged cells N times; each must flag them again"),
+    repeats: int = typer.Option(3, "--repeats", help="independent measurements pooled into a cell's baseline "
+                                                     "(their spread is the cell's noise floor)"),
+    normalize: bool = typer.Option(False, "--normalize", help="scale times by the matmul/copy ceilings measured "
+                                                              "now vs in the baseline run (GPU)"),
+    allow_env_mismatch: bool = typer.Option(False, "--allow-env-mismatch",
+                                            help="compare with a baseline from another environment (with a warning)"),
+    accept: Optional[List[str]] = typer.Option(None, "--accept", help="cell key whose current measurement becomes "
+                                                                      "its baseline (repeatable; needs --reason)"),
+    reason: Optional[str] = typer.Option(None, "--reason", help="why the --accept'ed change is fine (kept in history)"),
+    fmt: str = typer.Option("md", "--format", help="md (PR comment) or json"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
+    timer: Optional[str] = typer.Option(None, "--timer", help="for a new baseline: cold, warm, host (default auto)"),
+    samples: Optional[int] = typer.Option(None, "--samples", help="samples per cell (default: the baseline's; 100)"),
+    min_samples: Optional[int] = typer.Option(None, "--min-samples"),
+    warmup_ms: Optional[float] = typer.Option(None, "--warmup-ms", help="warm-up by time, after the first call"),
+    max_time_ms: Optional[float] = typer.Option(None, "--max-time-ms", help="time limit per measurement"),
+    db: Optional[str] = DB_OPT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """CI ratchet: measure now, compare with the baseline; exit 1 on a confirmed, significant and large
+    regression (or a kernel that broke), 2 on a usage or environment error."""
+    from . import gate as g
+    from .runner import resolve_device
+
+    if fmt not in ("md", "json"):
+        raise UserError(f"--format must be md or json, got {fmt!r}")
+    dev = resolve_device(device)
+    shape = (batch, heads, kv_heads, seq, kv_seq, dim, dtype, causal, direction)
+    workloads = None
+    if preset or sweep or any(x is not None for x in shape) or not baseline.exists():
+        workloads, _ = build_workloads(preset, sweep, *shape, dev)
+    policy = g.policy_from_flags(samples, min_samples, warmup_ms, max_time_ms)
+    opts = g.GateOptions(str(baseline), update=update, threshold=threshold, alpha=alpha, confirm=confirm, repeats=repeats,
+                         normalize=normalize, allow_env_mismatch=allow_env_mismatch, accept=tuple(accept or ()),
+                         reason=reason, workloads=workloads, impls=list(impl) if impl else None, timer=timer,
+                         policy=policy)
+    with _open_store(db) as store:
+        measurer = g.RunnerMeasurer(store, dev, progress=not quiet and sys.stderr.isatty())
+        result = g.run_gate(opts, measurer)
+        measurer.record(result)
+    text = result.markdown()
+    g.append_step_summary(text)
+    typer.echo(json.dumps(result.to_dict(), indent=2, default=str) if fmt == "json" else text, nl=fmt == "json")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def tune(
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="built-in sweep: characterize, llm-prefill, cpu-smoke"),
+    sweep: Optional[Path] = typer.Option(None, "--sweep", help="sweep file (TOML or YAML)"),
+    batch: Optional[str] = typer.Option(None, "-b", "--batch", help="comma list; '1,2,4,...,256' expands"),
+    heads: Optional[str] = typer.Option(None, "-H", "--heads", help="query heads, comma list"),
+    kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="KV heads (GQA), comma list"),
+    seq: Optional[str] = typer.Option(None, "-s", "--seq", help="query length, comma list"),
+    kv_seq: Optional[str] = typer.Option(None, "--kv-seq", help="key/value length, comma list"),
+    dim: Optional[str] = typer.Option(None, "-d", "--dim", help="head dim, comma list"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16, fp32, fp64; comma list"),
+    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="causal mask"),
+    direction: Optional[str] = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list"),
+    impl: Optional[List[str]] = typer.Option(None, "--impl", "-i", help="impl name or package.module:function "
+                                             "(repeatable; default: all registered; plugins alone add to all)"),
+    budget: str = typer.Option("60s", "--budget", help="time per workload for racing (gate included), e.g. 60s, 2m"),
+    budget_total: Optional[str] = typer.Option(None, "--budget-total", help="time for the whole sweep, shared out"),
+    exhaustive: bool = typer.Option(False, "--exhaustive", help="time every candidate fully (validates racing)"),
+    samples: int = typer.Option(100, "--samples", help="samples per candidate: exhaustive count, racing maximum"),
+    force: bool = typer.Option(False, "--force", help="measure again even where the cache has a result"),
+    baseline: str = typer.Option("sdpa-auto", "--baseline", help="the default the speedup is stated against"),
+    objective: str = typer.Option("latency", "--objective", help="latency (fastest impl per workload) or "
+                                  "throughput (largest tokens/s batch within --latency-budget)"),
+    latency_budget: Optional[str] = typer.Option(None, "--latency-budget", help="throughput objective: e.g. 2ms"),
+    plan_impl: str = typer.Option("best", "--plan-impl", help="throughput objective: 'best' (tune each batch) "
+                                  "or an impl name"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the dispatch table (latency) or "
+                                          "the capacity plan JSON (throughput)"),
+    fmt: str = typer.Option("md", "--format", help="md or json (the report printed at the end)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
+    timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, host (CPU default)"),
+    db: Optional[str] = DB_OPT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
+) -> None:
+    """The fastest correct impl per workload: correctness gate, then racing under a time budget;
+    results cached per environment; -o writes a dispatch table for attnbench.attention."""
+    from importlib import import_module
+
+    from .runner import resolve_device
+
+    tn = import_module(".tune", __package__)  # not `from . import tune`: the package exports a function of that name
+
+    if fmt not in ("md", "json"):
+        raise UserError(f"--format must be md or json, got {fmt!r}")
+    if objective not in ("latency", "throughput"):
+        raise UserError(f"--objective must be latency or throughput, got {objective!r}")
+    if samples < 1:
+        raise UserError("--samples must be at least 1")
+    dev = resolve_device(device)
+    workloads, _ = build_workloads(preset, sweep, tn.expand_ellipsis(batch), heads, kv_heads, seq, kv_seq, dim,
+                                   dtype, causal, direction, dev)
+    racing = tn.RacingPolicy(max_samples=samples, first_samples=min(10, samples))
+    config = tn.TuneConfig(workloads=workloads, impls=tn.cli_impls(list(impl or [])), device=dev, timer=timer,
+                           budget_s=tn.parse_duration(budget), budget_total_s=tn.parse_duration(budget_total,
+                           "--budget-total"), exhaustive=exhaustive, racing=racing, baseline=baseline, force=force,
+                           policy=tn.TimingPolicy(warmup_ms=25.0, min_samples=samples, max_samples=samples))
+    say = None if quiet else (lambda line: typer.echo(line, err=True))
+    with _open_store(db) as store:
+        if objective == "throughput":
+            if latency_budget is None:
+                raise UserError("--objective throughput needs --latency-budget (e.g. 2ms)")
+            plans = tn.plan_capacity(config, store, tn.parse_ms(latency_budget), plan_impl, progress=say)
+            data = tn.capacity_json(plans)
+            text = json.dumps(data, indent=2) if fmt == "json" else tn.capacity_markdown(plans)
+            if output:
+                output.write_text(json.dumps(data, indent=2) + "\n")
+        else:
+            if latency_budget is not None:
+                raise UserError("--latency-budget goes with --objective throughput")
+            result = tn.tune(config, store, progress=say)
+            text = json.dumps(tn.json_report(result), indent=2, default=str) if fmt == "json" else tn.markdown(result)
+            if output:
+                tn.dispatch_table(result).save(output)
+    if output:
+        typer.echo(f"wrote {output}", err=True)
+    typer.echo(text)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     try:
         app(args=argv, prog_name="attnbench")

@@ -1,0 +1,550 @@
+"""CI ratchet: compare a run with a committed baseline; a regression is significant (Holm) AND large.
+
+A compared cell (ok in the baseline and now) gets the ratio of medians now/baseline with a bootstrap
+CI (stats.ratio_ci) and a Mann-Whitney p-value; the p-values of all compared cells are Holm-adjusted
+together. It is a REGRESSION when p_holm < alpha, the CI's lower bound > 1 and the ratio > 1 +
+threshold; an IMPROVEMENT symmetrically; otherwise unchanged. A kernel that now errors, is incorrect or
+runs out of memory is BROKEN: a failure like a regression. Cells on one side only are NEW or MISSING
+(reported, never failures; a cell that became unsupported counts as missing).
+
+The threshold of a cell is the largest of --threshold, the baseline file's override for the cell,
+workload or impl, and the cell's noise floor: the spread of the baseline's independent measurements
+(see baseline.py), so a cell whose medians move 6% between measurements is not failed for 4%.
+
+Confirmation ("test each"): every flagged cell is re-measured `confirm` times; each re-measurement is
+tested on its own against the baseline (Holm over the re-measured cells) and must flag the cell in
+the same direction, or the flag is dropped. Testing each run, rather than pooling its samples with the
+first run's, is what removes one-off events (a throttled minute, a noisy neighbour): a pooled test
+would still be dominated by the first run's shifted samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from . import metrics, stats
+from .baseline import Baseline, Cell, accept, impl_label, ratchet, resolve_cell
+from .errors import UserError
+from .measurement import Measurement
+
+REGRESSION, IMPROVEMENT, UNCHANGED = "regression", "improvement", "unchanged"
+BROKEN, NEW, MISSING = "broken", "new", "missing"
+FAILING = (REGRESSION, BROKEN)
+BROKEN_STATUSES = ("error", "incorrect", "oom")
+
+Remeasure = Callable[[list[Cell]], list[Measurement]]
+
+
+@dataclass
+class CellResult:
+    key: str
+    label: str
+    verdict: str
+    status: str = "ok"                       # the current measurement's status ('' when not measured)
+    reason: str = ""
+    baseline_ms: float | None = None
+    current_ms: float | None = None          # normalized when the gate normalizes
+    ratio: float | None = None               # current / baseline medians
+    ci: tuple[float, float] | None = None
+    p: float | None = None
+    p_holm: float | None = None
+    threshold: float | None = None          # the one applied: max(configured, noise)
+    noise: float = 0.0                       # the baseline's spread between independent measurements
+    stat_verdict: str = ""                   # stats.verdict_from: faster / slower / same / inconclusive
+    norm_factor: float = 1.0
+    norm_basis: str = ""
+    clock_mhz: float | None = None           # median SM clock now
+    baseline_clock_mhz: float | None = None
+    n: tuple[int, int] | None = None         # (baseline, current) sample counts
+    confirmations: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+    accepted: bool = False
+
+
+@dataclass
+class GateResult:
+    cells: list[CellResult]
+    threshold: float
+    alpha: float
+    confirm: int
+    timer: str = ""
+    normalized: bool = False
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    geomean: tuple[float, float, float] | None = None
+    baseline_path: str = ""
+    created: bool = False                    # this run wrote a new baseline
+
+    def having(self, *verdicts: str) -> list[CellResult]:
+        return [c for c in self.cells if c.verdict in verdicts]
+
+    @property
+    def failures(self) -> list[CellResult]:
+        return [c for c in self.having(*FAILING) if not c.accepted]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(passed=self.passed, exit_code=self.exit_code,
+                 counts={v: len(self.having(v)) for v in (REGRESSION, BROKEN, IMPROVEMENT, UNCHANGED, NEW, MISSING)})
+        return d
+
+    def markdown(self) -> str:
+        return markdown(self)
+
+
+# -------------------------------------------------------------------------------------------------
+# Normalization by device ceilings
+# -------------------------------------------------------------------------------------------------
+
+def _matmul(ceil: Mapping[str, Any], dtype: str) -> tuple[str, float] | None:
+    tf = {k: v for k, v in (ceil.get("tflops") or {}).items() if v}
+    for d in (dtype, "fp16", "bf16", *sorted(tf)):
+        if d in tf:
+            return d, float(tf[d])
+    return None
+
+
+def normalization(cell: Cell, base: Mapping[str, Any] | None, now: Mapping[str, Any] | None) -> tuple[float, str]:
+    """(factor, basis): current times are multiplied by factor = now/baseline throughput of the ceiling
+    that bounds the cell, so a machine that copies 5% slower reads 5% faster work as unchanged.
+
+    The bound is chosen per cell by the roofline: arithmetic intensity (metrics.intensity) below the
+    baseline's ridge point (matmul TFLOP/s / copy GB/s) -> memory-bound -> copy GB/s; else the matmul
+    TFLOP/s of the cell's dtype. (1.0, '') when either side lacks the ceilings."""
+    if not base or not now:
+        return 1.0, ""
+    mb, mn = _matmul(base, cell.workload.dtype), _matmul(now, cell.workload.dtype)
+    gb, gn = base.get("gbps"), now.get("gbps")
+    if not (mb and mn and gb and gn):
+        return 1.0, ""
+    ridge = mb[1] * 1e3 / float(gb)
+    if metrics.intensity(cell.workload) < ridge:
+        return float(gn) / float(gb), "copy"
+    return mn[1] / mb[1], f"matmul {mb[0]}"
+
+
+# -------------------------------------------------------------------------------------------------
+# The check
+# -------------------------------------------------------------------------------------------------
+
+def _by_key(measurements: Sequence[Measurement]) -> dict[str, Measurement]:
+    return {Cell.of(m).key: m for m in measurements}
+
+
+def _classify(verdict: str) -> str:
+    return {stats.Verdict.SLOWER: REGRESSION, stats.Verdict.FASTER: IMPROVEMENT}.get(verdict, UNCHANGED)
+
+
+def _compare(baseline: Baseline, current: Mapping[str, Measurement], keys: Sequence[str], threshold: float,
+             alpha: float, now_ceilings: Mapping[str, Any] | None, confidence: float, seed: int
+             ) -> tuple[dict[str, CellResult], list[tuple[list[float], list[float]]]]:
+    out: dict[str, CellResult] = {}
+    tested: list[CellResult] = []
+    pairs: list[tuple[list[float], list[float]]] = []
+    for key in keys:
+        b, m = baseline.cells.get(key), current.get(key)
+        cell = b.cell if b is not None else Cell.of(m)
+        r = CellResult(key, cell.label, UNCHANGED, status=m.status if m else "",
+                       baseline_ms=b.median_ms if b else None, baseline_clock_mhz=b.clock_mhz if b else None)
+        out[key] = r
+        if m is not None and m.clocks_mhz:
+            r.clock_mhz = stats.median(m.clocks_mhz)
+        if b is None:
+            r.verdict, r.reason, r.current_ms = NEW, m.reason, m.median_ms
+        elif m is None:
+            r.verdict, r.reason = MISSING, "not measured in this run"
+        elif not m.ok:
+            r.verdict = BROKEN if m.status in BROKEN_STATUSES else MISSING
+            r.reason = f"{m.status} now (ok in the baseline): {m.reason}".rstrip(": ")
+        else:
+            r.norm_factor, r.norm_basis = normalization(cell, baseline.ceilings, now_ceilings)
+            xs = [x * r.norm_factor for x in m.samples_ms]
+            r.ratio, lo, hi = stats.ratio_ci(xs, b.samples_ms, confidence=confidence, seed=seed)
+            r.ci, r.p = (lo, hi), stats.mann_whitney(xs, b.samples_ms)
+            r.current_ms, r.n = stats.median(xs), (len(b.samples_ms), len(xs))
+            r.noise = b.noise
+            r.threshold = max(baseline.threshold_for(cell, threshold), r.noise)
+            tested.append(r)
+            pairs.append((xs, b.samples_ms))
+    for r, p_holm in zip(tested, stats.holm([r.p for r in tested])):
+        r.p_holm = p_holm
+        r.stat_verdict = stats.verdict_from(r.ratio, r.ci[0], r.ci[1], p_holm, threshold=r.threshold, alpha=alpha)
+        r.verdict = _classify(r.stat_verdict)
+    return out, pairs
+
+
+def check(baseline: Baseline, current: Sequence[Measurement], threshold: float = 0.03, alpha: float = 0.05,
+          normalize: Mapping[str, Any] | None = None, *, confirm: int = 1, remeasure: Remeasure | None = None,
+          confidence: float = 0.95, seed: int = 0, warnings: Sequence[str] = ()) -> GateResult:
+    """Compare current measurements with the baseline (see the module docstring for the rules).
+
+    normalize: the device ceilings measured in this run (device.measure_ceilings), or None to compare
+    raw times. remeasure(cells) -> measurements drives the confirmation runs; without it (or with
+    confirm=0) flags are final after one run.
+    """
+    if not 0 <= threshold < 1:
+        raise UserError(f"threshold must be a fraction in [0, 1), e.g. 0.03, got {threshold!r}")
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha must be in (0, 1), got {alpha!r}")
+    if confirm < 0:
+        raise UserError(f"confirm must be >= 0, got {confirm!r}")
+    now = _by_key(current)
+    keys = list(baseline.cells) + [k for k in now if k not in baseline.cells]
+    results, pairs = _compare(baseline, now, keys, threshold, alpha, normalize, confidence, seed)
+    rounds = confirm if remeasure is not None else 0
+    flagged = {k: r for k, r in results.items() if r.verdict in (REGRESSION, IMPROVEMENT)}
+    for i in range(rounds):
+        if not flagged:
+            break
+        again = _by_key(remeasure([baseline.cells[k].cell for k in flagged]))
+        recheck, _ = _compare(baseline, again, [k for k in flagged if k in again], threshold, alpha, normalize,
+                              confidence, seed + i + 1)
+        for k, r in list(flagged.items()):
+            c = recheck.get(k)
+            r.confirmations.append({"verdict": c.verdict, "ratio": c.ratio, "ci": c.ci, "p_holm": c.p_holm,
+                                    "clock_mhz": c.clock_mhz} if c else {"verdict": MISSING})
+            if c is not None and c.verdict == BROKEN:
+                r.verdict, r.reason = BROKEN, f"{c.reason} (re-measurement {i + 1})"
+            elif c is None or c.verdict != r.verdict:
+                r.note = (f"flagged as {r.verdict} (ratio {r.ratio:.4f}) but not confirmed by re-measurement "
+                          f"{i + 1}" + (f" (ratio {c.ratio:.4f})" if c and c.ratio else ""))
+                r.verdict = UNCHANGED
+            else:
+                continue
+            del flagged[k]
+    geo = stats.geomean_ratio_ci(pairs, confidence=confidence, seed=seed) if pairs else None
+    return GateResult(list(results.values()), threshold, alpha, rounds, timer=baseline.timer,
+                      normalized=normalize is not None, warnings=list(warnings), geomean=geo)
+
+
+# -------------------------------------------------------------------------------------------------
+# Environment
+# -------------------------------------------------------------------------------------------------
+
+def environment_mismatch(baseline_fp: Mapping[str, Any] | None, fp: Mapping[str, Any] | None) -> list[str]:
+    """Performance-relevant differences as 'key: baseline -> now' (device.env_mismatch, else PERF_KEYS)."""
+    from . import device
+
+    fn = getattr(device, "env_mismatch", None)
+    if fn is not None:
+        return list(fn(dict(baseline_fp or {}), dict(fp or {})))
+    a, b = baseline_fp or {}, fp or {}
+    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in device.PERF_KEYS if a.get(k) != b.get(k)]
+
+
+# -------------------------------------------------------------------------------------------------
+# One gate run: measure, check, confirm, ratchet, write
+# -------------------------------------------------------------------------------------------------
+
+class Measurer(Protocol):
+    """Where measurements come from: the runner (CLI), direct cells (benchmarks) or synthetic (tests)."""
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
+    def ceilings(self, dtypes: list[str]) -> dict[str, Any] | None: ...
+
+    def measure(self, cells: list[Cell], timer: str, policy: Any, name: str) -> list[Measurement]: ...
+
+
+@dataclass
+class GateOptions:
+    baseline: str
+    update: bool = False
+    threshold: float = 0.03
+    alpha: float = 0.05
+    confirm: int = 1
+    normalize: bool = False
+    allow_env_mismatch: bool = False
+    accept: tuple[str, ...] = ()
+    reason: str | None = None
+    repeats: int = 3                         # independent measurements pooled into a cell's baseline
+    workloads: list[Any] | None = None       # None: the baseline's workloads
+    impls: list[str] | None = None           # None: the baseline's impls (all registered ones for a new baseline)
+    timer: str | None = None                 # None: the baseline's timer mode
+    policy: Any = None                       # a TimingPolicy; None: the baseline's
+
+
+def policy_from_flags(samples: int | None, min_samples: int | None, warmup_ms: float | None,
+                      max_time_ms: float | None) -> Any:
+    """A TimingPolicy from the CLI's flags, or None when none was given (then the baseline's is used)."""
+    if all(x is None for x in (samples, min_samples, warmup_ms, max_time_ms)):
+        return None
+    from .timing import TimingPolicy
+
+    d = TimingPolicy()
+    n = d.max_samples if samples is None else samples
+    lo = min(d.min_samples if min_samples is None else min_samples, n)
+    if n < 1 or lo < 1:
+        raise UserError("--samples and --min-samples must be at least 1")
+    return TimingPolicy(warmup_ms=d.warmup_ms if warmup_ms is None else warmup_ms, min_samples=lo, max_samples=n,
+                        max_time_ms=d.max_time_ms if max_time_ms is None else max_time_ms)
+
+
+def _plan(opts: GateOptions, base: Baseline | None) -> list[Cell]:
+    known = list(base.cells.values()) if base else []
+    if opts.workloads is None:
+        cells = [c.cell for c in known if opts.impls is None or c.cell.impl in opts.impls
+                 or impl_label(c.cell.impl, c.cell.params) in opts.impls]
+    else:
+        if opts.impls is not None:
+            names = list(opts.impls)
+        elif known:
+            names = list(dict.fromkeys(c.cell.impl for c in known))
+        else:
+            from .impls import registry
+
+            names = list(registry())
+        params = {n: [c.cell.params for c in known if c.cell.impl == n] or [{}] for n in names}
+        cells = [Cell(w, n, dict(p)) for w in opts.workloads for n in names
+                 for p in {json.dumps(q, sort_keys=True): q for q in params[n]}.values()]
+    if not cells:
+        raise UserError("nothing to measure: the baseline has no cells for these impls; give --preset, --sweep "
+                        "or shape flags")
+    return cells
+
+
+def run_gate(opts: GateOptions, measurer: Measurer, *, date: str | None = None) -> GateResult:
+    """The whole gate: load (or start) the baseline, check the environment, measure ceilings and cells,
+    check with confirmation, then --update (ratchet) and --accept, writing the file when it changed."""
+    from . import device
+    from .timing import TimingPolicy
+
+    path = Path(opts.baseline)
+    exists = path.exists()
+    if not exists and not opts.update:
+        raise UserError(f"no baseline at {path}; create one with --update")
+    if opts.accept and not (opts.reason or "").strip():
+        raise UserError("--accept needs --reason TEXT (it is recorded in the baseline's history)")
+    if opts.accept and not exists:
+        raise UserError(f"--accept needs an existing baseline; {path} does not exist")
+    base = Baseline.load(path) if exists else None
+    fp = measurer.fingerprint()
+    warnings: list[str] = []
+    if base is not None:
+        diff = environment_mismatch(base.fingerprint, fp)
+        if diff and not opts.allow_env_mismatch:
+            raise UserError(f"{path} was measured in another environment ({'; '.join(diff)}); compare anyway with "
+                            "--allow-env-mismatch, or delete it and create a new baseline here with --update")
+        if diff and (opts.update or opts.accept):
+            raise UserError(f"{path} was measured in another environment; --update and --accept would mix the two "
+                            "in one file: delete it and create a new baseline here with --update")
+        if diff:
+            warnings.append("the environment differs from the baseline's (compared anyway: --allow-env-mismatch): "
+                            + "; ".join(diff))
+        if opts.timer not in (None, "auto", base.timer):
+            raise UserError(f"{path} was measured with the {base.timer!r} timer, not {opts.timer!r}: "
+                            "different quantities cannot be compared")
+    timer = base.timer if base is not None else (opts.timer or "auto")
+    policy = opts.policy or (base.timing_policy() if base is not None else TimingPolicy())
+    cells = _plan(opts, base)
+    if opts.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {opts.repeats}")
+    ceilings = measurer.ceilings(sorted({c.workload.dtype for c in cells}))
+    current = measurer.measure(cells, timer, policy, "gate")
+    extra: list[Measurement] = []  # more rounds for the cells whose baseline is (re)written
+    if base is None:
+        for _ in range(opts.repeats - 1):
+            extra += measurer.measure(cells, timer, policy, "gate-baseline")
+    modes = {m.timer for m in current if m.ok}
+    if base is not None and modes - {base.timer}:
+        raise UserError(f"{path} was measured with the {base.timer!r} timer; this run used {', '.join(sorted(modes))}")
+    if base is None and not modes:
+        first = next((f"{Cell.of(m).key}: {m.status} {m.reason}" for m in current), "no cells")
+        raise UserError(f"no cell measured ok, so no baseline was written ({first})")
+    if base is None:
+        base = Baseline.empty(fp, device.env_id(fp), next(iter(modes), timer), dataclasses.asdict(policy),
+                              ceilings, date)
+        creating = True
+    else:
+        creating = False
+    normalize = None
+    if opts.normalize:
+        if ceilings and base.ceilings:
+            normalize = ceilings
+        else:
+            warnings.append("--normalize: times NOT normalized: device ceilings are measured on a GPU only and "
+                            f"{'this run' if not ceilings else 'the baseline'} has none")
+    result = check(base, current, opts.threshold, opts.alpha, normalize, confirm=opts.confirm,
+                   remeasure=lambda cs: measurer.measure(cs, timer, policy, "gate-confirm"), warnings=warnings)
+    result.baseline_path, result.created = str(path), creating
+    if ceilings and base.ceilings and not creating:
+        result.notes.append(_ceiling_drift(base.ceilings, ceilings))
+    new, commit = base, fp.get("git_commit")
+    if not creating and opts.repeats > 1 and (opts.update or opts.accept):
+        now_ok = {Cell.of(m).key: Cell.of(m) for m in current if m.ok}
+        moving = [r.key for r in result.cells if opts.update and r.verdict in (NEW, IMPROVEMENT)]
+        moving += [resolve_cell(k, sorted(set(base.cells) | set(now_ok))) for k in opts.accept]
+        todo = [now_ok[k] for k in dict.fromkeys(moving) if k in now_ok]
+        for _ in range(opts.repeats - 1 if todo else 0):
+            extra += measurer.measure(todo, timer, policy, "gate-baseline")
+    if opts.update:
+        new, notes = ratchet(new, result.cells, current + extra, creating=creating, commit=commit, date=date)
+        result.notes += notes
+    if opts.accept:
+        new, notes = accept(new, result.cells, current + extra, opts.accept, opts.reason, commit=commit, date=date)
+        result.notes += notes
+    if creating or new is not base:
+        new.save(path)
+        result.notes.append(f"wrote {path}")
+    return result
+
+
+def _ceiling_drift(base: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    parts = []
+    if base.get("gbps") and now.get("gbps"):
+        parts.append(f"copy {now['gbps'] / base['gbps']:.3f}x")
+    for d, v in sorted((now.get("tflops") or {}).items()):
+        if v and (base.get("tflops") or {}).get(d):
+            parts.append(f"matmul {d} {v / base['tflops'][d]:.3f}x")
+    return "device ceilings now/baseline: " + (", ".join(parts) if parts else "not comparable")
+
+
+def append_step_summary(text: str, env: Mapping[str, str] | None = None) -> bool:
+    """Append the Markdown to $GITHUB_STEP_SUMMARY when it is set (GitHub Actions); True if written."""
+    target = (env if env is not None else os.environ).get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return False
+    with open(target, "a", encoding="utf-8") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+    return True
+
+
+# -------------------------------------------------------------------------------------------------
+# Output
+# -------------------------------------------------------------------------------------------------
+
+def _ms(x: float | None) -> str:
+    return "" if x is None else f"{x:.4g}"
+
+
+def _mhz(r: CellResult) -> str:
+    if r.clock_mhz is None and r.baseline_clock_mhz is None:
+        return ""
+    return " / ".join("?" if x is None else f"{x:.0f}" for x in (r.clock_mhz, r.baseline_clock_mhz))
+
+
+def _table(rows: list[CellResult]) -> list[str]:
+    out = ["| cell | baseline ms | now ms | ratio [95% CI] | p (Holm) | threshold | SM MHz now / base | note |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        note = "; ".join(x for x in ("accepted" if r.accepted else "", f"normalized by {r.norm_basis} "
+                                     f"({r.norm_factor:.3f})" if r.norm_basis else "", r.note) if x)
+        conf = f" ({len(r.confirmations)}/{len(r.confirmations)} confirmed)" if r.confirmations else ""
+        thr = f"{r.threshold:.1%}" + (" (noise floor)" if r.noise and r.noise >= r.threshold else "")
+        out.append(f"| `{r.key}` | {_ms(r.baseline_ms)} | {_ms(r.current_ms)} | {r.ratio:.4f} [{r.ci[0]:.4f}, "
+                   f"{r.ci[1]:.4f}]{conf} | {r.p_holm:.2g} | {thr} | {_mhz(r)} | {note} |")
+    return out
+
+
+def _keys(rows: list[CellResult], limit: int = 12) -> str:
+    shown = ", ".join(f"`{r.key}`" + (f" ({r.reason})" if r.reason else "") for r in rows[:limit])
+    return shown + (f", and {len(rows) - limit} more" if len(rows) > limit else "")
+
+
+def markdown(result: GateResult) -> str:
+    """Title with PASS/FAIL, environment warnings, regressions and broken cells, improvements, then one
+    line for the unchanged cells with the suite geometric mean; new/missing cells and notes last."""
+    regs, broken, imps = result.having(REGRESSION), result.having(BROKEN), result.having(IMPROVEMENT)
+    same, new, missing = result.having(UNCHANGED), result.having(NEW), result.having(MISSING)
+    counts = [f"{len(x)} {name}" for x, name in ((regs, "regressed"), (broken, "broken"), (imps, "improved"),
+                                                  (same, "unchanged"), (new, "new"), (missing, "missing")) if x]
+    lines = [f"## attnbench gate: {'PASS' if result.passed else 'FAIL'} ({', '.join(counts) or 'no cells'})", ""]
+    lines += [f"> **Warning:** {w}" for w in result.warnings] + ([""] if result.warnings else [])
+    where = f"`{result.baseline_path}`" if result.baseline_path else "(in memory)"
+    lines.append(f"Baseline {where}, timer `{result.timer}`. A regression is a slowdown with "
+                 f"Holm-adjusted Mann-Whitney p < {result.alpha:g}, ratio CI above 1 and ratio above 1 + "
+                 f"threshold (default {result.threshold:.1%}), confirmed by {result.confirm} re-measurement(s)"
+                 + ("; times normalized by device ceilings." if result.normalized else "."))
+    if regs:
+        lines += ["", "### Regressions", "", *_table(regs)]
+    if broken:
+        lines += ["", "### Broken (ok in the baseline)", "", "| cell | status | reason |", "|---|---|---|"]
+        lines += [f"| `{r.key}` | {r.status}{' (accepted)' if r.accepted else ''} | {r.reason} |" for r in broken]
+    if imps:
+        lines += ["", "### Improvements", "", *_table(imps)]
+    lines.append("")
+    geo = result.geomean
+    tail = (f"; suite geometric mean ratio now/baseline over {len(regs) + len(imps) + len(same)} compared cells: "
+            f"{geo[0]:.4f} [{geo[1]:.4f}, {geo[2]:.4f}]" if geo else "")
+    lines.append(f"{len(same)} unchanged cell(s){tail}.")
+    unconfirmed = [r for r in same if r.note]
+    if unconfirmed:
+        lines.append("Flagged but not confirmed: " + "; ".join(f"`{r.key}` {r.note}" for r in unconfirmed) + ".")
+    if result.created:
+        bad = [r for r in new if r.status != "ok"]
+        lines.append(f"New baseline: {len(new) - len(bad)} ok cell(s) written"
+                     + (f"; not ok, so left out: {_keys(bad)}." if bad else "."))
+    elif new:
+        lines.append(f"New cells (not in the baseline; `--update` adds the ok ones): {_keys(new)}.")
+    if missing:
+        lines.append(f"Missing cells (in the baseline, not measured ok now): {_keys(missing)}.")
+    lines += [f"- {n}" for n in result.notes]
+    if result.failures:
+        lines += ["", "To accept a change on purpose: `attnbench gate --baseline "
+                  f"{result.baseline_path or 'FILE'} --accept 'CELL' --reason 'why'`."]
+    return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------------------------------------
+# Measuring through the runner (the CLI)
+# -------------------------------------------------------------------------------------------------
+
+class RunnerMeasurer:
+    """Measures through runner.run into the store (runs named 'gate' and 'gate-confirm'), so history
+    pages see gate runs; `record(result)` stores the verdicts under kv namespace 'gate', key run id."""
+
+    def __init__(self, store: Any, device: str, *, timer: Any = None, progress: bool = False):
+        self.store, self.device, self.timer, self.progress = store, device, timer, progress
+        self.run_ids: list[int] = []
+
+    def fingerprint(self) -> dict[str, Any]:
+        from . import device
+
+        return device.fingerprint(self.device)
+
+    def ceilings(self, dtypes: list[str]) -> dict[str, Any] | None:
+        if not self.device.startswith("cuda"):
+            return None  # CPU figures are too rough to normalize by
+        from . import device
+
+        keys = [d for d in dtypes if d in ("fp16", "bf16", "fp32")] or ["fp16"]
+        return device.measure_ceilings(self.device, tuple(keys))
+
+    def measure(self, cells: list[Cell], timer: str, policy: Any, name: str) -> list[Measurement]:
+        from .runner import RunConfig, run
+
+        # One run per set of workloads shared by some (impl, params): exactly the cells asked for.
+        groups: dict[tuple[str, ...], dict[str, Any]] = {}
+        for c in cells:
+            g = groups.setdefault(tuple(x.workload.key for x in cells if (x.impl, x.params) == (c.impl, c.params)),
+                                  {"workloads": [], "params": {}})
+            if c.workload not in g["workloads"]:
+                g["workloads"].append(c.workload)
+            sets = g["params"].setdefault(c.impl, [])
+            if c.params not in sets:
+                sets.append(c.params)
+        out: list[Measurement] = []
+        for g in groups.values():
+            config = RunConfig(workloads=g["workloads"], impls=list(g["params"]), device=self.device, timer=timer,
+                               policy=policy, name=name, params=g["params"])
+            run_id = run(config, self.store, timer=self.timer, progress=self.progress)
+            self.run_ids.append(run_id)
+            out += self.store.measurements(run_id)
+        return out
+
+    def record(self, result: GateResult) -> None:
+        for run_id in self.run_ids:
+            self.store.put("gate", str(run_id), result.to_dict())
