@@ -274,3 +274,19 @@ def test_cli_throughput_objective(tmp_path, capsys):
     rows = data["plans"][0]["rows"]
     assert [r["batch"] for r in rows] == [1, 2, 4] and all(r["impl"] == "sdpa-math" for r in rows)
     assert data["plans"][0]["best_batch"] in (1, 2, 4)
+
+
+@pytest.mark.gpu
+def test_flex_winner_on_gpu_compiles_per_shape_and_matches_sdpa():
+    """FlexAttention through the dispatcher: no torch._dynamo.reset(), one compile per exact shape."""
+    w = Workload(batch=2, q_heads=4, kv_heads=4, q_len=256, kv_len=256, head_dim=64, dtype="fp16", causal=True)
+    b = workload_bucket(w)
+    env = {"env_id": devmod.env_id(devmod.fingerprint("cuda")), "device_kind": "cuda"}
+    t = DispatchTable(environment=env, entries={b: Entry(bucket=b, impl="flex", params={}, workload=w.to_dict())})
+    for s in (256, 200):  # 200 is in the same bucket: built for its own shape
+        q, k, v = (torch.randn(2, 4, s, 64, device="cuda", dtype=torch.float16) for _ in range(3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no fallback warning
+            out = dispatch.attention(q, k, v, is_causal=True, table=t)
+        assert dispatch.explain(q, k, v, is_causal=True, table=t).startswith("flex")
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=2e-3, rtol=2e-3)

@@ -219,3 +219,19 @@ def test_parsers():
         parse_duration("soon")
     with pytest.raises(UserError):
         parse_ms("0ms")
+
+
+@pytest.mark.gpu
+def test_tune_on_gpu_gates_races_and_writes_a_table():
+    w = Workload(batch=4, q_heads=8, kv_heads=8, q_len=256, kv_len=256, head_dim=64, dtype="fp16")
+    config = TuneConfig(workloads=[w], impls=["sdpa-flash", "sdpa-cudnn", "sdpa-math", "flex", CHUNKED], device="cuda",
+                        budget_s=60, params={"flex": [{}, {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}]})
+    result = tune(config, Store(":memory:"))
+    r = result.workloads[0]
+    assert r.get(CHUNKED).status == "incorrect"
+    assert r.chosen is not None and r.winner.timed and r.chosen != CHUNKED
+    assert r.get("sdpa-math").dropped_round == 1  # ~10x slower than the fused kernels
+    assert r.speedup is not None and r.speedup["lo"] <= r.speedup["value"] <= r.speedup["hi"]
+    assert {c.status for c in r.candidates if c.impl == "flex"} == {"ok"}
+    table = dispatch_table(result)
+    assert table.environment["gpu_name"] and len(table.entries) == 1

@@ -32,6 +32,7 @@ candidate the next samples belong to (tests fake per-candidate times that way).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -277,6 +278,18 @@ class _Live:
         self.fn = self.call = None
 
 
+def _in_process_compile():
+    """torch.compile without inductor's pool of compile processes. The pool starts on the first compile
+    and keeps the CPU busy for seconds; launches of host-heavy kernels (cuDNN) then slow down, and a
+    tuner timing them meanwhile saw cuDNN at 3-4x its time (H100, first workload of a process)."""
+    try:
+        import torch._inductor.config as inductor_config
+
+        return inductor_config.patch(compile_threads=1)
+    except Exception:  # no inductor, or no such option: compile as configured
+        return contextlib.nullcontext()
+
+
 def _order_ci(samples: list[float], confidence: float) -> tuple[float, float]:
     from .stats import median_ci_order
 
@@ -309,12 +322,13 @@ class _Search:
 
         t0 = time.perf_counter()
         c.release()
-        self.stage = "build"
-        c.fn = c.impl.build(self.w, self.device, c.params)
-        c.call = make_call(c.fn, self.w, self.inputs)
-        self.stage = "first call"
-        c.call()
-        _sync(self.device)
+        with _in_process_compile() if c.exclusive else contextlib.nullcontext():
+            self.stage = "build"
+            c.fn = c.impl.build(self.w, self.device, c.params)
+            c.call = make_call(c.fn, self.w, self.inputs)
+            self.stage = "first call"
+            c.call()
+            _sync(self.device)
         ms = (time.perf_counter() - t0) * 1e3
         c.compile_ms = ms if c.compile_ms is None else c.compile_ms
         self.cost["compile_ms"] += ms
@@ -739,7 +753,7 @@ def markdown(result: TuneResult) -> str:
             state = "**chosen**" if c.label == r.chosen else (c.note or "not chosen")
             out.append("| " + " | ".join(_cell(x) for x in (
                 rank, c.label, f"{_ms(c.median_ms)} [{_ms(c.ci_ms[0])}, {_ms(c.ci_ms[1])}]", len(c.samples_ms),
-                c.backend, state)) + " |")
+                c.backend if c.backend != c.impl else "", state)) + " |")
         rejected = [c for c in r.candidates if not c.timed]
         if rejected:
             out += ["", "| rejected | status | reason |", "|---|---|---|"]
