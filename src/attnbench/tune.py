@@ -279,9 +279,11 @@ class _Live:
 
 
 def _in_process_compile():
-    """torch.compile without inductor's pool of compile processes. The pool starts on the first compile
-    and keeps the CPU busy for seconds; launches of host-heavy kernels (cuDNN) then slow down, and a
-    tuner timing them meanwhile saw cuDNN at 3-4x its time (H100, first workload of a process)."""
+    """torch.compile without inductor's pool of compile processes, which starts on the first compile and
+    loads the CPU while its workers start. Seen on an H100: in the first workload of a process, right
+    after the first FlexAttention compile, cuDNN timed at 3-4x its later time (cuDNN's launch is
+    host-heavy) and racing dropped it; compiling in-process, the next run did not show it. One run
+    each: the pool is the likely cause, not a proven one."""
     try:
         import torch._inductor.config as inductor_config
 
