@@ -19,9 +19,11 @@ measured here with CUDA events).
 3. Detection: sdpa-auto+sleep slowed by 3%, 5% and 10%, --runs gate runs each. Targets: 5% fails >= 9 of
    10 runs, 10% all of them; 3% (the threshold itself) is reported.
 
-Quick (default; about 3 minutes on an H100): the power workloads are 4 cells, two of each preset
-(B32 H8 S512 and S2048 fp16; llm-prefill S1024 and S4096). --full uses all 15 workloads for A/A and
-detection too (about 12 minutes). Writes DIR/gate_power.json and prints a table.
+Quick (default; 2 minutes of GPU time on an H100, about 2.5 with process start): the power workloads
+are 4 cells, two of each preset (B32 H8 S512 and S2048 fp16; llm-prefill S1024 and S4096). --full uses
+all 15 workloads for A/A and detection too (estimated 6-8 minutes). Writes DIR/gate_power.json (every
+run's per-cell ratios, CIs, clocks, backends and confirmations; the baseline's noise floors) and prints
+a table.
 """
 
 from __future__ import annotations
@@ -139,8 +141,8 @@ def gate_run(opts, measurer) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="folder for gate_power.json")
-    ap.add_argument("--full", action="store_true", help="A/A and detection over all 15 workloads (~12 min)")
-    ap.add_argument("--quick", action="store_true", help="the default: 4 power workloads (~3 min)")
+    ap.add_argument("--full", action="store_true", help="A/A and detection over all 15 workloads (~6-8 min)")
+    ap.add_argument("--quick", action="store_true", help="the default: 4 power workloads (~2 min)")
     ap.add_argument("--runs", type=int, default=10, help="gate runs per experiment")
     args = ap.parse_args()
 
@@ -180,7 +182,7 @@ def main() -> None:
     from attnbench.baseline import Baseline
 
     base = Baseline.load(path)
-    report["baseline"] = {"seconds": made["seconds"], "repeats": 3,
+    report["baseline"] = {"seconds": made["seconds"], "repeats": 5,
                           "noise": {k: c.noise for k, c in base.cells.items()},
                           "repeat_medians": {k: c.repeat_medians for k, c in base.cells.items()}}
     aa = [gate_run(g.GateOptions(path), measurer) for _ in range(args.runs)]
@@ -219,7 +221,7 @@ def main() -> None:
     lines += ["", f"cost: one gate run over characterize + llm-prefill with sdpa-auto ({c['cells']} cells): "
                   f"{c['gate_run_s']:.1f} GPU-seconds (target < {c['target_s']}); a one-measurement baseline "
                   f"took {c['baseline_1_repeat_s']:.1f} s; that gate run exited {c['gate_run_exit']}",
-              "noise floors of the power baseline (3 measurements): " + ", ".join(
+              "noise floors of the power baseline (5 measurements): " + ", ".join(
                   f"{k.split('|')[1]} {k.split('_')[0]} {k.split('_')[3]} {v:.1%}"
                   for k, v in report["baseline"]["noise"].items()),
               f"total: {report['total_s']:.0f} s"]

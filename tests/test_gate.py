@@ -420,8 +420,8 @@ def test_cli_end_to_end_on_cpu(capsys, tmp_path, monkeypatch, one_thread):
     assert summary.read_text().count("## attnbench gate: PASS") == 2
     with Store(db) as store:
         runs = store.runs()
-        assert [r.name for r in runs][:3] == ["gate", "gate-baseline", "gate-baseline"]  # 3 repeats pooled
-        assert {r.name for r in runs} <= {"gate", "gate-baseline", "gate-confirm"} and runs[3].name == "gate"
+        assert [r.name for r in runs][:5] == ["gate"] + ["gate-baseline"] * 4  # 5 measurements pooled
+        assert {r.name for r in runs} <= {"gate", "gate-baseline", "gate-confirm"} and runs[5].name == "gate"
         assert store.get("gate", str(runs[-1].run_id))["cells"][0]["key"] == key
     code, _, err = cli(capsys, "gate", "--baseline", base, "--accept", key, "--db", db, "-q")
     assert code == 2 and "--accept needs --reason" in err

@@ -8,7 +8,7 @@ Format history (bump FORMAT_VERSION for every change, and keep reading the old v
 
 A cell's KEY is "workload_key|impl_label", e.g. "b32_hq8_hkv8_sq512_sk512_d64_fp16_full_fwd|sdpa-auto".
 A cell's baseline pools R independent measurements (fresh build and inputs each, in rounds over all
-cells; `repeats`, 3 by default): on a GPU the same kernel can land 5-10% apart from one measurement to the
+cells; `repeats`, 5 by default): on a GPU the same kernel can land 5-10% apart from one measurement to the
 next (clocks, placement, bimodal kernels) while each measurement's samples agree within 1%. The spread of
 the R medians (max/min - 1) is the cell's noise floor, and the gate never uses a threshold below it.
 Samples are rounded to 4 significant digits and at most SAMPLE_CAP are kept (evenly spaced in time

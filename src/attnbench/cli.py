@@ -324,7 +324,7 @@ def gate(
                                                               "baseline's thresholds override it per impl or cell)"),
     alpha: float = typer.Option(0.05, "--alpha", help="family-wise error rate (Holm over all compared cells)"),
     confirm: int = typer.Option(1, "--confirm", help="re-measure flagged cells N times; each must flag them again"),
-    repeats: int = typer.Option(3, "--repeats", help="independent measurements pooled into a cell's baseline "
+    repeats: int = typer.Option(5, "--repeats", help="independent measurements pooled into a cell's baseline "
                                                      "(their spread is the cell's noise floor)"),
     normalize: bool = typer.Option(False, "--normalize", help="scale times by the matmul/copy ceilings measured "
                                                               "now vs in the baseline run (GPU)"),

@@ -270,7 +270,7 @@ class GateOptions:
     allow_env_mismatch: bool = False
     accept: tuple[str, ...] = ()
     reason: str | None = None
-    repeats: int = 3                         # independent measurements pooled into a cell's baseline
+    repeats: int = 5                         # independent measurements pooled into a cell's baseline
     workloads: list[Any] | None = None       # None: the baseline's workloads
     impls: list[str] | None = None           # None: the baseline's impls (all registered ones for a new baseline)
     timer: str | None = None                 # None: the baseline's timer mode
