@@ -121,3 +121,19 @@ def test_killed_run_resumes_from_the_command_line(tmp_path):
         runs = con.execute("SELECT run_id, status FROM runs").fetchall()
     assert len(after) == 4 and runs == [(1, "complete")]
     assert all(after[k] == before[k] for k in before)  # stored rows were not measured again
+
+
+def test_env_on_the_cpu_says_no_gpu_and_caches_ceilings(capsys, tmp_path):
+    db = str(tmp_path / "r.db")
+    code, out, _ = cli(capsys, "env")
+    assert code == 0 and "env_id:" in out and "no CUDA GPU is present" in out
+    code, out, _ = cli(capsys, "env", "--format", "json", "--ceilings", "--db", db)
+    data = json.loads(out)
+    assert code == 0 and data["fingerprint"]["device_kind"] == "cpu"
+    assert data["ceilings"]["gbps"] > 0 and "no CUDA GPU" in data["ceilings"]["note"]
+    from attnbench.store import Store
+
+    with Store(db) as s:
+        assert s.get("ceilings", data["env_id"])["gbps"] == data["ceilings"]["gbps"]
+    code, _, err = cli(capsys, "env", "--format", "xml")
+    assert code == 2 and "--format must be text or json" in err
