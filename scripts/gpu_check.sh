@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
-# Sections: env, tests, run, benchmarks (timer, tune, gate, compare), all (default).
+# Sections: env, tests, run, benchmarks (= timer, tune, dispatch, gate, compare), all (default).
+# `all` takes longer than one 10-minute device call: split it, e.g. `env tests run`, then `timer`,
+# then `tune dispatch gate compare`.
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
 # pytest-gpu.log, attnbench.db (the runs, for reports made elsewhere), bench.log.
 set -uo pipefail
@@ -56,7 +58,9 @@ for b in timer_accuracy timer_stability timer_cost tune_racing dispatch_overhead
   if want benchmarks || want "$group"; then
     if [ -f "benchmarks/$b.py" ]; then
       say "## benchmarks/$b.py"
-      step "$b" python3 "benchmarks/$b.py" --out "$OUT/json"
+      extra=()
+      [ "$b" = tune_racing ] && extra=(--quick)   # full mode takes 25-40 min: run it alone
+      step "$b" python3 "benchmarks/$b.py" --out "$OUT/json" "${extra[@]}"
       tail -n 30 "$BENCH" | sed -n '/^|/p;/^[A-Za-z].*:/p' | tail -n 25 >> "$SUMMARY"
     fi
   fi

@@ -22,9 +22,12 @@ _LAZY = {
     "UserError": "errors",
     "compare_runs": "compare",
     "compare_impls": "compare",
-    "tune": "tune",
+    "TuneConfig": "tune",
+    "autotune": "tune",  # tune.tune; named apart from the submodule, which `attnbench.tune` denotes
     "attention": "dispatch",
 }
+
+_RENAMED = {"autotune": "tune"}
 
 __all__ = ["__version__", *_LAZY]
 
@@ -33,6 +36,6 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'attnbench' has no attribute {name!r}")
-    value = getattr(import_module(f".{module}", __name__), name)
+    value = getattr(import_module(f".{module}", __name__), _RENAMED.get(name, name))
     globals()[name] = value
     return value
