@@ -19,6 +19,7 @@ from . import cost as costmod
 from . import metrics, stats
 from .errors import UserError
 from .measurement import Measurement, params_key
+from .report import md_cell as _cell
 from .spec import Workload
 
 FORMAT_VERSION = 1  # of to_json's output. 1: first version.
@@ -483,10 +484,6 @@ def _ratio(x: float, ci: tuple[float, float]) -> str:
 
 def _p(x: float) -> str:
     return f"{x:.2g}"
-
-
-def _cell(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:

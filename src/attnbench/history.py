@@ -165,7 +165,7 @@ def point_text(p: Point | None) -> str:
 
 def markdown(h: History) -> str:
     """A wide table: one row per cell, one column per run, median ms [95% CI] and any gate verdict."""
-    from .report import _cell  # the Markdown cell escaper, shared
+    from .report import md_cell as _cell  # the Markdown cell escaper, shared
 
     title = "# attnbench history"
     shown = {k: v for k, v in h.filters.items() if v}

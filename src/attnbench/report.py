@@ -75,13 +75,15 @@ def rows_for(store: Store, run_id: int) -> list[Row]:
     return [summarize(m, ceilings=ceilings) for m in store.measurements(run_id)]
 
 
-def _fmt_ms(x: float | None) -> str:
+def fmt_ms(x: float | None) -> str:
+    """Milliseconds for a Markdown table: 4 significant digits, one decimal from 100 ms."""
     if x is None:
         return ""
     return f"{x:.4g}" if x < 100 else f"{x:.1f}"
 
 
-def _cell(text: Any) -> str:
+def md_cell(text: Any) -> str:
+    """Text safe inside a Markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
@@ -182,11 +184,11 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
     for r in rows:
         m = r.m
         if m.ok:
-            time_text = f"{_fmt_ms(r.median_ms)} [{_fmt_ms(r.ci[0])}, {_fmt_ms(r.ci[1])}]"
+            time_text = f"{fmt_ms(r.median_ms)} [{fmt_ms(r.ci[0])}, {fmt_ms(r.ci[1])}]"
             tf, gb = f"{r.tflops:.3g}", f"{r.gbps:.4g}"
             note = timing_note(m, typical)
             if r.host_median_ms is not None:
-                note += f", host {_fmt_ms(r.host_median_ms)} ms/call"
+                note += f", host {fmt_ms(r.host_median_ms)} ms/call"
             roof = r.roofline or {}
             pct = f"{roof['pct_peak']:.0f}%" if roof.get("pct_peak") is not None else ""
             if pct and roof.get("pct_bound") is not None:
@@ -198,7 +200,7 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
         else:
             time_text, tf, gb, note, pct, regime = "", "", "", m.reason, "", ""
         err = f"{m.rel_err:.1e}" if m.rel_err is not None else ""
-        out.append("| " + " | ".join(_cell(x) for x in (
+        out.append("| " + " | ".join(md_cell(x) for x in (
             m.workload.label, m.impl_label, m.status, time_text, tf, gb, pct, regime, err, m.backend, note))
             + " |")
     out += ["", methods(rows, env, info.config, run_ceilings(store, info.env_id)), ""]

@@ -46,6 +46,7 @@ from .errors import UserError
 from .measurement import params_key
 from .spec import Workload
 from .timing import TimingPolicy
+from .report import fmt_ms as _ms, md_cell as _cell
 
 FORMAT = "attnbench-tune"
 VERSION = 1  # of the report JSON and the cached values. 1: first version.
@@ -707,16 +708,6 @@ def dispatch_table(result: TuneResult):
 # ---------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------
-
-def _ms(x: float | None) -> str:
-    if x is None:
-        return ""
-    return f"{x:.4g}" if x < 100 else f"{x:.1f}"
-
-
-def _cell(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
-
 
 def _speedup_text(s: dict[str, Any] | None) -> str:
     if not s:
