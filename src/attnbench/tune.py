@@ -44,9 +44,9 @@ from typing import Any, Callable
 
 from .errors import UserError
 from .measurement import params_key
+from .report import fmt_ms as _ms, md_cell as _cell
 from .spec import Workload
 from .timing import TimingPolicy
-from .report import fmt_ms as _ms, md_cell as _cell
 
 FORMAT = "attnbench-tune"
 VERSION = 1  # of the report JSON and the cached values. 1: first version.
