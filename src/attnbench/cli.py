@@ -17,6 +17,17 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 
 DB_OPT = typer.Option(None, "--db", help="results database (default: $ATTNBENCH_DB or ./attnbench.db)")
 
+# Shape options shared by run, compare, gate and tune (each a comma list; the product is the sweep).
+SWEEP_OPT = typer.Option(None, "--sweep", help="sweep file (TOML or YAML)")
+HEADS_OPT = typer.Option(None, "-H", "--heads", help="query heads, comma list")
+KV_HEADS_OPT = typer.Option(None, "--kv-heads", help="KV heads (GQA), comma list")
+SEQ_OPT = typer.Option(None, "-s", "--seq", help="query length, comma list")
+KV_SEQ_OPT = typer.Option(None, "--kv-seq", help="key/value length, comma list")
+DIM_OPT = typer.Option(None, "-d", "--dim", help="head dim, comma list")
+DTYPE_OPT = typer.Option(None, "--dtype", help="fp16, bf16, fp32, fp64; comma list")
+CAUSAL_OPT = typer.Option(None, "--causal/--no-causal", help="causal mask")
+PASS_OPT = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list")
+
 
 def _version(value: bool) -> None:
     if value:
@@ -77,16 +88,16 @@ def default_impls() -> List[str]:
 @app.command()
 def run(
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="built-in sweep: characterize, llm-prefill, cpu-smoke"),
-    sweep: Optional[Path] = typer.Option(None, "--sweep", help="sweep file (TOML or YAML)"),
+    sweep: Optional[Path] = SWEEP_OPT,
     batch: Optional[str] = typer.Option(None, "-b", "--batch", help="comma list"),
-    heads: Optional[str] = typer.Option(None, "-H", "--heads", help="query heads, comma list"),
-    kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="KV heads (GQA), comma list"),
-    seq: Optional[str] = typer.Option(None, "-s", "--seq", help="query length, comma list"),
-    kv_seq: Optional[str] = typer.Option(None, "--kv-seq", help="key/value length, comma list"),
-    dim: Optional[str] = typer.Option(None, "-d", "--dim", help="head dim, comma list"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16, fp32, fp64; comma list"),
-    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="causal mask"),
-    direction: Optional[str] = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list"),
+    heads: Optional[str] = HEADS_OPT,
+    kv_heads: Optional[str] = KV_HEADS_OPT,
+    seq: Optional[str] = SEQ_OPT,
+    kv_seq: Optional[str] = KV_SEQ_OPT,
+    dim: Optional[str] = DIM_OPT,
+    dtype: Optional[str] = DTYPE_OPT,
+    causal: Optional[bool] = CAUSAL_OPT,
+    direction: Optional[str] = PASS_OPT,
     impl: Optional[List[str]] = typer.Option(None, "--impl", "-i",
                                              help="impl name or package.module:function (repeatable; default: all)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
@@ -232,16 +243,16 @@ def compare(
     impl: Optional[List[str]] = typer.Option(None, "--impl", "-i",
                                              help="exactly two: A (candidate) then B (baseline), measured now"),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="built-in sweep (measuring now)"),
-    sweep: Optional[Path] = typer.Option(None, "--sweep", help="sweep file (TOML or YAML)"),
+    sweep: Optional[Path] = SWEEP_OPT,
     batch: Optional[str] = typer.Option(None, "-b", "--batch", help="comma list"),
-    heads: Optional[str] = typer.Option(None, "-H", "--heads", help="query heads, comma list"),
-    kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="KV heads (GQA), comma list"),
-    seq: Optional[str] = typer.Option(None, "-s", "--seq", help="query length, comma list"),
-    kv_seq: Optional[str] = typer.Option(None, "--kv-seq", help="key/value length, comma list"),
-    dim: Optional[str] = typer.Option(None, "-d", "--dim", help="head dim, comma list"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16, fp32, fp64; comma list"),
-    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="causal mask"),
-    direction: Optional[str] = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list"),
+    heads: Optional[str] = HEADS_OPT,
+    kv_heads: Optional[str] = KV_HEADS_OPT,
+    seq: Optional[str] = SEQ_OPT,
+    kv_seq: Optional[str] = KV_SEQ_OPT,
+    dim: Optional[str] = DIM_OPT,
+    dtype: Optional[str] = DTYPE_OPT,
+    causal: Optional[bool] = CAUSAL_OPT,
+    direction: Optional[str] = PASS_OPT,
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
     timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, host (CPU default)"),
     samples: int = typer.Option(50, "--samples", help="samples per measurement"),
@@ -340,16 +351,16 @@ def gate(
     update: bool = typer.Option(False, "--update", help="create the baseline, or add new cells and move confirmed "
                                                         "improvements up (regressions are never absorbed)"),
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="built-in sweep (default: the baseline's cells)"),
-    sweep: Optional[Path] = typer.Option(None, "--sweep", help="sweep file (TOML or YAML)"),
+    sweep: Optional[Path] = SWEEP_OPT,
     batch: Optional[str] = typer.Option(None, "-b", "--batch", help="comma list"),
-    heads: Optional[str] = typer.Option(None, "-H", "--heads", help="query heads, comma list"),
-    kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="KV heads (GQA), comma list"),
-    seq: Optional[str] = typer.Option(None, "-s", "--seq", help="query length, comma list"),
-    kv_seq: Optional[str] = typer.Option(None, "--kv-seq", help="key/value length, comma list"),
-    dim: Optional[str] = typer.Option(None, "-d", "--dim", help="head dim, comma list"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16, fp32, fp64; comma list"),
-    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="causal mask"),
-    direction: Optional[str] = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list"),
+    heads: Optional[str] = HEADS_OPT,
+    kv_heads: Optional[str] = KV_HEADS_OPT,
+    seq: Optional[str] = SEQ_OPT,
+    kv_seq: Optional[str] = KV_SEQ_OPT,
+    dim: Optional[str] = DIM_OPT,
+    dtype: Optional[str] = DTYPE_OPT,
+    causal: Optional[bool] = CAUSAL_OPT,
+    direction: Optional[str] = PASS_OPT,
     impl: Optional[List[str]] = typer.Option(None, "--impl", "-i", help="impls to gate (default: the baseline's)"),
     threshold: float = typer.Option(0.03, "--threshold", help="smallest slowdown that fails (fraction; the "
                                                               "baseline's thresholds override it per impl or cell)"),
@@ -404,16 +415,16 @@ def gate(
 @app.command()
 def tune(
     preset: Optional[str] = typer.Option(None, "--preset", "-p", help="built-in sweep: characterize, llm-prefill, cpu-smoke"),
-    sweep: Optional[Path] = typer.Option(None, "--sweep", help="sweep file (TOML or YAML)"),
+    sweep: Optional[Path] = SWEEP_OPT,
     batch: Optional[str] = typer.Option(None, "-b", "--batch", help="comma list; '1,2,4,...,256' expands"),
-    heads: Optional[str] = typer.Option(None, "-H", "--heads", help="query heads, comma list"),
-    kv_heads: Optional[str] = typer.Option(None, "--kv-heads", help="KV heads (GQA), comma list"),
-    seq: Optional[str] = typer.Option(None, "-s", "--seq", help="query length, comma list"),
-    kv_seq: Optional[str] = typer.Option(None, "--kv-seq", help="key/value length, comma list"),
-    dim: Optional[str] = typer.Option(None, "-d", "--dim", help="head dim, comma list"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16, fp32, fp64; comma list"),
-    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="causal mask"),
-    direction: Optional[str] = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list"),
+    heads: Optional[str] = HEADS_OPT,
+    kv_heads: Optional[str] = KV_HEADS_OPT,
+    seq: Optional[str] = SEQ_OPT,
+    kv_seq: Optional[str] = KV_SEQ_OPT,
+    dim: Optional[str] = DIM_OPT,
+    dtype: Optional[str] = DTYPE_OPT,
+    causal: Optional[bool] = CAUSAL_OPT,
+    direction: Optional[str] = PASS_OPT,
     impl: Optional[List[str]] = typer.Option(None, "--impl", "-i", help="impl name or package.module:function "
                                              "(repeatable; default: all registered; plugins alone add to all)"),
     budget: str = typer.Option("60s", "--budget", help="time per workload for racing (gate included), e.g. 60s, 2m"),
