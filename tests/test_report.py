@@ -12,11 +12,11 @@ SMALL = Workload(batch=32, q_heads=8, kv_heads=8, q_len=128, kv_len=128, head_di
 BIG = Workload(batch=4, q_heads=16, kv_heads=16, q_len=8192, kv_len=8192, head_dim=128, dtype="bf16")
 
 
-def meas(w, ms, impl="sdpa-cudnn", host=None, status="ok"):
+def meas(w, ms, impl="sdpa-cudnn", host=None, status="ok", peak=None):
     n = 20
     return Measurement(workload=w, impl=impl, status=status, samples_ms=(ms,) * n if status == "ok" else (),
                        host_ms=(host,) * n if host else (), timer="cold", device="cuda", env_id="h100",
-                       reason="" if status == "ok" else "why")
+                       reason="" if status == "ok" else "why", peak_mem_mb=peak)
 
 
 def test_assess_places_measurements_on_the_roofline():
@@ -38,7 +38,7 @@ def test_markdown_shows_peak_regime_and_flags(tmp_path):
         s.add_environment("h100", H100)
         rid = s.start_run("h100", {"policy": {"max_samples": 20}})
         c = report.run_ceilings(s, "h100")
-        for m in (meas(BIG, 3.58), meas(SMALL, 0.005, impl="warm-kernel"), meas(SMALL, 0.1, impl="nope", status="unsupported")):
+        for m in (meas(BIG, 3.58, peak=1536.4), meas(SMALL, 0.005, impl="warm-kernel"), meas(SMALL, 0.1, impl="nope", status="unsupported")):
             s.add(rid, annotate(m, c))
         s.finish_run(rid)
         text = report.markdown(s, rid)
@@ -48,6 +48,7 @@ def test_markdown_shows_peak_regime_and_flags(tmp_path):
     lines = {ln.split("|")[2].strip(): ln for ln in text.splitlines() if ln.startswith("| B")}
     assert "compute-bound" in lines["sdpa-cudnn"] and "% (" in lines["sdpa-cudnn"]
     assert "IMPLAUSIBLE" in lines["warm-kernel"]
+    assert "peak 1536 MB" in lines["sdpa-cudnn"] and "Peak memory:" in text
     assert "| unsupported |" in text and "why" in text
     # Methods names each dtype's ceiling and where it came from (no measured ceilings stored here).
     assert "Ceilings: bf16 989 TFLOP/s (datasheet), fp16 989 TFLOP/s (datasheet); memory 3350 GB/s" in text

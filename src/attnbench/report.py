@@ -123,6 +123,8 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
                  "dtype tolerance; NaN/Inf fail. Incorrect results get no timing.")
     lines.append(f"- {metrics.CONVENTION}")
     lines.append(f"- Environment: {_env_line(env)}.")
+    if any(r.m.peak_mem_mb is not None for r in ok):
+        lines.append("- Peak memory: torch.cuda.max_memory_allocated over one call (inputs included), in MB.")
     if ceilings is not None:
         dtypes = sorted({r.m.workload.dtype for r in rows})
         peaks = ", ".join(f"{d} {ceilings.peak(d):.4g} TFLOP/s ({ceilings.source(d)})" for d in dtypes
@@ -189,6 +191,8 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
             note = timing_note(m, typical)
             if r.host_median_ms is not None:
                 note += f", host {fmt_ms(r.host_median_ms)} ms/call"
+            if m.peak_mem_mb is not None:
+                note += f", peak {m.peak_mem_mb:.0f} MB"
             roof = r.roofline or {}
             pct = f"{roof['pct_peak']:.0f}%" if roof.get("pct_peak") is not None else ""
             if pct and roof.get("pct_bound") is not None:

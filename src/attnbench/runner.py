@@ -144,7 +144,7 @@ def prepare_cell(impl: Impl, workload: Workload, device: str, timer_mode: str,
             backend, kernels = impl.backend(fn, inputs, device)
             if kernels:
                 extra["kernels"] = kernels
-            peak = devmod.peak_memory_mb(call, device) if hasattr(devmod, "peak_memory_mb") else None
+            peak = devmod.peak_memory_mb(call, device)
     except Unsupported as exc:
         return Measurement(status="unsupported", reason=str(exc), **base)
     except Exception as exc:  # the sweep goes on; the reason is kept
