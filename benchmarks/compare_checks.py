@@ -27,7 +27,8 @@ def main() -> None:
 
     import torch
 
-    from attnbench.compare import compare_impls, to_json, to_markdown
+    from attnbench.compare import compare_impls
+    from attnbench.compare_format import to_json, to_markdown
     from attnbench.spec import Workload, load_preset
     from attnbench.store import Store
     from attnbench.timing import TimingPolicy

@@ -1,5 +1,5 @@
-"""Tests for attnbench.compare: synthetic lognormal samples with known effects, matching rules, per-token
-normalization, environment checks, output text, and `attnbench compare` end to end on the CPU."""
+"""Tests for attnbench.compare and compare_format: synthetic lognormal samples with known effects, matching
+rules, per-token normalization, environment checks, output text, and `attnbench compare` end to end on the CPU."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from attnbench import compare as C
+from attnbench import compare_format as F
 from attnbench import stats
 from attnbench.errors import UserError
 from attnbench.measurement import Measurement
@@ -85,7 +86,7 @@ def test_holm_adjustment_turns_a_lone_win_into_inconclusive_and_shows_in_the_out
     assert row.p_value == pytest.approx(alone.p_value)
     assert row.p_holm > 0.05 and row.verdict == "inconclusive"
     assert row.p_holm == pytest.approx(stats.holm([r.p_value for r in c.rows])[0])
-    md = C.to_markdown(c)
+    md = F.to_markdown(c)
     assert "Holm p (raw p)" in md
     assert f"| {row.p_holm:.2g} ({row.p_value:.2g}) | inconclusive |" in md
     assert "Holm-adjusted over the 10 rows compared here" in md
@@ -99,7 +100,7 @@ def test_workloads_on_one_side_only_are_listed_never_compared():
     c = C.compare_measurements([mk(W), mk(w2)], [mk(W), mk(w3)])
     assert [r.key for r in c.rows] == [W.key]
     assert {(u.side, u.key) for u in c.unmatched} == {("A", w2.key), ("B", w3.key)}
-    md = C.to_markdown(c)
+    md = F.to_markdown(c)
     assert f"- A only: {w2.label}" in md and f"- B only: {w3.label}" in md
     assert "never compared" in md
 
@@ -125,10 +126,10 @@ def test_per_token_compares_throughput_across_shapes_and_says_so():
     # TFLOP/s ratio = tokens/s ratio x (FLOP per token of A / of B) = 1 x (64 / 128).
     assert r.tflops_ratio == pytest.approx(0.5 * r.speedup)
     assert r.tflops_ratio_ci[0] == pytest.approx(0.5 * r.speedup_ci[0])
-    md = C.to_markdown(c)
+    md = F.to_markdown(c)
     assert "Normalized comparison (per token): different workloads" in md
     assert "tokens/s ratio" in md and f"| {W.label} | {big.label} |" in md
-    assert C.to_json(c)["normalized"] == "per token: different workloads"
+    assert F.to_json(c)["normalized"] == "per token: different workloads"
 
 
 def test_per_token_pairs_by_impl_then_position():
@@ -162,7 +163,7 @@ def test_rows_without_usable_timing_are_listed_and_left_out_of_the_family():
     by = {e.key: e for e in c.excluded}
     assert by[w2.key].status_b == "unsupported" and "needs a CUDA GPU" in by[w2.key].reason
     assert "timer modes differ (cold vs warm)" in by[w3.key].reason
-    md = C.to_markdown(c)
+    md = F.to_markdown(c)
     assert "Not compared" in md and "B unsupported: needs a CUDA GPU" in md
 
 
@@ -174,7 +175,7 @@ def test_rows_without_usable_timing_are_listed_and_left_out_of_the_family():
 def test_implausible_measurements_keep_a_visible_flag(extra):
     c = C.compare_measurements([mk(W, extra=extra)], [mk(W)])
     assert c.rows[0].flags == ("A implausible: 131% of the fp16 peak",)
-    assert "A implausible: 131% of the fp16 peak" in C.to_markdown(c)
+    assert "A implausible: 131% of the fp16 peak" in F.to_markdown(c)
     assert C.compare_measurements([mk(W, extra={"plausibility": "ok"})], [mk(W)]).rows[0].flags == ()
 
 
@@ -209,7 +210,7 @@ def test_compare_runs_refuses_different_environments_unless_allowed(tmp_path):
         c = C.compare_runs(store, r1, r2, allow_env_mismatch=True)
         assert len(c.rows) == 1 and c.run_ids == (r1, r2)
         assert len(c.warnings) == 1 and "torch: 2.11.0 -> 2.12.0" in c.warnings[0]
-        md = C.to_markdown(c)
+        md = F.to_markdown(c)
         assert md.index("**Warning:** environments differ") < md.index("| workload |")
         assert c.a_name == f"run {r1} (sdpa-flash)"
 
@@ -254,7 +255,7 @@ def test_compare_impls_with_itself_takes_two_runs(tmp_path):
 
 def test_markdown_layout_and_convention():
     c = C.compare_measurements([mk(W, lognormal(seed=1), impl="new")], [mk(W, lognormal(seed=2), impl="old")])
-    md = C.to_markdown(c)
+    md = F.to_markdown(c)
     assert md.startswith("# attnbench compare: A = new (candidate) vs B = old (baseline)")
     assert "Speedup = median time of B / median time of A: above 1 means A (new) is faster" in md
     r = c.rows[0]
@@ -274,9 +275,9 @@ def test_threshold_widens_same():
 def test_json_output_is_complete_and_serializable():
     a = [mk(W, lognormal(seed=1)), mk(W.replace(causal=True))]
     b = [mk(W, lognormal(seed=2)), mk(W.replace(causal=True), status="oom", reason="out of memory")]
-    d = C.to_json(C.compare_measurements(a, b))
+    d = F.to_json(C.compare_measurements(a, b))
     text = json.dumps(d)
-    assert json.loads(text)["format"] == "attnbench-compare" and d["format_version"] == C.FORMAT_VERSION
+    assert json.loads(text)["format"] == "attnbench-compare" and d["format_version"] == F.FORMAT_VERSION
     row = d["rows"][0]
     for key in ("a_median_ms", "b_median_ms", "speedup", "speedup_ci", "cliffs_delta", "magnitude", "p_value",
                 "p_holm", "verdict", "flags"):
@@ -295,10 +296,10 @@ def test_cost_section_in_markdown_and_json():
     assert row["a"]["usd_per_month"]["estimate"] == pytest.approx(1440.0)
     assert row["b"]["usd_per_month"]["estimate"] == pytest.approx(2880.0)
     assert row["saving"]["usd_per_month"]["estimate"] == pytest.approx(1440.0)
-    md = C.to_markdown(c)
+    md = F.to_markdown(c)
     assert "## Cost" in md and "one GPU serves the calls one after another" in md
     assert "$1,440 [$1,440, $1,440]" in md and "50.0% [50.0%, 50.0%]" in md
-    assert C.to_json(c)["cost"]["calls_per_day"] == 86.4e6
+    assert F.to_json(c)["cost"]["calls_per_day"] == 86.4e6
     big = W.replace(q_len=128, kv_len=128)
     per_token = C.compare_measurements([mk(W)], [mk(big)], per_token=True)
     with pytest.raises(UserError, match="same workload"):

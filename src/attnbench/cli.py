@@ -274,6 +274,7 @@ def compare(
     Exit code 0 whatever the verdict: compare informs, `gate` decides.
     """
     from . import compare as cmp
+    from .compare_format import to_json, to_markdown
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
@@ -309,9 +310,9 @@ def compare(
     if cost_per_hour is not None:
         result = cmp.with_cost(result, calls_per_day, cost_per_hour)
     if fmt == "json":
-        typer.echo(json.dumps(cmp.to_json(result), indent=2, default=str))
+        typer.echo(json.dumps(to_json(result), indent=2, default=str))
     else:
-        typer.echo(cmp.to_markdown(result))
+        typer.echo(to_markdown(result))
 
 
 @app.command()
