@@ -102,7 +102,8 @@ def main() -> None:
     from attnbench.impls import make_inputs
     from attnbench.store import Store
     from attnbench.timing import CudaEventTimer
-    from attnbench.tune import TuneConfig, dispatch_table, tune
+    from attnbench.tune import TuneConfig, tune
+    from attnbench.tune_report import dispatch_table
 
     if not torch.cuda.is_available():
         raise SystemExit("dispatch_overhead: needs a CUDA GPU")

@@ -5,12 +5,13 @@ from collections import Counter
 import pytest
 
 from attnbench import device as devmod
+from attnbench.capacity import capacity_json, capacity_markdown, plan_capacity
 from attnbench.errors import UserError
 from attnbench.spec import Workload
 from attnbench.store import Store
 from attnbench.timing import FakeTimer
-from attnbench.tune import (RacingPolicy, TuneConfig, capacity_json, capacity_markdown, dispatch_table,
-                            expand_ellipsis, markdown, parse_duration, parse_ms, plan_capacity, tune)
+from attnbench.tune import RacingPolicy, TuneConfig, expand_ellipsis, parse_duration, parse_ms, tune
+from attnbench.tune_report import dispatch_table, markdown
 
 W = Workload(batch=1, q_heads=2, kv_heads=2, q_len=32, kv_len=32, head_dim=16, dtype="fp32")
 CHUNKED = "tests.fixtures.kernels:blockwise_qkv"

@@ -451,7 +451,9 @@ def tune(
     results cached per environment; -o writes a dispatch table for attnbench.attention."""
     from importlib import import_module
 
+    from .capacity import capacity_json, capacity_markdown, plan_capacity
     from .runner import resolve_device
+    from .tune_report import dispatch_table, json_report, markdown
 
     tn = import_module(".tune", __package__)  # not `from . import tune`: the package exports a function of that name
 
@@ -474,18 +476,18 @@ def tune(
         if objective == "throughput":
             if latency_budget is None:
                 raise UserError("--objective throughput needs --latency-budget (e.g. 2ms)")
-            plans = tn.plan_capacity(config, store, tn.parse_ms(latency_budget), plan_impl, progress=say)
-            data = tn.capacity_json(plans)
-            text = json.dumps(data, indent=2) if fmt == "json" else tn.capacity_markdown(plans)
+            plans = plan_capacity(config, store, tn.parse_ms(latency_budget), plan_impl, progress=say)
+            data = capacity_json(plans)
+            text = json.dumps(data, indent=2) if fmt == "json" else capacity_markdown(plans)
             if output:
                 output.write_text(json.dumps(data, indent=2) + "\n")
         else:
             if latency_budget is not None:
                 raise UserError("--latency-budget goes with --objective throughput")
             result = tn.tune(config, store, progress=say)
-            text = json.dumps(tn.json_report(result), indent=2, default=str) if fmt == "json" else tn.markdown(result)
+            text = json.dumps(json_report(result), indent=2, default=str) if fmt == "json" else markdown(result)
             if output:
-                tn.dispatch_table(result).save(output)
+                dispatch_table(result).save(output)
     if output:
         typer.echo(f"wrote {output}", err=True)
     typer.echo(text)

@@ -1,40 +1,9 @@
-"""Autotuning: the fastest correct impl and params per workload (correctness gate, then racing), a
-persistent cache, the dispatch table and capacity planning.
-
-Search, per workload, over every candidate (impl x its param_space, or the params given):
-
-1. Gate: supports(), build, first call (compilation, timed apart), correctness against float64
-   attention. Rejected with a status and reason: unsupported, incorrect, oom, error; after the first
-   samples also implausible (above the device's compute or memory ceiling, `device.plausibility`).
-   A rejected candidate is never a winner.
-2. Racing (default): every survivor gets `first_samples`; after each round the leader is the lowest
-   median; a candidate is dropped when the lower bound of its median's CI (order statistics, 99%)
-   lies above the upper bound of the leader's by more than `margin`. Survivors' sample counts then
-   grow by `growth`, up to `max_samples`. It stops when one is left, when all survivors are within
-   `equivalence` of each other (max upper bound / min lower bound), at the sample limit, or when the
-   budget (timer clock, gate included; round 1 always completes) is spent: then the best median wins
-   and its CI is stated. Within a round, candidates take turns in chunks of 5 samples, so slow drift
-   (clocks, heat) falls on all of them alike (FlexAttention configs, which cannot stay compiled side
-   by side, take their share in one piece, rebuilt once per round).
-   Exhaustive (`exhaustive=True`), to validate racing: every candidate gets the fixed policy's warm-up
-   and max_samples samples, taken the same interleaved way, with nothing dropped.
-3. The chosen one: the lowest median among the candidates not dropped; ties go to the baseline (a
-   baseline within `equivalence` of the best is chosen, since it costs nothing to dispatch to).
-   Its speedup over the baseline is median(baseline) / median(chosen) with a bootstrap CI.
-
-Cost per workload: samples taken, their summed time (sample_ms), the timer-clock time of warm-up and
-sampling (measure_ms: what the GPU was held for measuring) and the wall time including compilation
-and correctness checks (wall_s).
-
-The timer is injectable; a timer with a `select(impl, params, workload)` method is told which
-candidate the next samples belong to (tests fake per-candidate times that way).
-"""
+"""Autotuning search: the fastest correct impl and params per workload (correctness gate, then racing), cached."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import hashlib
 import json
 import math
@@ -43,8 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .errors import UserError
-from .measurement import params_key
-from .report import fmt_ms as _ms, md_cell as _cell
 from .spec import Workload
 from .timing import TimingPolicy
 
@@ -580,7 +547,36 @@ def _finish(search: _Search, cands: list[_Live], stop: str, rounds: int, cfg: Tu
 
 def search_workload(w: Workload, impls: list, device: str, timer, cfg: TuneConfig, eid: str = "",
                     budget_s: float | None = None, ceilings=None) -> WorkloadResult:
-    """Gate and race (or measure exhaustively) every (impl, params) candidate of one workload."""
+    """Gate and race (or measure exhaustively) every (impl, params) candidate of one workload.
+
+    Over every candidate (impl x its param_space, or the params given):
+
+    1. Gate: supports(), build, first call (compilation, timed apart), correctness against float64
+       attention. Rejected with a status and reason: unsupported, incorrect, oom, error; after the first
+       samples also implausible (above the device's compute or memory ceiling, `device.plausibility`).
+       A rejected candidate is never a winner.
+    2. Racing (default): every survivor gets `first_samples`; after each round the leader is the lowest
+       median; a candidate is dropped when the lower bound of its median's CI (order statistics, 99%)
+       lies above the upper bound of the leader's by more than `margin`. Survivors' sample counts then
+       grow by `growth`, up to `max_samples`. It stops when one is left, when all survivors are within
+       `equivalence` of each other (max upper bound / min lower bound), at the sample limit, or when the
+       budget (timer clock, gate included; round 1 always completes) is spent: then the best median wins
+       and its CI is stated. Within a round, candidates take turns in chunks of 5 samples, so slow drift
+       (clocks, heat) falls on all of them alike (FlexAttention configs, which cannot stay compiled side
+       by side, take their share in one piece, rebuilt once per round).
+       Exhaustive (`exhaustive=True`), to validate racing: every candidate gets the fixed policy's warm-up
+       and max_samples samples, taken the same interleaved way, with nothing dropped.
+    3. The chosen one: the lowest median among the candidates not dropped; ties go to the baseline (a
+       baseline within `equivalence` of the best is chosen, since it costs nothing to dispatch to).
+       Its speedup over the baseline is median(baseline) / median(chosen) with a bootstrap CI.
+
+    Cost per workload: samples taken, their summed time (sample_ms), the timer-clock time of warm-up and
+    sampling (measure_ms: what the GPU was held for measuring) and the wall time including compilation
+    and correctness checks (wall_s).
+
+    The timer is injectable; a timer with a `select(impl, params, workload)` method is told which
+    candidate the next samples belong to (tests fake per-candidate times that way).
+    """
     t0 = time.perf_counter()
     cands = [_Live(impl, p, timer) for impl in impls for p in _space(impl, w, device, cfg)]
     budget_ms = None if (cfg.exhaustive or budget_s is None) else budget_s * 1e3
@@ -664,216 +660,6 @@ def _progress_line(r: WorkloadResult) -> str:
     what = f"{win.label} {win.median_ms:.4g} ms" if win else "no correct candidate"
     src = "cached" if r.cached else f"{r.stop_reason}, {r.cost.get('wall_s', 0):.1f} s"
     return f"{r.workload.label}: {what} ({src})"
-
-
-# ---------------------------------------------------------------------------------------------
-# The dispatch table
-# ---------------------------------------------------------------------------------------------
-
-def dispatch_table(result: TuneResult):
-    """The chosen candidate per bucket. Two workloads in one bucket: the first keeps it, and the
-    conflict is noted when their winners differ."""
-    from .dispatch import DispatchTable, Entry, workload_bucket
-
-    entries: dict[str, Entry] = {}
-    notes = []
-    for r in result.workloads:
-        win = r.winner
-        if win is None:
-            continue
-        bucket = workload_bucket(r.workload)
-        if bucket in entries:
-            other = entries[bucket]
-            if (other.impl, other.params) != (win.impl, win.params):
-                notes.append(f"bucket {bucket}: {r.workload.label} chose {win.label}, but the entry keeps "
-                             f"{_label(other.impl, other.params)} from {Workload.from_dict(other.workload).label}")
-            continue
-        base = r.get(result.baseline)
-        ru = r.runner_up
-
-        def brief(c):
-            return None if c is None else {"impl": c.impl, "params": c.params, "median_ms": c.median_ms,
-                                           "ci_ms": list(c.ci_ms) if c.ci_ms else None}
-
-        entries[bucket] = Entry(bucket=bucket, impl=win.impl, params=win.params, workload=r.workload.to_dict(),
-                                data={"winner": brief(win), "runner_up": brief(ru),
-                                      "baseline": brief(base) if base is not None and base.timed else None,
-                                      "speedup": r.speedup, "workload_key": r.workload.key,
-                                      "search": {"mode": r.mode, "stop_reason": r.stop_reason}})
-    env = _env_summary(result.fingerprint, result.env_id)
-    created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    return DispatchTable(environment=env, entries=entries, baseline=result.baseline, created=created, notes=notes)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reports
-# ---------------------------------------------------------------------------------------------
-
-def _speedup_text(s: dict[str, Any] | None) -> str:
-    if not s:
-        return "n/a"
-    return f"{s['value']:.3g}x [{s['lo']:.3g}, {s['hi']:.3g}] vs {s['baseline']}"
-
-
-def markdown(result: TuneResult) -> str:
-    env = result.to_dict()["environment"]
-    where = env.get("gpu_name") or f"CPU ({env.get('cpu_model', '?')})"
-    out = [f"# attnbench tune ({result.mode})", "",
-           f"Environment {result.env_id}: {where}, torch {env.get('torch')}"
-           + (f", cuDNN {env['cudnn']}" if env.get("cudnn") else "") + (f", triton {env['triton']}" if env.get("triton") else "")
-           + f". Timer `{result.timer}`.", ""]
-    out += ["| workload | chosen | median ms [95% CI] | speedup vs " + result.baseline + " | runner-up | search |",
-            "|---|---|---|---|---|---|"]
-    for r in result.workloads:
-        win, ru = r.winner, r.runner_up
-        med = f"{_ms(win.median_ms)} [{_ms(win.ci_ms[0])}, {_ms(win.ci_ms[1])}]" if win else ""
-        search = "cached" if r.cached else f"{r.stop_reason}, {int(r.cost.get('samples', 0))} samples"
-        out.append("| " + " | ".join(_cell(x) for x in (
-            r.workload.label, win.label if win else "none correct", med,
-            _speedup_text(r.speedup) if win else "", f"{ru.label} {_ms(ru.median_ms)} ms" if ru else "", search)) + " |")
-    for r in result.workloads:
-        out += ["", f"## {r.workload.label}", ""]
-        cost = r.cost
-        out.append(f"{r.mode}: stopped ({r.stop_reason}) after {r.rounds} round(s); {int(cost.get('samples', 0))} "
-                   f"samples, {cost.get('measure_ms', 0):.0f} ms measuring, {cost.get('wall_s', 0):.1f} s wall"
-                   + (" (from the cache)" if r.cached else "") + ".")
-        out += ["", "| rank | candidate | median ms [95% CI] | n | ran | status |", "|---|---|---|---|---|---|"]
-        rank = 0
-        for c in r.candidates:
-            if not c.timed:
-                continue
-            rank += 1
-            state = "**chosen**" if c.label == r.chosen else (c.note or "not chosen")
-            out.append("| " + " | ".join(_cell(x) for x in (
-                rank, c.label, f"{_ms(c.median_ms)} [{_ms(c.ci_ms[0])}, {_ms(c.ci_ms[1])}]", len(c.samples_ms),
-                c.backend if c.backend != c.impl else "", state)) + " |")
-        rejected = [c for c in r.candidates if not c.timed]
-        if rejected:
-            out += ["", "| rejected | status | reason |", "|---|---|---|"]
-            out += ["| " + " | ".join(_cell(x) for x in (c.label, c.status, c.reason)) + " |" for c in rejected]
-        for n in r.notes:
-            out.append(f"\nNote: {n}")
-    rp = result.settings.get("racing", {})
-    out += ["", "## Methods", "",
-            "- Every candidate passes a correctness check against float64 attention before it is timed; "
-            "rejected candidates (unsupported, incorrect, oom, error, implausible) are never chosen.",
-            f"- Medians with 95% bootstrap CIs; speedup = median({result.baseline}) / median(chosen) with a "
-            "percentile-bootstrap CI.",
-            "- Racing drops a candidate when the lower bound of its median's "
-            f"{rp.get('confidence', 0.99):.0%} order-statistic CI lies more than {rp.get('margin', 0.01):.0%} "
-            "above the leader's upper bound; ties within "
-            f"{rp.get('equivalence', 0.01):.0%} go to {result.baseline}."]
-    return "\n".join(out)
-
-
-def json_report(result: TuneResult) -> dict[str, Any]:
-    return result.to_dict()
-
-
-# ---------------------------------------------------------------------------------------------
-# Capacity planning
-# ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CapacityRow:
-    batch: int
-    impl: str                 # label of what was timed
-    status: str               # ok, not-measured, or the chosen candidate's absence ("none correct", oom ...)
-    median_ms: float | None = None
-    ci_ms: tuple[float, float] | None = None
-    tokens_per_s: float | None = None
-    within_budget: bool = False
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class CapacityPlan:
-    shape: str                # the workload label without its batch
-    latency_budget_ms: float
-    rows: tuple[CapacityRow, ...]
-    best_batch: int | None
-    criterion: str = "95% CI upper bound of the median latency <= budget"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"shape": self.shape, "latency_budget_ms": self.latency_budget_ms, "criterion": self.criterion,
-                "best_batch": self.best_batch,
-                "rows": [{**dataclasses.asdict(r), "ci_ms": list(r.ci_ms) if r.ci_ms else None} for r in self.rows]}
-
-
-def plan_capacity(config: TuneConfig, store, latency_budget_ms: float, impl: str = "best", *, timer=None,
-                  fingerprint: dict[str, Any] | None = None, ceilings=None,
-                  progress: Callable[[str], None] | None = None) -> list[CapacityPlan]:
-    """Per shape (the workloads grouped by everything but batch): time each batch, and pick the batch
-    with the most query tokens/s whose latency is within the budget (the CI upper bound of the median,
-    so a batch is in only when it is confidently in). impl='best' tunes each batch (racing, cached) and
-    times its winner; a name times that impl alone with the fixed policy. Batches are taken in
-    increasing order, and once one is confidently over the budget (CI lower bound above it) the larger
-    ones are not measured: latency is taken as non-decreasing in batch."""
-    if latency_budget_ms <= 0:
-        raise UserError("--latency-budget must be positive")
-    groups: dict[Workload, list[Workload]] = {}
-    for w in config.workloads:
-        groups.setdefault(w.replace(batch=1), []).append(w)
-    plans = []
-    for shape, ws in groups.items():
-        rows: list[CapacityRow] = []
-        over = None
-        for w in sorted(set(ws), key=lambda w: w.batch):
-            if over is not None:
-                rows.append(CapacityRow(w.batch, "", "not-measured",
-                                        note=f"batch {over} was already over the budget"))
-                continue
-            if impl == "best":
-                cfg = dataclasses.replace(config, workloads=[w])
-            else:
-                cfg = dataclasses.replace(config, workloads=[w], impls=[impl], baseline="", exhaustive=True)
-            r = tune(cfg, store, timer=timer, fingerprint=fingerprint, ceilings=ceilings, progress=progress).workloads[0]
-            win = r.winner
-            if win is None:
-                failed = [c for c in r.candidates if not c.timed]
-                why = "; ".join(f"{c.label}: {c.status} ({c.reason})" for c in failed[:3]) or "nothing to time"
-                rows.append(CapacityRow(w.batch, "" if impl == "best" else impl, "failed", note=why))
-                if failed and all(c.status == "oom" for c in failed):
-                    over = w.batch
-                continue
-            from . import metrics
-
-            lo, hi = win.ci_ms
-            within = hi <= latency_budget_ms
-            rows.append(CapacityRow(w.batch, win.label, "ok", win.median_ms, (lo, hi),
-                                    metrics.tokens_per_s(w, win.median_ms), within))
-            if lo > latency_budget_ms:
-                over = w.batch
-        inside = [r for r in rows if r.within_budget]
-        best = max(inside, key=lambda r: r.tokens_per_s).batch if inside else None
-        plans.append(CapacityPlan(shape=_shape_label(shape), latency_budget_ms=latency_budget_ms, rows=tuple(rows),
-                                  best_batch=best))
-    return plans
-
-
-def _shape_label(w: Workload) -> str:
-    return w.label.split(" ", 1)[1]  # drop 'B1'
-
-
-def capacity_markdown(plans: list[CapacityPlan]) -> str:
-    out = ["# attnbench tune --objective throughput", ""]
-    for p in plans:
-        best = f"batch {p.best_batch}" if p.best_batch is not None else "no batch within the budget"
-        out += [f"## {p.shape}: {best} (budget {_ms(p.latency_budget_ms)} ms; {p.criterion})", "",
-                "| batch | impl | median ms | 95% CI | tokens/s | within budget |", "|---|---|---|---|---|---|"]
-        for r in p.rows:
-            ci = f"[{_ms(r.ci_ms[0])}, {_ms(r.ci_ms[1])}]" if r.ci_ms else ""
-            tps = f"{r.tokens_per_s:.4g}" if r.tokens_per_s else ""
-            inside = ("**yes (best)**" if r.batch == p.best_batch else "yes") if r.within_budget else \
-                ("no" if r.status == "ok" else f"{r.status}: {r.note}")
-            out.append("| " + " | ".join(_cell(x) for x in (r.batch, r.impl, _ms(r.median_ms), ci, tps, inside)) + " |")
-        out.append("")
-    out.append("tokens/s counts query tokens (batch x q_len) per second at the median latency.")
-    return "\n".join(out)
-
-
-def capacity_json(plans: list[CapacityPlan]) -> dict[str, Any]:
-    return {"format": "attnbench-capacity", "version": 1, "plans": [p.to_dict() for p in plans]}
 
 
 # ---------------------------------------------------------------------------------------------
