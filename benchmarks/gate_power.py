@@ -3,7 +3,7 @@ and the GPU-seconds one gate run costs.
 
 Usage: python benchmarks/gate_power.py --out DIR [--full] [--runs N]
 
-Every gate run below is attnbench.gate.run_gate, the code behind `attnbench gate` (cold timer, the
+Every gate run below is attnbench.gate_run.run_gate, the code behind `attnbench gate` (cold timer, the
 default policy of 100 samples, ceilings measured, flagged cells re-measured once); only the measuring
 is done in-process with runner.measure_cell so that a test impl can be slowed down between runs.
 
@@ -87,7 +87,7 @@ def sleep_cycles_per_ms(n: int = 4_000_000) -> float:
 
 
 class DirectMeasurer:
-    """gate.Measurer that runs cells in-process through runner.measure_cell with our own Impl objects."""
+    """gate_run.Measurer that runs cells in-process through runner.measure_cell with our own Impl objects."""
 
     def __init__(self, impls: dict[str, Any], device: str = "cuda"):
         from attnbench import device as devmod
@@ -122,9 +122,10 @@ class DirectMeasurer:
 
 def gate_run(opts, measurer) -> dict[str, Any]:
     from attnbench import gate as g
+    from attnbench.gate_run import run_gate
 
     t0 = time.perf_counter()
-    res = g.run_gate(opts, measurer)
+    res = run_gate(opts, measurer)
     seconds = time.perf_counter() - t0
     compared = [c for c in res.cells if c.ratio is not None]
     return {"exit_code": res.exit_code, "seconds": seconds,
@@ -150,7 +151,7 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         raise SystemExit("gate_power: needs a CUDA GPU")
-    from attnbench import gate as g
+    from attnbench.gate_run import GateOptions
     from attnbench.impls import resolve
     from attnbench.spec import load_preset
 
@@ -170,22 +171,21 @@ def main() -> None:
 
     # 1. Cost over the two presets.
     cost_path = str(tmp / "cost.json")
-    make = gate_run(g.GateOptions(cost_path, update=True, repeats=1, workloads=presets, impls=["sdpa-auto"]),
-                    measurer)
-    check = gate_run(g.GateOptions(cost_path), measurer)
+    make = gate_run(GateOptions(cost_path, update=True, repeats=1, workloads=presets, impls=["sdpa-auto"]), measurer)
+    check = gate_run(GateOptions(cost_path), measurer)
     report["cost"] = {"cells": len(presets), "baseline_1_repeat_s": make["seconds"], "gate_run_s": check["seconds"],
                       "gate_run_exit": check["exit_code"], "target_s": 120}
 
     # 2. A/A on the power workloads, both impls.
     path = str(tmp / "power.json")
-    made = gate_run(g.GateOptions(path, update=True, workloads=power, impls=["sdpa-auto", SLEEPY]), measurer)
+    made = gate_run(GateOptions(path, update=True, workloads=power, impls=["sdpa-auto", SLEEPY]), measurer)
     from attnbench.baseline import Baseline
 
     base = Baseline.load(path)
     report["baseline"] = {"seconds": made["seconds"], "repeats": 5,
                           "noise": {k: c.noise for k, c in base.cells.items()},
                           "repeat_medians": {k: c.repeat_medians for k, c in base.cells.items()}}
-    aa = [gate_run(g.GateOptions(path), measurer) for _ in range(args.runs)]
+    aa = [gate_run(GateOptions(path), measurer) for _ in range(args.runs)]
     report["aa"] = {"failing": sum(r["exit_code"] != 0 for r in aa), "target": 0, "runs": aa}
 
     # 3. Detection: calibrated sleeps on the wrapper's cells only.
@@ -197,7 +197,7 @@ def main() -> None:
         for c in base.cells.values():
             if c.cell.impl == SLEEPY:
                 cycles[c.cell.workload.key] = int(level * c.median_ms * rate)
-        runs = [gate_run(g.GateOptions(path, impls=[SLEEPY]), measurer) for _ in range(args.runs)]
+        runs = [gate_run(GateOptions(path, impls=[SLEEPY]), measurer) for _ in range(args.runs)]
         report["detection"][f"{level:.0%}"] = {
             "failing": sum(r["exit_code"] == 1 for r in runs), "cycles": dict(cycles),
             "median_realized_ratio": statistics.median(r["median_ratio"] for r in runs), "runs": runs}

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from attnbench import gate as g
+from attnbench import gate_run as gr
 from attnbench.baseline import (FORMAT_VERSION, SAMPLE_CAP, Baseline, BaselineCell, Cell, accept, ratchet, round4,
                                 subsample)
 from attnbench.cli import main
@@ -318,55 +319,55 @@ def test_run_gate_lifecycle(tmp_path):
     path = tmp_path / "perf" / "base.json"
     opts = dict(workloads=[wl(0), wl(1)], impls=["sdpa-auto"])
     with pytest.raises(UserError, match="no baseline at .*create one with --update"):
-        g.run_gate(g.GateOptions(str(path), **opts), FakeMeasurer())
-    res = g.run_gate(g.GateOptions(str(path), update=True, **opts), FakeMeasurer(), date="2026-01-01")
+        gr.run_gate(gr.GateOptions(str(path), **opts), FakeMeasurer())
+    res = gr.run_gate(gr.GateOptions(str(path), update=True, **opts), FakeMeasurer(), date="2026-01-01")
     assert res.created and res.passed and path.exists() and "New baseline: 2 ok cell(s) written" in res.markdown()
     saved = json.loads(path.read_text())
     assert len(saved["cells"]) == 2 and saved["history"] == [] and saved["timer"] == "fake"
     before = path.read_text()
     # A check measures the baseline's cells by default and leaves the file alone.
     fm = FakeMeasurer(seed=100)
-    res = g.run_gate(g.GateOptions(str(path)), fm)
+    res = gr.run_gate(gr.GateOptions(str(path)), fm)
     assert res.passed and fm.calls == [("gate", sorted(saved["cells"]))] and path.read_text() == before
     # A regression with --update: exit 1, confirmed through the measurer, and the file does not move.
     fm = FakeMeasurer(seed=200, factor={256: 1.2})
-    res = g.run_gate(g.GateOptions(str(path), update=True), fm)
+    res = gr.run_gate(gr.GateOptions(str(path), update=True), fm)
     assert res.exit_code == 1 and [n for n, _ in fm.calls] == ["gate", "gate-confirm"]
     assert path.read_text() == before
     # An improvement with --update moves the bar; a new cell joins with a history entry.
-    res = g.run_gate(g.GateOptions(str(path), update=True, workloads=[wl(0), wl(1), wl(2)]),
-                     FakeMeasurer(seed=300, factor={128: 0.8}), date="2026-02-02")
+    res = gr.run_gate(gr.GateOptions(str(path), update=True, workloads=[wl(0), wl(1), wl(2)]),
+                      FakeMeasurer(seed=300, factor={128: 0.8}), date="2026-02-02")
     after = Baseline.load(path)
     assert res.passed and [h["kind"] for h in after.history] == ["improvement", "new-cell"]
     assert after.cells[Cell(wl(0), "sdpa-auto").key].median_ms == pytest.approx(1.28 * 0.8, rel=0.02)
     # --accept a regression with a reason.
-    res = g.run_gate(g.GateOptions(str(path), accept=("sq256",), reason="slower but exact"),
-                     FakeMeasurer(seed=400, factor={128: 0.8, 256: 1.2}))
+    res = gr.run_gate(gr.GateOptions(str(path), accept=("sq256",), reason="slower but exact"),
+                      FakeMeasurer(seed=400, factor={128: 0.8, 256: 1.2}))
     assert res.passed and Baseline.load(path).history[-1]["kind"] == "accepted-regression"
 
 
 def test_run_gate_environment_and_usage_errors(tmp_path):
     path = tmp_path / "b.json"
-    g.run_gate(g.GateOptions(str(path), update=True, workloads=[wl(0)], impls=["sdpa-auto"]), FakeMeasurer())
+    gr.run_gate(gr.GateOptions(str(path), update=True, workloads=[wl(0)], impls=["sdpa-auto"]), FakeMeasurer())
     other = {**FP, "torch": "2.12.0"}
     with pytest.raises(UserError, match=r"another environment \(torch: 2.11.0 -> 2.12.0\).*--allow-env-mismatch"):
-        g.run_gate(g.GateOptions(str(path)), FakeMeasurer(fp=other))
-    res = g.run_gate(g.GateOptions(str(path), allow_env_mismatch=True), FakeMeasurer(fp=other, seed=9))
+        gr.run_gate(gr.GateOptions(str(path)), FakeMeasurer(fp=other))
+    res = gr.run_gate(gr.GateOptions(str(path), allow_env_mismatch=True), FakeMeasurer(fp=other, seed=9))
     md = res.markdown()
     assert res.passed and md.splitlines()[2].startswith("> **Warning:** the environment differs")
     with pytest.raises(UserError, match="needs --reason"):
-        g.run_gate(g.GateOptions(str(path), accept=("sq128",)), FakeMeasurer())
+        gr.run_gate(gr.GateOptions(str(path), accept=("sq128",)), FakeMeasurer())
     with pytest.raises(UserError, match="measured with the 'fake' timer, not 'cold'"):
-        g.run_gate(g.GateOptions(str(path), timer="cold"), FakeMeasurer())
-    res = g.run_gate(g.GateOptions(str(path), normalize=True), FakeMeasurer(seed=5))
+        gr.run_gate(gr.GateOptions(str(path), timer="cold"), FakeMeasurer())
+    res = gr.run_gate(gr.GateOptions(str(path), normalize=True), FakeMeasurer(seed=5))
     assert "times NOT normalized" in res.warnings[0] and not res.normalized
 
 
 def test_step_summary_is_appended(tmp_path):
     target = tmp_path / "summary.md"
-    assert not g.append_step_summary("x", env={})
-    assert g.append_step_summary("## one", env={"GITHUB_STEP_SUMMARY": str(target)})
-    g.append_step_summary("## two\n", env={"GITHUB_STEP_SUMMARY": str(target)})
+    assert not gr.append_step_summary("x", env={})
+    assert gr.append_step_summary("## one", env={"GITHUB_STEP_SUMMARY": str(target)})
+    gr.append_step_summary("## two\n", env={"GITHUB_STEP_SUMMARY": str(target)})
     assert target.read_text() == "## one\n## two\n"
 
 
@@ -473,11 +474,11 @@ def test_workflow_is_valid_and_sticky():
 
 def test_run_gate_refuses_to_mix_environments_or_write_nothing(tmp_path):
     path = tmp_path / "b.json"
-    g.run_gate(g.GateOptions(str(path), update=True, workloads=[wl(0)], impls=["sdpa-auto"]), FakeMeasurer())
+    gr.run_gate(gr.GateOptions(str(path), update=True, workloads=[wl(0)], impls=["sdpa-auto"]), FakeMeasurer())
     before = path.read_text()
     with pytest.raises(UserError, match="would mix the two"):
-        g.run_gate(g.GateOptions(str(path), update=True, allow_env_mismatch=True),
-                   FakeMeasurer(fp={**FP, "gpu_name": "NVIDIA A100"}))
+        gr.run_gate(gr.GateOptions(str(path), update=True, allow_env_mismatch=True),
+                    FakeMeasurer(fp={**FP, "gpu_name": "NVIDIA A100"}))
     assert path.read_text() == before
 
     class Broken(FakeMeasurer):
@@ -485,5 +486,5 @@ def test_run_gate_refuses_to_mix_environments_or_write_nothing(tmp_path):
             return [meas(c.workload, c.impl, status="error") for c in cells]
 
     with pytest.raises(UserError, match="no cell measured ok, so no baseline was written"):
-        g.run_gate(g.GateOptions(str(tmp_path / "new.json"), update=True, workloads=[wl(0)], impls=["x"]), Broken())
+        gr.run_gate(gr.GateOptions(str(tmp_path / "new.json"), update=True, workloads=[wl(0)], impls=["x"]), Broken())
     assert not (tmp_path / "new.json").exists()

@@ -388,7 +388,7 @@ def gate(
 ) -> None:
     """CI ratchet: measure now, compare with the baseline; exit 1 on a confirmed, significant and large
     regression (or a kernel that broke), 2 on a usage or environment error."""
-    from . import gate as g
+    from .gate_run import GateOptions, RunnerMeasurer, append_step_summary, policy_from_flags, run_gate
     from .runner import resolve_device
 
     if fmt not in ("md", "json"):
@@ -398,17 +398,17 @@ def gate(
     workloads = None
     if preset or sweep or any(x is not None for x in shape) or not baseline.exists():
         workloads, _ = build_workloads(preset, sweep, *shape, dev)
-    policy = g.policy_from_flags(samples, min_samples, warmup_ms, max_time_ms)
-    opts = g.GateOptions(str(baseline), update=update, threshold=threshold, alpha=alpha, confirm=confirm, repeats=repeats,
-                         normalize=normalize, allow_env_mismatch=allow_env_mismatch, accept=tuple(accept or ()),
-                         reason=reason, workloads=workloads, impls=list(impl) if impl else None, timer=timer,
-                         policy=policy)
+    policy = policy_from_flags(samples, min_samples, warmup_ms, max_time_ms)
+    opts = GateOptions(str(baseline), update=update, threshold=threshold, alpha=alpha, confirm=confirm, repeats=repeats,
+                       normalize=normalize, allow_env_mismatch=allow_env_mismatch, accept=tuple(accept or ()),
+                       reason=reason, workloads=workloads, impls=list(impl) if impl else None, timer=timer,
+                       policy=policy)
     with _open_store(db) as store:
-        measurer = g.RunnerMeasurer(store, dev, progress=not quiet and sys.stderr.isatty())
-        result = g.run_gate(opts, measurer)
+        measurer = RunnerMeasurer(store, dev, progress=not quiet and sys.stderr.isatty())
+        result = run_gate(opts, measurer)
         measurer.record(result)
     text = result.markdown()
-    g.append_step_summary(text)
+    append_step_summary(text)
     typer.echo(json.dumps(result.to_dict(), indent=2, default=str) if fmt == "json" else text, nl=fmt == "json")
     raise typer.Exit(result.exit_code)
 
