@@ -10,7 +10,9 @@ import types
 import pytest
 
 from attnbench import device as dm
-from attnbench.device import Ceilings
+from attnbench import datasheet as ds
+from attnbench import roofline as rl
+from attnbench.roofline import Ceilings
 
 H100_FP = {
     "device_kind": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3", "sm_count": 132, "driver": "580.95.05",
@@ -194,18 +196,18 @@ def test_format_env_cpu_and_gpu():
     ("NVIDIA B200", "B200"), ("NVIDIA L40S", "L40S"), ("Tesla T4", "T4"), ("cpu", "CPU"),
 ])
 def test_lookup_spec_on_torch_names(name, key):
-    spec = dm.lookup_spec(name)
+    spec = ds.lookup_spec(name)
     assert spec is not None and spec.name == key
 
 
 @pytest.mark.parametrize("name", ["NVIDIA GH200 480GB", "NVIDIA GeForce RTX 4090 D", "NVIDIA L40",
                                   "Some Future GPU", "", None])
 def test_lookup_spec_unknown_is_none(name):
-    assert dm.lookup_spec(name) is None
+    assert ds.lookup_spec(name) is None
 
 
 def test_datasheet_values():
-    h100, h200, l4 = dm.SPECS["H100 SXM"], dm.SPECS["H200"], dm.SPECS["L4"]
+    h100, h200, l4 = ds.SPECS["H100 SXM"], ds.SPECS["H200"], ds.SPECS["L4"]
     assert (h100.bf16_tflops, h100.mem_gbps, h100.sm_count, h100.l2_mb) == (989.0, 3350.0, 132, 50.0)
     assert (h200.bf16_tflops, h200.mem_gbps, h200.memory_gb) == (989.0, 4800.0, 141.0)
     assert (l4.fp16_tflops, l4.mem_gbps, l4.fp32_tflops) == (121.0, 300.0, 30.3)
@@ -213,11 +215,11 @@ def test_datasheet_values():
     assert h100.tflops("float32", tf32=True) == h100.tf32_tflops
     # DGEMM runs on the FP64 tensor cores (an H100 measured 58.5 TFLOP/s against 34 non-tensor)
     assert (h100.fp64_tflops, h100.tflops("fp64")) == (34.0, 67.0)
-    assert dm.SPECS["RTX 4090"].tflops("fp64") is None
+    assert ds.SPECS["RTX 4090"].tflops("fp64") is None
     for needed in ("L4", "A10G", "A100 40GB SXM", "A100 80GB SXM", "H100 SXM", "H100 PCIe", "H200", "B200",
                    "RTX 4090", "CPU"):
-        assert needed in dm.SPECS
-    for spec in dm.SPECS.values():
+        assert needed in ds.SPECS
+    for spec in ds.SPECS.values():
         assert spec.source, f"{spec.name} needs a source"
         if spec.fp16_tflops and spec.fp32_tflops:  # tensor cores beat the CUDA cores on every GPU listed
             assert spec.fp16_tflops > spec.fp32_tflops
@@ -230,15 +232,15 @@ def test_datasheet_values():
 # ---------------------------------------------------------------------------------------------------------
 
 def test_roofline_bound_hand_computed():
-    assert dm.roofline_bound_tflops(100, 800, 3000) == pytest.approx(300.0)   # 100 FLOP/B * 3 TB/s
-    assert dm.roofline_bound_tflops(1000, 800, 3000) == pytest.approx(800.0)  # capped by the peak
-    assert dm.roofline_bound_tflops(0, 800, 3000) == 0.0
-    assert dm.roofline_bound_tflops(float("inf"), 800, 3000) == 800.0
-    assert dm.ridge_point(800, 3000) == pytest.approx(266.6667, rel=1e-5)
-    ridge = dm.ridge_point(989, 3350)
-    assert dm.roofline_bound_tflops(ridge, 989, 3350) == pytest.approx(989.0)
+    assert rl.roofline_bound_tflops(100, 800, 3000) == pytest.approx(300.0)   # 100 FLOP/B * 3 TB/s
+    assert rl.roofline_bound_tflops(1000, 800, 3000) == pytest.approx(800.0)  # capped by the peak
+    assert rl.roofline_bound_tflops(0, 800, 3000) == 0.0
+    assert rl.roofline_bound_tflops(float("inf"), 800, 3000) == 800.0
+    assert rl.ridge_point(800, 3000) == pytest.approx(266.6667, rel=1e-5)
+    ridge = rl.ridge_point(989, 3350)
+    assert rl.roofline_bound_tflops(ridge, 989, 3350) == pytest.approx(989.0)
     with pytest.raises(ValueError):
-        dm.roofline_bound_tflops(-1, 800, 3000)
+        rl.roofline_bound_tflops(-1, 800, 3000)
 
 
 def _ceil(tflops=800.0, gbps=3000.0, src="measured"):
@@ -249,52 +251,52 @@ def _ceil(tflops=800.0, gbps=3000.0, src="measured"):
 def test_regime_labels():
     c = _ceil()  # ridge = 266.7 FLOP/B
     assert c.ridge("fp16") == pytest.approx(266.6667, rel=1e-5)
-    assert dm.regime(1e12, 1e10, 2.0, 0.5, c, "fp16") == "memory-bound"     # intensity 100
-    assert dm.regime(1e12, 1e9, 2.0, 0.5, c, "fp16") == "compute-bound"     # intensity 1000
-    assert dm.regime(1e12, 1e9, 0.010, 0.040, c, "fp16") == "host-bound"    # host 40 us > device 10 us
-    assert dm.regime(1e12, 1e9, 0.010, None, c, "fp16") == "compute-bound"  # no host time: not host-bound
-    assert dm.regime(1e12, 1e9, 0.010, 0.010, c, "fp16") == "compute-bound"  # equal is not "exceeds"
-    assert dm.regime(1e12, 0, 1.0, None, c, "fp16") == "compute-bound"
-    assert dm.regime(1e12, 1e10, 1.0, None, Ceilings(), "fp16") == "unknown"
+    assert rl.regime(1e12, 1e10, 2.0, 0.5, c, "fp16") == "memory-bound"     # intensity 100
+    assert rl.regime(1e12, 1e9, 2.0, 0.5, c, "fp16") == "compute-bound"     # intensity 1000
+    assert rl.regime(1e12, 1e9, 0.010, 0.040, c, "fp16") == "host-bound"    # host 40 us > device 10 us
+    assert rl.regime(1e12, 1e9, 0.010, None, c, "fp16") == "compute-bound"  # no host time: not host-bound
+    assert rl.regime(1e12, 1e9, 0.010, 0.010, c, "fp16") == "compute-bound"  # equal is not "exceeds"
+    assert rl.regime(1e12, 0, 1.0, None, c, "fp16") == "compute-bound"
+    assert rl.regime(1e12, 1e10, 1.0, None, Ceilings(), "fp16") == "unknown"
 
 
 def test_plausibility_flags():
     c = _ceil(tflops=800.0, gbps=3000.0)
-    assert dm.plausibility(500.0, 2500.0, c, "fp16") == ("ok", "")
-    assert dm.plausibility(800.0, 3000.0, c, "fp16") == ("ok", "")  # exactly 100% is possible
-    status, why = dm.plausibility(100.0, 3500.0, c, "fp16")
+    assert rl.plausibility(500.0, 2500.0, c, "fp16") == ("ok", "")
+    assert rl.plausibility(800.0, 3000.0, c, "fp16") == ("ok", "")  # exactly 100% is possible
+    status, why = rl.plausibility(100.0, 3500.0, c, "fp16")
     assert status == "implausible"
     assert "above the copy ceiling" in why and "cache-resident" in why and "117%" in why
-    status, why = dm.plausibility(900.0, 100.0, c, "bf16")
+    status, why = rl.plausibility(900.0, 100.0, c, "bf16")
     assert status == "implausible" and "above the matmul ceiling" in why and "miscounted FLOPs" in why
-    status, why = dm.plausibility(900.0, 3500.0, c, "fp16")
+    status, why = rl.plausibility(900.0, 3500.0, c, "fp16")
     assert "matmul ceiling" in why and "copy ceiling" in why
-    assert dm.plausibility(100.0, 3100.0, c, "fp16", tolerance=0.05)[0] == "ok"
-    assert dm.plausibility(100.0, 3100.0, c, "fp16")[0] == "implausible"
-    assert dm.plausibility(None, None, c, "fp16") == ("ok", "")
-    assert dm.plausibility(1e6, 1e6, Ceilings(), "fp16") == ("ok", "")  # unknown ceilings: no verdict
+    assert rl.plausibility(100.0, 3100.0, c, "fp16", tolerance=0.05)[0] == "ok"
+    assert rl.plausibility(100.0, 3100.0, c, "fp16")[0] == "implausible"
+    assert rl.plausibility(None, None, c, "fp16") == ("ok", "")
+    assert rl.plausibility(1e6, 1e6, Ceilings(), "fp16") == ("ok", "")  # unknown ceilings: no verdict
 
 
 def test_ceilings_for_prefers_measured_and_labels_sources():
     measured = {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3",
                 "tflops": {"fp16": 797.0, "bf16": 793.0}, "gbps": 3000.0}
-    c = dm.ceilings_for(H100_FP, measured)
+    c = rl.ceilings_for(H100_FP, measured)
     assert (c.peak("fp16"), c.source("fp16")) == (797.0, "measured")
     assert (c.peak("bf16"), c.source("bf16")) == (793.0, "measured")
     assert (c.peak("fp32"), c.source("fp32")) == (67.0, "datasheet")   # not measured: datasheet
     assert (c.gbps, c.gbps_source) == (3000.0, "measured")
     assert c.spec_name == "H100 SXM"
 
-    d = dm.ceilings_for(H100_FP, None)
+    d = rl.ceilings_for(H100_FP, None)
     assert (d.peak("bf16"), d.source("bf16"), d.gbps, d.gbps_source) == (989.0, "datasheet", 3350.0, "datasheet")
     # a measurement from another GPU model does not apply
-    other = dm.ceilings_for(H100_FP, {**measured, "gpu_name": "NVIDIA L4"})
+    other = rl.ceilings_for(H100_FP, {**measured, "gpu_name": "NVIDIA L4"})
     assert other.source("fp16") == "datasheet" and other.notes
     # TF32 on: the fp32 ceiling is the TF32 tensor peak
-    tf = dm.ceilings_for({**H100_FP, "tf32_matmul": True}, None)
+    tf = rl.ceilings_for({**H100_FP, "tf32_matmul": True}, None)
     assert (tf.peak("fp32"), tf.source("fp32")) == (494.0, "datasheet (TF32)")
     # unknown GPU, nothing measured
-    u = dm.ceilings_for({**H100_FP, "gpu_name": "Mystery GPU"}, None)
+    u = rl.ceilings_for({**H100_FP, "gpu_name": "Mystery GPU"}, None)
     assert u.peak("fp16") is None and u.source("fp16") == "unknown" and u.gbps_source == "unknown"
     assert any("no datasheet entry" in n for n in u.notes)
     assert u.to_dict()["tflops_source"]["fp16"] == "unknown"
@@ -302,13 +304,13 @@ def test_ceilings_for_prefers_measured_and_labels_sources():
 
 def test_ceilings_for_cpu():
     cpu_fp = {"device_kind": "cpu", "cpu_model": "AMD EPYC"}
-    c = dm.ceilings_for(cpu_fp, None)
+    c = rl.ceilings_for(cpu_fp, None)
     assert c.spec_name == "CPU" and c.peak("fp32") is None and c.gbps_source == "unknown"
     m = {"device": "cpu", "gpu_name": None, "tflops": {"fp32": 0.15}, "gbps": 30.0}
-    c = dm.ceilings_for(cpu_fp, m)
+    c = rl.ceilings_for(cpu_fp, m)
     assert (c.peak("fp32"), c.source("fp32"), c.gbps, c.gbps_source) == (0.15, "measured", 30.0, "measured")
     # a CPU measurement never stands in for a GPU's ceilings
-    g = dm.ceilings_for(H100_FP, m)
+    g = rl.ceilings_for(H100_FP, m)
     assert g.source("fp32") == "datasheet" and g.gbps == 3350.0
 
 
@@ -357,11 +359,11 @@ def test_measure_ceilings_gpu():
     fp = dm.fingerprint("cuda")
     m = dm.measure_ceilings("cuda", dtypes=("fp16", "bf16", "fp32"), reps=5)
     assert set(m["tflops"]) == {"fp16", "bf16", "fp32"} and m["gbps"] > 0
-    spec = dm.lookup_spec(fp["gpu_name"])
+    spec = ds.lookup_spec(fp["gpu_name"])
     if spec is not None:  # a real measurement lands below (or near) the datasheet, far above nothing
         assert 0.2 * spec.bf16_tflops < m["tflops"]["bf16"] < 1.1 * spec.bf16_tflops
         assert 0.3 * spec.mem_gbps < m["gbps"] < 1.1 * spec.mem_gbps
-    c = dm.ceilings_for(fp, m)
+    c = rl.ceilings_for(fp, m)
     assert c.source("bf16") == "measured" and c.gbps_source == "measured"
     assert fp["tf32_matmul"] == dm.fingerprint("cuda")["tf32_matmul"], "TF32 switch restored"
 

@@ -1,5 +1,5 @@
 from attnbench import report
-from attnbench.device import ceilings_for
+from attnbench.roofline import ceilings_for
 from attnbench.measurement import Measurement
 from attnbench.metrics import assess
 from attnbench.runner import annotate

@@ -4,9 +4,9 @@ from collections import Counter
 
 import pytest
 
-from attnbench import device as devmod
 from attnbench.capacity import capacity_json, capacity_markdown, plan_capacity
 from attnbench.errors import UserError
+from attnbench.roofline import Ceilings
 from attnbench.spec import Workload
 from attnbench.store import Store
 from attnbench.timing import FakeTimer
@@ -103,9 +103,8 @@ def test_chunked_qkv_plugin_is_rejected_and_never_wins_even_when_fastest():
     assert all(e.impl != CHUNKED for e in table.entries.values())
 
 
-@pytest.mark.skipif(not hasattr(devmod, "plausibility"), reason="device.plausibility not available")
 def test_implausible_timings_are_rejected():
-    tiny = devmod.Ceilings(tflops={"fp32": 1e-6}, gbps=1e-3, tflops_source={"fp32": "measured"},
+    tiny = Ceilings(tflops={"fp32": 1e-6}, gbps=1e-3, tflops_source={"fp32": "measured"},
                            gbps_source="measured")
     timer = ByImplTimer({"sdpa-math": 1.0})
     config = TuneConfig(workloads=[W], impls=["sdpa-math"], baseline="", device="cpu", budget_s=None)

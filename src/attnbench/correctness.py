@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
 
 from .impls.base import AttnFn, make_inputs
 from .impls.reference import reference_output

@@ -1,7 +1,6 @@
-"""The hardware: environment fingerprint and id, datasheet table, measured ceilings, roofline and
-plausibility.
+"""The hardware: environment fingerprint and id, and the ceilings measured on it.
 
-Four layers, from cheap to costly:
+Four layers, from cheap to costly (the datasheet lives in `datasheet`, the roofline in `roofline`):
 
 * `fingerprint(device)` describes the environment (GPU model, clocks, software stack, TF32 flags, git
   commit); `env_id` hashes the performance-relevant part of it (`PERF_KEYS`), so clocks or a new commit
@@ -20,16 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import re
 import statistics
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from .datasheet import SPECS, _dtype_key, lookup_spec
 
 # Fingerprint keys that change performance; the environment id hashes only these. Clocks, power limit,
 # Python, attnbench version and git commit are recorded but deliberately left out.
@@ -39,22 +38,6 @@ PERF_KEYS = ("device_kind", "gpu_name", "sm_count", "driver", "cuda", "cudnn", "
 # Keys present only in a CUDA fingerprint.
 GPU_KEYS = ("gpu_name", "compute_capability", "sm_count", "l2_mb", "memory_gib", "sm_clock_mhz",
             "sm_clock_max_mhz", "power_limit_w", "driver", "nvml")
-
-DTYPE_ALIASES = {
-    "fp16": "fp16", "float16": "fp16", "half": "fp16", "torch.float16": "fp16",
-    "bf16": "bf16", "bfloat16": "bf16", "torch.bfloat16": "bf16",
-    "fp32": "fp32", "float32": "fp32", "float": "fp32", "torch.float32": "fp32",
-    "tf32": "tf32",
-    "fp64": "fp64", "float64": "fp64", "double": "fp64", "torch.float64": "fp64",
-}
-
-
-def _dtype_key(dtype: Any) -> str:
-    key = DTYPE_ALIASES.get(str(dtype).lower())
-    if key is None:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of fp16, bf16, fp32, tf32, fp64")
-    return key
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Fingerprint
@@ -314,128 +297,6 @@ def env_mismatch(fp_a: dict[str, Any] | None, fp_b: dict[str, Any] | None) -> li
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Datasheet table
-# ---------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DeviceSpec:
-    """Vendor datasheet figures. Tensor figures are dense (half the "with sparsity" number) and, for
-    fp16, with FP32 accumulate (what torch's matmuls and attention kernels use). None = not published."""
-
-    name: str
-    fp16_tflops: float | None        # dense FP16 tensor core
-    bf16_tflops: float | None        # dense BF16 tensor core
-    fp32_tflops: float | None        # FP32 non-tensor (CUDA cores)
-    fp64_tflops: float | None        # FP64 non-tensor
-    mem_gbps: float | None           # memory bandwidth, GB/s (1e9)
-    l2_mb: float | None
-    sm_count: int | None
-    memory_gb: float | None
-    source: str
-    tf32_tflops: float | None = None  # dense TF32 tensor core
-    fp64_tensor_tflops: float | None = None  # FP64 tensor core (A100, H100, H200): what cuBLAS DGEMM uses
-    note: str = ""
-
-    def tflops(self, dtype: str, tf32: bool = False) -> float | None:
-        """Matmul peak for a dtype ('fp16', 'bf16', 'fp32', 'tf32', 'fp64'); 'fp32' with tf32=True gives the
-        TF32 tensor peak where there is one; 'fp64' the FP64 tensor peak where there is one."""
-        d = _dtype_key(dtype)
-        if d == "fp32" and tf32 and self.tf32_tflops is not None:
-            return self.tf32_tflops
-        if d == "fp64" and self.fp64_tensor_tflops is not None:
-            return self.fp64_tensor_tflops
-        return {"fp16": self.fp16_tflops, "bf16": self.bf16_tflops, "fp32": self.fp32_tflops,
-                "tf32": self.tf32_tflops, "fp64": self.fp64_tflops}[d]
-
-
-SPECS: dict[str, DeviceSpec] = {s.name: s for s in (
-    DeviceSpec("L4", 121.0, 121.0, 30.3, None, 300.0, 48.0, 58, 24.0, tf32_tflops=60.0,
-               source="NVIDIA L4 Tensor Core GPU datasheet (242 FP16/BF16 and 120 TF32 are with sparsity); "
-                      "SMs and L2 from the Ada Lovelace architecture whitepaper (AD104)"),
-    DeviceSpec("A10G", 70.0, 70.0, 35.0, None, 600.0, 6.0, 80, 24.0,
-               source="AWS EC2 G5 instance specifications (no NVIDIA datasheet for the A10G); "
-                      "tensor rate about half the A10's",
-               note="AWS-only variant of the A10 (GA102, 80 SMs)"),
-    DeviceSpec("A10", 125.0, 125.0, 31.2, None, 600.0, 6.0, 72, 24.0, tf32_tflops=62.5,
-               source="NVIDIA A10 Tensor Core GPU datasheet (250 FP16 and 125 TF32 are with sparsity)"),
-    DeviceSpec("A100 40GB SXM", 312.0, 312.0, 19.5, 9.7, 1555.0, 40.0, 108, 40.0, tf32_tflops=156.0, fp64_tensor_tflops=19.5,
-               source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB; 624 FP16 is with sparsity; "
-                      "FP64 tensor 19.5)"),
-    DeviceSpec("A100 80GB SXM", 312.0, 312.0, 19.5, 9.7, 2039.0, 40.0, 108, 80.0, tf32_tflops=156.0, fp64_tensor_tflops=19.5,
-               source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB HBM2e)"),
-    DeviceSpec("A100 40GB PCIe", 312.0, 312.0, 19.5, 9.7, 1555.0, 40.0, 108, 40.0, tf32_tflops=156.0, fp64_tensor_tflops=19.5,
-               source="NVIDIA A100 Tensor Core GPU datasheet (PCIe 40GB)"),
-    DeviceSpec("A100 80GB PCIe", 312.0, 312.0, 19.5, 9.7, 1935.0, 40.0, 108, 80.0, tf32_tflops=156.0, fp64_tensor_tflops=19.5,
-               source="NVIDIA A100 Tensor Core GPU datasheet (PCIe 80GB HBM2e)"),
-    DeviceSpec("H100 SXM", 989.0, 989.0, 67.0, 34.0, 3350.0, 50.0, 132, 80.0, tf32_tflops=494.0, fp64_tensor_tflops=67.0,
-               source="NVIDIA H100 Tensor Core GPU datasheet (SXM5; 1979 FP16/BF16 and 989 TF32 are with "
-                      "sparsity; FP64 tensor 67); SMs and L2 from the Hopper architecture whitepaper"),
-    DeviceSpec("H100 PCIe", 756.0, 756.0, 51.0, 26.0, 2000.0, 50.0, 114, 80.0, tf32_tflops=378.0, fp64_tensor_tflops=51.0,
-               source="NVIDIA H100 Tensor Core GPU datasheet (PCIe; 1513 FP16/BF16 is with sparsity); "
-                      "SMs from the Hopper architecture whitepaper"),
-    DeviceSpec("H100 NVL", 835.0, 835.0, 60.0, 30.0, 3900.0, 50.0, 132, 94.0, tf32_tflops=417.0, fp64_tensor_tflops=60.0,
-               source="NVIDIA H100 Tensor Core GPU datasheet (H100 NVL, per GPU; 1671 FP16/BF16 is with "
-                      "sparsity)"),
-    DeviceSpec("H200", 989.0, 989.0, 67.0, 34.0, 4800.0, 60.0, 132, 141.0, tf32_tflops=494.0, fp64_tensor_tflops=67.0,
-               source="NVIDIA H200 Tensor Core GPU datasheet (H200 SXM; 1979 FP16/BF16 is with sparsity); "
-                      "132 SMs and 60 MB L2 as torch reports them on an H200 (not in the datasheet)"),
-    DeviceSpec("H200 NVL", 835.0, 835.0, 60.0, 30.0, 4800.0, None, 132, 141.0, tf32_tflops=417.0, fp64_tensor_tflops=60.0,
-               source="NVIDIA H200 Tensor Core GPU datasheet (H200 NVL; 1671 FP16/BF16 is with sparsity)"),
-    DeviceSpec("B200", 2250.0, 2250.0, 80.0, 40.0, 8000.0, None, 148, 180.0, tf32_tflops=1100.0, fp64_tensor_tflops=40.0,
-               source="NVIDIA HGX B200 datasheet / Blackwell architecture technical brief (HGX B200 at "
-                      "1000 W, per GPU; 4.5 PFLOP/s FP16/BF16 is with sparsity); SM count as torch reports it",
-               note="L2 size not in the datasheet; the fingerprint reads it from the device"),
-    DeviceSpec("L40S", 362.0, 362.0, 91.6, None, 864.0, 96.0, 142, 48.0, tf32_tflops=183.0,
-               source="NVIDIA L40S GPU datasheet (733 FP16/BF16 and 366 TF32 are with sparsity)"),
-    DeviceSpec("RTX 4090", 165.2, 165.2, 82.6, None, 1008.0, 72.0, 128, 24.0, tf32_tflops=82.6,
-               source="NVIDIA Ada Lovelace GPU architecture whitepaper, GeForce RTX 4090 (FP16/BF16 tensor "
-                      "with FP32 accumulate; 330 TFLOP/s is FP16 accumulate, 661 with sparsity)",
-               note="GeForce: FP32-accumulate tensor math runs at half the FP16-accumulate rate"),
-    DeviceSpec("T4", 65.0, None, 8.1, None, 320.0, 4.0, 40, 16.0,
-               source="NVIDIA T4 Tensor Core GPU datasheet (FP16 mixed precision); no BF16 or TF32 on Turing"),
-    DeviceSpec("CPU", None, None, None, None, None, None, None, None,
-               source="generic CPU: no datasheet figures; measure with measure_ceilings('cpu')",
-               note="CPU peaks depend on the model, cores and vector units; only measured ceilings apply"),
-)}
-
-# torch's device names -> SPECS keys; the first matching pattern wins (order matters: 'a100' before 'a10',
-# 'h100 nvl' before 'h100'). Boundaries keep GH200/GB200 (different power and memory) from matching
-# H200/B200.
-_NAME_PATTERNS: tuple[tuple[str, str], ...] = (
-    (r"(?<![a-z0-9])h200\b.*\bnvl\b", "H200 NVL"),
-    (r"(?<![a-z0-9])h200\b", "H200"),
-    (r"(?<![a-z0-9])h100\b.*\bnvl\b", "H100 NVL"),
-    (r"(?<![a-z0-9])h100\b.*\bpcie\b", "H100 PCIe"),
-    (r"(?<![a-z0-9])h100\b", "H100 SXM"),
-    (r"(?<![a-z0-9])b200\b", "B200"),
-    (r"(?<![a-z0-9])a100\b(?=.*\bpcie\b)(?=.*80\s*gb)", "A100 80GB PCIe"),
-    (r"(?<![a-z0-9])a100\b.*\bpcie\b", "A100 40GB PCIe"),
-    (r"(?<![a-z0-9])a100\b.*80\s*gb", "A100 80GB SXM"),
-    (r"(?<![a-z0-9])a100\b", "A100 40GB SXM"),
-    (r"(?<![a-z0-9])a10g\b", "A10G"),
-    (r"(?<![a-z0-9])a10\b", "A10"),
-    (r"(?<![a-z0-9])l40s\b", "L40S"),
-    (r"(?<![a-z0-9])l4\b", "L4"),
-    (r"\brtx\s*4090\b(?!\s*d\b)", "RTX 4090"),
-    (r"(?<![a-z0-9])t4\b", "T4"),
-)
-
-
-def lookup_spec(gpu_name: str | None) -> DeviceSpec | None:
-    """The datasheet entry for a torch device name ("NVIDIA H100 80GB HBM3" -> H100 SXM,
-    "NVIDIA A100-SXM4-80GB" -> A100 80GB SXM, "cpu" -> the generic CPU entry); None when unknown."""
-    if not gpu_name:
-        return None
-    name = str(gpu_name).lower().replace("_", " ").replace("-", " ")
-    if name.strip() == "cpu":
-        return SPECS["CPU"]
-    for pattern, key in _NAME_PATTERNS:
-        if re.search(pattern, name):
-            return SPECS[key]
-    return None
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Measured ceilings
 # ---------------------------------------------------------------------------------------------------------
 
@@ -608,134 +469,6 @@ def peak_memory_mb(fn: Callable[[], object], device: str, *, above_baseline: boo
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Roofline and plausibility (pure)
-# ---------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Ceilings:
-    """Compute ceilings per dtype (TFLOP/s) and the memory ceiling (GB/s), each with its source:
-    'measured', 'datasheet', 'datasheet (TF32)', 'measured (TF32)' or 'unknown'."""
-
-    tflops: dict[str, float | None] = field(default_factory=dict)
-    gbps: float | None = None
-    tflops_source: dict[str, str] = field(default_factory=dict)
-    gbps_source: str = "unknown"
-    spec_name: str | None = None
-    notes: tuple[str, ...] = ()
-
-    def peak(self, dtype: str) -> float | None:
-        d = _dtype_key(dtype)
-        return self.tflops.get(d)
-
-    def source(self, dtype: str) -> str:
-        return self.tflops_source.get(_dtype_key(dtype), "unknown")
-
-    def ridge(self, dtype: str) -> float | None:
-        """Ridge point in FLOP/byte: below it a kernel is memory-bound, above it compute-bound."""
-        p = self.peak(dtype)
-        return ridge_point(p, self.gbps) if p and self.gbps else None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["notes"] = list(self.notes)
-        return d
-
-
-def ceilings_for(fp: Mapping[str, Any], measured: Mapping[str, Any] | None = None) -> Ceilings:
-    """Ceilings for an environment: measured values (a measure_ceilings result) where present, else the
-    datasheet entry for fp's GPU (or the generic CPU entry), else None with source 'unknown'.
-
-    A measured result taken on another GPU model than fp's is ignored (with a note). When fp says TF32
-    matmuls are on, the fp32 ceiling is the TF32 one (measured 'tf32', else the datasheet's)."""
-    notes: list[str] = []
-    is_cpu = fp.get("device_kind") == "cpu"
-    spec = SPECS["CPU"] if is_cpu else lookup_spec(fp.get("gpu_name"))
-    if spec is None:
-        notes.append(f"no datasheet entry for {fp.get('gpu_name')!r}")
-    m = dict(measured or {})
-    if m and m.get("gpu_name") and fp.get("gpu_name") and m["gpu_name"] != fp["gpu_name"]:
-        notes.append(f"measured ceilings are for {m['gpu_name']}, not {fp['gpu_name']}: ignored")
-        m = {}
-    if m and m.get("device"):
-        m_is_cpu = not str(m["device"]).startswith("cuda") or (m.get("gpu_name") is None and "gpu_name" in m)
-        if m_is_cpu != is_cpu:
-            notes.append(f"measured ceilings are for {m['device']}, not a {fp.get('device_kind')} device: ignored")
-            m = {}
-    m_tflops = {k: v for k, v in (m.get("tflops") or {}).items() if v}
-    tf32_on = bool(fp.get("tf32_matmul")) and not is_cpu
-    tflops: dict[str, float | None] = {}
-    source: dict[str, str] = {}
-    for d in ("fp16", "bf16", "fp32", "tf32", "fp64"):
-        value, src = None, "unknown"
-        if d == "fp32" and tf32_on:
-            if m_tflops.get("tf32"):
-                value, src = m_tflops["tf32"], "measured (TF32)"
-            elif spec is not None and spec.tf32_tflops:
-                value, src = spec.tf32_tflops, "datasheet (TF32)"
-        if value is None and m_tflops.get(d):
-            value, src = m_tflops[d], "measured"
-        if value is None and spec is not None and spec.tflops(d):
-            value, src = spec.tflops(d), "datasheet"
-        tflops[d], source[d] = value, src
-    if m.get("gbps"):
-        gbps, gsrc = float(m["gbps"]), "measured"
-    elif spec is not None and spec.mem_gbps:
-        gbps, gsrc = spec.mem_gbps, "datasheet"
-    else:
-        gbps, gsrc = None, "unknown"
-    return Ceilings(tflops=tflops, gbps=gbps, tflops_source=source, gbps_source=gsrc,
-                    spec_name=spec.name if spec else None, notes=tuple(notes))
-
-
-def ridge_point(peak_tflops: float, peak_gbps: float) -> float:
-    """FLOP/byte where the memory roof meets the compute roof: peak_tflops*1e12 / (peak_gbps*1e9)."""
-    if peak_tflops <= 0 or peak_gbps <= 0:
-        raise ValueError("peaks must be positive")
-    return peak_tflops * 1e3 / peak_gbps
-
-
-def roofline_bound_tflops(intensity_flop_per_byte: float, peak_tflops: float, peak_gbps: float) -> float:
-    """Attainable TFLOP/s at an arithmetic intensity: min(peak, intensity * bandwidth).
-    E.g. 100 FLOP/B at 3000 GB/s under an 800 TFLOP/s peak -> min(800, 300) = 300."""
-    if intensity_flop_per_byte < 0 or peak_tflops < 0 or peak_gbps < 0:
-        raise ValueError("intensity and peaks must be non-negative")
-    if math.isinf(intensity_flop_per_byte):
-        return float(peak_tflops)
-    return min(float(peak_tflops), intensity_flop_per_byte * peak_gbps / 1e3)
-
-
-def regime(flops: float, bytes: float, device_ms: float | None, host_ms: float | None,  # noqa: A002
-           ceilings: Ceilings, dtype: str) -> str:
-    """'host-bound' when the median host time per call exceeds the device time (the GPU waits for the
-    host), else 'memory-bound' or 'compute-bound' by the intensity against the ridge point; 'unknown'
-    when the ceilings are."""
-    if host_ms is not None and device_ms is not None and host_ms > device_ms:
-        return "host-bound"
-    ridge = ceilings.ridge(dtype)
-    if ridge is None:
-        return "unknown"
-    intensity = math.inf if bytes <= 0 else flops / bytes
-    return "memory-bound" if intensity < ridge else "compute-bound"
-
-
-def plausibility(achieved_tflops: float | None, achieved_gbps: float | None, ceilings: Ceilings,
-                 dtype: str, *, tolerance: float = 0.0) -> tuple[str, str]:
-    """('ok', '') or ('implausible', reason) when a figure is above 100% (+ tolerance) of the compute or the
-    memory ceiling; the reason names the likely cause."""
-    reasons: list[str] = []
-    peak = ceilings.peak(dtype)
-    if achieved_tflops is not None and peak and achieved_tflops > peak * (1 + tolerance):
-        reasons.append(f"{achieved_tflops:.4g} TFLOP/s is {100 * achieved_tflops / peak:.0f}% of the "
-                       f"{ceilings.source(dtype)} {_dtype_key(dtype)} peak ({peak:.4g} TFLOP/s): above the "
-                       f"matmul ceiling: timer error or miscounted FLOPs")
-    if achieved_gbps is not None and ceilings.gbps and achieved_gbps > ceilings.gbps * (1 + tolerance):
-        reasons.append(f"{achieved_gbps:.4g} GB/s is {100 * achieved_gbps / ceilings.gbps:.0f}% of the "
-                       f"{ceilings.gbps_source} memory bandwidth ({ceilings.gbps:.4g} GB/s): above the copy "
-                       f"ceiling: data was probably cache-resident (warm L2) or the bytes are miscounted")
-    return ("implausible", "; ".join(reasons)) if reasons else ("ok", "")
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Text for `attnbench env`
 # ---------------------------------------------------------------------------------------------------------
 
@@ -803,7 +536,6 @@ def format_ceilings(measured: Mapping[str, Any], fp: Mapping[str, Any] | None = 
 
 __all__ = [
     "PERF_KEYS", "GPU_KEYS", "detect_device", "fingerprint", "env_id", "env_mismatch", "cpu_model",
-    "git_commit", "sm_clock_mhz", "format_cudnn_version", "DeviceSpec", "SPECS", "lookup_spec",
-    "measure_ceilings", "matmul_tflops", "copy_gbps", "peak_memory_mb", "Ceilings", "ceilings_for",
-    "ridge_point", "roofline_bound_tflops", "regime", "plausibility", "format_env", "format_ceilings",
+    "git_commit", "sm_clock_mhz", "format_cudnn_version", "measure_ceilings", "matmul_tflops", "copy_gbps",
+    "peak_memory_mb", "format_env", "format_ceilings",
 ]

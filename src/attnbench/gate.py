@@ -232,14 +232,10 @@ def check(baseline: Baseline, current: Sequence[Measurement], threshold: float =
 # -------------------------------------------------------------------------------------------------
 
 def environment_mismatch(baseline_fp: Mapping[str, Any] | None, fp: Mapping[str, Any] | None) -> list[str]:
-    """Performance-relevant differences as 'key: baseline -> now' (device.env_mismatch, else PERF_KEYS)."""
-    from . import device
+    """Performance-relevant differences as 'key: baseline -> now' (device.env_mismatch)."""
+    from .device import env_mismatch
 
-    fn = getattr(device, "env_mismatch", None)
-    if fn is not None:
-        return list(fn(dict(baseline_fp or {}), dict(fp or {})))
-    a, b = baseline_fp or {}, fp or {}
-    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in device.PERF_KEYS if a.get(k) != b.get(k)]
+    return list(env_mismatch(dict(baseline_fp or {}), dict(fp or {})))
 
 
 # -------------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import device as devmod
+from .datasheet import lookup_spec
+from .roofline import ceilings_for
 from . import metrics
 from . import plots as P
 from .history import IMPROVEMENT, REGRESSION, History, run_date, run_title
@@ -50,26 +51,26 @@ class RunView:
     env: dict[str, Any]
     entries: list[Entry]
     groups: list[P.Group]
-    ceilings: Any = None            # device.Ceilings (measured where present, else datasheet) or None
+    ceilings: Any = None            # roofline.Ceilings (measured where present, else datasheet) or None
     measured: dict[str, Any] | None = None
-    spec: Any = None                # device.DeviceSpec or None
+    spec: Any = None                # datasheet.DeviceSpec or None
     styles: dict[str, tuple[str, str]] = field(default_factory=dict)   # series -> (colour, marker)
 
 
 # -- gathering ---------------------------------------------------------------------------------------------
 
 def _ceilings(env: dict[str, Any], measured: dict[str, Any] | None):
-    """device.Ceilings: measured where stored, else the datasheet; None without a fingerprint."""
+    """roofline.Ceilings: measured where stored, else the datasheet; None without a fingerprint."""
     if not env:
         return None
     try:
-        return devmod.ceilings_for(env, measured)
+        return ceilings_for(env, measured)
     except Exception:  # a malformed stored ceiling must not break the report
-        return devmod.ceilings_for(env, None)
+        return ceilings_for(env, None)
 
 
 def _spec(env: dict[str, Any]):
-    return devmod.lookup_spec(env.get("gpu_name")) if env.get("gpu_name") else None
+    return lookup_spec(env.get("gpu_name")) if env.get("gpu_name") else None
 
 
 def _clock_note(clocks: tuple[float, ...]) -> str:

@@ -58,9 +58,9 @@ def tokens_per_s(w: Workload, ms: float) -> float:
 
 
 def assess(w: Workload, median_ms: float, host_ms: float | None, ceilings) -> dict:
-    """Roofline placement of one measurement against a device.Ceilings: % of the compute and memory
+    """Roofline placement of one measurement against a roofline.Ceilings: % of the compute and memory
     ceilings, % of the roofline bound at this intensity, the regime, and a plausibility flag."""
-    from . import device
+    from . import roofline
 
     tf, gb = tflops_per_s(w, median_ms), gb_per_s(w, median_ms)
     peak, bw = ceilings.peak(w.dtype), ceilings.gbps
@@ -68,7 +68,7 @@ def assess(w: Workload, median_ms: float, host_ms: float | None, ceilings) -> di
                  "pct_peak": 100 * tf / peak if peak else None, "pct_bandwidth": 100 * gb / bw if bw else None,
                  "pct_bound": None, "peak_source": ceilings.source(w.dtype), "bandwidth_source": ceilings.gbps_source}
     if peak and bw:
-        out["pct_bound"] = 100 * tf / device.roofline_bound_tflops(intensity(w), peak, bw)
-    out["regime"] = device.regime(flops(w), min_bytes(w), median_ms, host_ms, ceilings, w.dtype)
-    out["plausibility"], out["plausibility_reason"] = device.plausibility(tf, gb, ceilings, w.dtype)
+        out["pct_bound"] = 100 * tf / roofline.roofline_bound_tflops(intensity(w), peak, bw)
+    out["regime"] = roofline.regime(flops(w), min_bytes(w), median_ms, host_ms, ceilings, w.dtype)
+    out["plausibility"], out["plausibility_reason"] = roofline.plausibility(tf, gb, ceilings, w.dtype)
     return out

@@ -63,10 +63,10 @@ def summarize(m: Measurement, seed: int = 0, ceilings=None) -> Row:
 
 def run_ceilings(store: Store, env_id: str):
     """The environment's ceilings: measured ones cached by `attnbench env --ceilings`, else the datasheet."""
-    from . import device
+    from . import roofline
 
     fp = store.environment(env_id) or {}
-    return device.ceilings_for(fp, store.get("ceilings", env_id))
+    return roofline.ceilings_for(fp, store.get("ceilings", env_id))
 
 
 def rows_for(store: Store, run_id: int) -> list[Row]:

@@ -17,6 +17,7 @@ from .correctness import check
 from .errors import UserError
 from .impls import Impl, Unsupported, make_call, make_inputs, resolve_many
 from .measurement import Measurement, params_key
+from .roofline import ceilings_for
 from .spec import Workload
 from .store import Store
 from .timing import (Timer, TimingPolicy, TimingResult, make_timer, measure, measure_interleaved, split_throttled,
@@ -290,7 +291,7 @@ def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: 
     fp = devmod.fingerprint(device)
     eid = devmod.env_id(fp)
     store.add_environment(eid, fp)
-    ceilings = devmod.ceilings_for(fp, store.get("ceilings", eid))
+    ceilings = ceilings_for(fp, store.get("ceilings", eid))
     chash = config.hash()
     run_id = None
     done: set[tuple[str, str, str]] = set()

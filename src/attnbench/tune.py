@@ -418,15 +418,12 @@ class _Search:
     def plausible(self, c: _Live) -> bool:
         if self.ceilings is None or not c.samples:
             return True
-        from . import device as devmod
         from . import metrics
+        from .roofline import plausibility
         from .stats import median
 
-        check = getattr(devmod, "plausibility", None)
-        if check is None:
-            return True
         med = median(c.samples)
-        status, reason = check(metrics.tflops_per_s(self.w, med), metrics.gb_per_s(self.w, med), self.ceilings,
+        status, reason = plausibility(metrics.tflops_per_s(self.w, med), metrics.gb_per_s(self.w, med), self.ceilings,
                                self.w.dtype)
         if status != "ok":
             return c.reject("implausible", reason)
@@ -553,7 +550,7 @@ def search_workload(w: Workload, impls: list, device: str, timer, cfg: TuneConfi
 
     1. Gate: supports(), build, first call (compilation, timed apart), correctness against float64
        attention. Rejected with a status and reason: unsupported, incorrect, oom, error; after the first
-       samples also implausible (above the device's compute or memory ceiling, `device.plausibility`).
+       samples also implausible (above the device's compute or memory ceiling, `roofline.plausibility`).
        A rejected candidate is never a winner.
     2. Racing (default): every survivor gets `first_samples`; after each round the leader is the lowest
        median; a candidate is dropped when the lower bound of its median's CI (order statistics, 99%)
@@ -602,14 +599,9 @@ def cache_key(eid: str, w: Workload, labels: list[str], cfg: TuneConfig, timer_m
 
 
 def _ceilings(fp: dict[str, Any], store, eid: str):
-    from . import device as devmod
+    from .roofline import ceilings_for
 
-    if not hasattr(devmod, "ceilings_for"):
-        return None
-    try:
-        return devmod.ceilings_for(fp, store.get("ceilings", eid))
-    except Exception:
-        return devmod.ceilings_for(fp, None)
+    return ceilings_for(fp, store.get("ceilings", eid))
 
 
 def tune(config: TuneConfig, store, *, timer=None, fingerprint: dict[str, Any] | None = None, ceilings=None,
