@@ -10,21 +10,11 @@ from pathlib import Path
 import pytest
 
 from attnbench import __version__
-from attnbench.cli import main
+from tests.clitools import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["-b", "1", "-H", "2", "-s", "32", "-d", "16", "--samples", "5", "--min-samples", "5",
         "--warmup-ms", "0", "-q"]
-
-
-def cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_version(capsys):

@@ -11,11 +11,11 @@ from attnbench import gate as g
 from attnbench import gate_run as gr
 from attnbench.baseline import (FORMAT_VERSION, SAMPLE_CAP, Baseline, BaselineCell, Cell, accept, ratchet, round4,
                                 subsample)
-from attnbench.cli import main
 from attnbench.errors import UserError
 from attnbench.measurement import Measurement
 from attnbench.spec import Workload
 from attnbench.store import Store
+from tests.clitools import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FP = {"device_kind": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3", "sm_count": 132, "driver": "580.1",
@@ -387,16 +387,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_end_to_end_on_cpu(capsys, tmp_path, monkeypatch, one_thread):
