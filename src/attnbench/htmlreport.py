@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from .datasheet import lookup_spec
-from .roofline import ceilings_for
 from . import metrics
 from . import plots as P
 from .history import IMPROVEMENT, REGRESSION, History, run_date, run_title
-from .report import Row, _env_line, methods, rows_for
+from .clocks import throttled
+from .report import Row, _env_line, methods, rows_for, run_ceilings, typical_clock
 from .store import RunInfo, Store
 
-THROTTLE_DROP = 0.10  # a measurement whose SM clock varied more than this (relative) is flagged
+THROTTLE_DROP = 0.10  # flagged when a clock reading fell more than this below the run's typical clock
 
 
 @dataclass
@@ -59,58 +59,31 @@ class RunView:
 
 # -- gathering ---------------------------------------------------------------------------------------------
 
-def _ceilings(env: dict[str, Any], measured: dict[str, Any] | None):
-    """roofline.Ceilings: measured where stored, else the datasheet; None without a fingerprint."""
-    if not env:
-        return None
-    try:
-        return ceilings_for(env, measured)
-    except Exception:  # a malformed stored ceiling must not break the report
-        return ceilings_for(env, None)
-
-
 def _spec(env: dict[str, Any]):
     return lookup_spec(env.get("gpu_name")) if env.get("gpu_name") else None
 
 
-def _clock_note(clocks: tuple[float, ...]) -> str:
-    vals = [c for c in clocks if c]
-    if len(vals) < 2 or max(vals) <= 0:
-        return ""
-    lo, hi = min(vals), max(vals)
-    return f"SM clock varied {lo:.0f}–{hi:.0f} MHz" if (hi - lo) / hi > THROTTLE_DROP else ""
-
-
-def _roofline(row: Row, ceil) -> dict[str, Any]:
-    """report's roofline placement of the row (metrics.assess) where report made one, else made here."""
-    roof = getattr(row, "roofline", None)
-    if roof is None and ceil is not None:
-        host = row.host_median_ms if row.m.timer != "host" else None
-        roof = metrics.assess(row.m.workload, row.median_ms, host, ceil)
-    return roof or {}
-
-
-def _entry(row: Row, index: int, series: str, ceil) -> Entry:
+def _entry(row: Row, index: int, series: str, typical_mhz: float | None) -> Entry:
     m, w = row.m, row.m.workload
     e = Entry(row, index, series, metrics.intensity(w))
     if not m.ok:
         return e
-    roof = _roofline(row, ceil)
+    roof = row.roofline or {}  # report.rows_for places every ok row on the roofline (metrics.assess)
     e.pct_peak, e.pct_bound = roof.get("pct_peak"), roof.get("pct_bound")
     e.regime = roof.get("regime") or ""
     host = row.host_median_ms if m.timer != "host" else None
-    if not roof and host is not None and host > row.median_ms:
-        e.regime = "host-bound"
     if e.regime == "host-bound" and host is not None:
         e.flags.append("host-bound")
         e.notes.append(f"host {host:.4g} ms/call > device {row.median_ms:.4g} ms")
     if roof.get("plausibility") == "implausible":
         e.flags.append("implausible")
         e.notes.append(roof.get("plausibility_reason") or "above a device ceiling")
-    clock = _clock_note(m.clocks_mhz)
-    if clock or m.extra.get("throttled"):
+    # The Markdown report's rule: a reading more than THROTTLE_DROP below the run's typical clock.
+    if m.extra.get("throttled") or throttled(m.clocks_mhz, typical_mhz, THROTTLE_DROP):
+        low = min((c for c in m.clocks_mhz if c), default=None)
         e.flags.append("throttled")
-        e.notes.append(clock or f"throttled: {m.extra.get('throttled')}")
+        e.notes.append(f"SM clock fell to {low:.0f} MHz, typical {typical_mhz:.0f} MHz"
+                       if low is not None and typical_mhz else "throttled")
     return e
 
 
@@ -120,11 +93,12 @@ def gather_run(store: Store, run_id: int | str | None = None) -> RunView:
     env = store.environment(info.env_id) or {}
     measured = store.get("ceilings", info.env_id) if info.env_id else None
     measured = measured if isinstance(measured, dict) else None
-    ceil = _ceilings(env, measured)
+    ceil = run_ceilings(store, info.env_id)
     rows = rows_for(store, info.run_id)
+    typical = typical_clock(rows)
     order = {w: i for i, w in enumerate(dict.fromkeys(r.m.workload for r in rows))}
     mixed = len({r.m.timer for r in rows if r.m.ok}) > 1
-    entries = [_entry(r, order[r.m.workload], r.m.impl_label + (f" ({r.m.timer})" if mixed else ""), ceil)
+    entries = [_entry(r, order[r.m.workload], r.m.impl_label + (f" ({r.m.timer})" if mixed else ""), typical)
                for r in rows]
     names = list(dict.fromkeys(e.series for e in entries))
     styles = {s: (P.PALETTE[i % len(P.PALETTE)], P.MARKERS[i % len(P.MARKERS)]) for i, s in enumerate(names)}

@@ -164,7 +164,8 @@ Percent of peak uses the measured ceiling where stored (<code>attnbench env --ce
 datasheet figure (the Ceilings table says which); % of bound is over the roofline bound at the workload's
 intensity. Flags: <em>implausible</em> above 100% of the compute or memory ceiling (warm cache, miscounted work
 or a timer error); <em>host-bound</em> when the host time per call exceeds the device time; <em>throttled</em>
-when the SM clock varied more than {{ (throttle * 100)|round|int }}% within a measurement.</p>
+when an SM clock reading fell more than {{ (throttle * 100)|round|int }}% below the run's typical clock (the median of
+the measurements' median clocks).</p>
 <script>""" + SORT_JS + """</script>
 </body>
 </html>
