@@ -114,35 +114,11 @@ class Comparison:
 # ---------------------------------------------------------------------------------------------------------
 
 def implausible_reason(m: Measurement) -> str | None:
-    """Why `m` was flagged implausible ('' when no reason was given); None when it was not flagged.
-
-    Tolerant of the shapes a flag may take in `m.extra`: plausibility = 'implausible' (or 'implausible: why'),
-    ('implausible', why), {'flag'|'status'|'verdict': 'implausible', 'reason': why}; implausible = True or a
-    reason; plausible = False; or 'implausible' in a list of flags.
-    """
-    ex = m.extra or {}
-    why = str(ex.get("plausibility_reason") or "")
-    v = ex.get("plausibility")
-    if isinstance(v, str) and v.lower().startswith("implausible"):
-        return v.partition(":")[2].strip() or why
-    if isinstance(v, (list, tuple)) and v and str(v[0]).lower() == "implausible":
-        return str(v[1]) if len(v) > 1 else why
-    if isinstance(v, dict):
-        flag = v.get("flag") or v.get("status") or v.get("verdict") or v.get("plausibility")
-        if str(flag).lower() == "implausible" or v.get("implausible") is True or v.get("plausible") is False:
-            reason = v.get("reason") or v.get("reasons") or why
-            return "; ".join(map(str, reason)) if isinstance(reason, (list, tuple)) else str(reason)
-    imp = ex.get("implausible")
-    if imp is True or (isinstance(imp, str) and imp):
-        return imp if isinstance(imp, str) else why
-    if ex.get("plausible") is False:
-        return why
-    flags = ex.get("flags")
-    if isinstance(flags, (list, tuple)):
-        hit = [str(f) for f in flags if "implausible" in str(f).lower()]
-        if hit:
-            return "; ".join(hit)
-    return None
+    """Why `m` was flagged implausible (runner.annotate writes extra['plausibility'] and its reason);
+    None when it was not flagged."""
+    if (m.extra or {}).get("plausibility") != "implausible":
+        return None
+    return str(m.extra.get("plausibility_reason") or "")
 
 
 def _side_flags(side: str, m: Measurement) -> list[str]:
