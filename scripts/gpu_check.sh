@@ -48,6 +48,9 @@ if want run; then
   python3 -m attnbench report --db "$DB" >> "$SUMMARY" 2>&1
   step "sdpa-cudnn vs do_bench" python3 benchmarks/sdpa_vs_dobench.py --db "$DB" --impl sdpa-cudnn --out "$OUT/json"
   grep -A 20 "vs triton do_bench" "$BENCH" | tail -n 14 >> "$SUMMARY"
+  say "## warm-cache small shape (should be flagged implausible)"
+  step "run warm" python3 -m attnbench run -b 32 -H 8 -s 128 -d 64 -i sdpa-cudnn --timer warm --db "$DB" -q --name warm-small
+  python3 -m attnbench report --db "$DB" >> "$SUMMARY" 2>&1
   say "## attnbench run --preset llm-prefill"
   step "run llm-prefill" python3 -m attnbench run --preset llm-prefill --db "$DB" -q --name llm-prefill
   python3 -m attnbench report --db "$DB" | head -n 45 >> "$SUMMARY" 2>&1
