@@ -28,6 +28,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -114,29 +115,47 @@ def ncu_child(spec_path: str) -> None:
             torch.cuda.synchronize()
             torch.cuda.profiler.stop()
         done.append([shape, impl_name, ok])
+        Path(spec["done"]).write_text(json.dumps(done))  # after every case: a later crash keeps these
         del call
     Path(spec["done"]).write_text(json.dumps(done))
 
 
+TIME_UNITS_NS = {"nsecond": 1.0, "ns": 1.0, "usecond": 1e3, "us": 1e3, "msecond": 1e6, "ms": 1e6,
+                 "second": 1e9, "s": 1e9}
+CYCLE_UNITS = {"cycle": 1.0, "": 1.0, "kcycle": 1e3, "mcycle": 1e6, "gcycle": 1e9}
+
+
 def parse_ncu_csv(text: str) -> list[dict]:
-    """Kernel rows (name, ns, cycles) of `ncu --csv --page raw --print-units base`, in launch order."""
+    """Kernel rows (name, ns, cycles) of `ncu --csv --page raw --print-units base`, in launch order.
+
+    Only quoted lines are CSV (==PROF== / ==WARNING== lines are dropped); the units row (empty ID) scales
+    the two metrics to ns and cycles, should ncu print another unit than the base one."""
     start = text.find('"ID"')
     if start < 0:
         return []
+    lines = [ln for ln in text[start:].splitlines() if ln.startswith('"')]
+    scale = {"gpu__time_duration.sum": 1.0, "sm__cycles_elapsed.max": 1.0}
     rows = []
-    for rec in csv.DictReader(io.StringIO(text[start:])):
-        if not (rec.get("ID") or "").strip().isdigit():  # the units row, ==PROF== lines
+    for rec in csv.DictReader(io.StringIO("\n".join(lines))):
+        rid = (rec.get("ID") or "").strip()
+        if not rid.isdigit():  # a units row, a repeated header
+            if not rid and rec.get("gpu__time_duration.sum"):
+                t = TIME_UNITS_NS.get(rec["gpu__time_duration.sum"].strip().lower())
+                c = CYCLE_UNITS.get((rec.get("sm__cycles_elapsed.max") or "").strip().lower())
+                scale = {"gpu__time_duration.sum": t if t is not None else float("nan"),
+                         "sm__cycles_elapsed.max": c if c is not None else float("nan")}
             continue
 
         def num(key: str) -> float | None:
             v = (rec.get(key) or "").replace(",", "").strip()
             try:
-                return float(v)
+                x = float(v) * scale[key]
             except ValueError:
                 return None
+            return x if x == x else None  # an unknown unit: no number rather than a wrong one
 
-        rows.append({"name": rec.get("Kernel Name", ""), "ns": num("gpu__time_duration.sum"),
-                     "cycles": num("sm__cycles_elapsed.max")})
+        name = rec.get("Kernel Name") or rec.get("Function Name") or rec.get("Demangled Name") or ""
+        rows.append({"name": name, "ns": num("gpu__time_duration.sum"), "cycles": num("sm__cycles_elapsed.max")})
     return rows
 
 
@@ -199,16 +218,31 @@ def _run_ncu(todo: list[tuple[str, str]], timeout_s: float) -> tuple[dict, str]:
                "--target-processes", "application-only",
                "--metrics", NCU_METRICS, "--csv", "--page", "raw", "--print-units", "base",
                "--log-file", str(log), sys.executable, str(HERE), "--ncu-child", str(spec)]
+        # Own session: on a timeout the whole group goes (ncu and the python it launched, which would
+        # otherwise live on, holding the GPU while the timers below run).
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+            out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            return {}, f"ncu timed out after {timeout_s:.0f} s"
+            finished = proc.poll() is not None  # ncu is done; a leftover (compile worker) holds the pipes
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                proc.kill()
+            try:  # not communicate(): a process outside the group may still hold the pipes
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+            if not finished:
+                return {}, f"ncu timed out after {timeout_s:.0f} s"
+            out, err = "", ""
         text = log.read_text(errors="replace") if log.exists() else ""
         if '"ID"' not in text:
-            text += proc.stdout
+            text += out
         rows = parse_ncu_csv(text)
         if not rows or not done.exists():
-            tail = (proc.stderr or proc.stdout or text).strip().splitlines()[-3:]
+            tail = (err or out or text).strip().splitlines()[-3:]
             return {}, f"ncu exit {proc.returncode}, no kernel rows: {' / '.join(tail)[:400]}"
         return per_call(rows, json.loads(done.read_text())), ""
 

@@ -30,6 +30,8 @@ def do_bench_samples(call) -> tuple[list[float] | None, float]:
 
     try:
         times = triton.testing.do_bench(call, warmup=25, rep=100, return_mode="all")
+        if hasattr(times, "tolist"):  # a tensor (some triton versions): still the samples, not a second run
+            times = times.tolist()
         if isinstance(times, (list, tuple)) and times:
             return [float(t) for t in times], float(statistics.median(times))
     except (TypeError, ValueError, AssertionError):

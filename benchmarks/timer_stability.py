@@ -43,7 +43,12 @@ def one_run(db: Path, args: argparse.Namespace) -> tuple[dict, str]:
         return {}, f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-300:]}"
     from attnbench.spec import Workload
 
-    data = json.loads(proc.stdout)
+    text = proc.stdout
+    start = text.find("\n{") + 1 if not text.lstrip().startswith("{") else 0  # stray lines before the report
+    try:
+        data = json.loads(text[start:])
+    except ValueError as exc:
+        return {}, f"unreadable JSON report ({exc}): {text.strip()[:200]}"
     out = {}
     for m in data.get("measurements", []):
         med = (m.get("summary") or {}).get("median_ms")
