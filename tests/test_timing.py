@@ -9,8 +9,8 @@ from attnbench.clocks import ClockReader, open_reader, split_throttled, throttle
 from attnbench.cuda_timers import graph_nodes
 from attnbench.errors import UserError
 from attnbench.stats import relative_halfwidth
-from attnbench.timing import (INTERLEAVE_BATCH_MS, MAX_BATCH_MS, MIN_BATCH_MS, FakeTimer, HostTimer, TimingPolicy,
-                              TimingResult, make_timer, measure, measure_interleaved, policy_from_options)
+from attnbench.timing import (INTERLEAVE_BATCH_MS, MAX_BATCH_MS, MIN_BATCH_MS, FakeTimer, HostTimer, Sample,
+                              TimingPolicy, TimingResult, make_timer, measure, measure_interleaved, policy_from_options)
 
 ADAPTIVE = dict(warmup_ms=0.0, min_samples=10, max_samples=100_000, max_time_ms=60_000.0, target_precision=0.01)
 
@@ -768,3 +768,48 @@ def test_gpu_clock_reader_reads_a_plausible_sm_clock():
     assert reader is not None
     assert 100 < reader.sm_mhz() <= reader.max_sm_mhz() + 1
     assert "temperature_c" in reader.conditions()
+
+
+class _GuardProbe:
+    """A CudaEventTimer without CUDA: `_timed` replays scripted batches (device ms, exposed?)."""
+
+    def __new__(cls, script, cap_hit=False):
+        from attnbench import cuda_timers
+
+        t = object.__new__(cuda_timers.CudaEventTimer)
+        t.index, t.mhz, t._spin, t._guard = -1, 1000.0, {}, {}
+        t._exposed, t._enqueue_us = [], 0.0
+        t.cycles_seen = []
+
+        def timed(call, n, cycles, read_clock=True):
+            t.cycles_seen.append(cycles)
+            batch = script.pop(0)[:n]
+            t._exposed = [bad for _, bad in batch]
+            t._enqueue_us = 500.0
+            return [Sample(device_ms=ms) for ms, _ in batch]
+
+        t._timed = timed
+        t._spin_cycles = lambda fn, call: 100_000
+        t._target = lambda fn: fn
+        return t
+
+
+def test_spin_guard_drops_uncovered_samples_grows_the_spin_and_retakes():
+    fast, slow = 0.010, 0.080  # a covered sample; one whose window held host time
+    t = _GuardProbe([[(fast, False), (slow, True), (fast, False), (slow, True)], [(fast, False), (fast, False)]])
+    fn = lambda: None  # noqa: E731
+    out = t.run(fn, 4)
+    assert [s.device_ms for s in out] == [fast] * 4
+    assert t.cycles_seen[0] == 100_000 and t.cycles_seen[1] > 100_000  # the retake ran with a longer spin
+    assert t._guard[id(fn)] == {"retaken": 2, "exposed_kept": 0}
+
+
+def test_spin_guard_keeps_and_counts_what_a_capped_spin_cannot_cover():
+    from attnbench import cuda_timers
+
+    t = _GuardProbe([[(0.08, True)]] * (cuda_timers.RETAKES + 1))
+    fn = lambda: None  # noqa: E731
+    out = t.run(fn, 1)
+    assert [s.device_ms for s in out] == [0.08]
+    assert t._guard[id(fn)] == {"retaken": cuda_timers.RETAKES, "exposed_kept": 1}
+    assert max(t.cycles_seen) <= int(cuda_timers.SPIN_CAP_US * t.mhz)

@@ -21,6 +21,13 @@ One sample, on the current stream of the device:
   the last end event and sized to the host's last gap between batches (statistics, NVML; capped at
   1 ms), keeps the GPU busy until the next batch is queued, so no sample starts on an idle GPU.
 - The host time of every call (Python, dispatch, launch: what a caller pays) is kept beside it.
+- Guard: the host notes when it finished enqueueing each spin and when it finished recording the end
+  event. If that interval is longer than the spin's shortest possible duration (its cycles at the
+  maximum clock), the GPU may have run out of spin before the call arrived, so host latency may be
+  in the window: the sample is dropped, the spin grows to cover the longest interval seen, and the
+  sample is taken again (up to RETAKES passes; the counts go to info()). The test uses host times
+  only, so which samples are dropped does not depend on their device times. Python's garbage
+  collector is paused during a batch, so a collection cannot stall the host mid-sample.
 
 Graph mode captures the call once per callable and times replays in the same frame. Cold-cache
 form: the call closes over its inputs, so rotating input copies would need one graph (and one set of
@@ -37,6 +44,7 @@ GraphCaptureError with the reason; the runner records that as status `error`.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import statistics
@@ -54,6 +62,7 @@ KEEPALIVE_US = (50.0, 1000.0)  # bounds of the spin that covers the host's work 
 FALLBACK_MHZ = 2000.0     # if neither NVML nor torch gives the max SM clock (over-estimate: longer spin)
 GRAPH_MIN_RATIO = 0.4
 PROBE_SAMPLES = 5
+RETAKES = 3               # passes that retake samples whose spin may not have covered the enqueue
 
 
 class GraphCaptureError(RuntimeError):
@@ -92,6 +101,9 @@ class CudaEventTimer:
         self._spin: dict[int, tuple[Callable, int, float]] = {}  # id(fn) -> (fn, cycles, host us)
         self._batch_end: float | None = None  # perf_counter when the host last finished waiting for a batch
         self._keepalive_us = 200.0
+        self._exposed: list[bool] = []  # per sample of the last batch: the spin may not have covered it
+        self._enqueue_us = 0.0          # the last batch's longest spin-to-end-event host interval
+        self._guard: dict[int, dict[str, int]] = {}  # id(fn) -> {"retaken": n, "exposed_kept": n}
 
     def now_ms(self) -> float:
         return time.perf_counter() * 1e3
@@ -125,12 +137,35 @@ class CudaEventTimer:
         self._spin[id(fn)] = (fn, cycles, host_us)
         return cycles
 
+    def _grow_spin(self, fn: Callable, cycles: int) -> int:
+        """A longer spin for fn, covering the longest enqueue interval of the last batch."""
+        want = int(min(SPIN_CAP_US, 1.5 * self._enqueue_us + SPIN_PAD_US) * self.mhz)
+        grown = min(int(SPIN_CAP_US * self.mhz), max(want, int(cycles * 1.5)))
+        entry = self._spin.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            self._spin[id(fn)] = (fn, grown, entry[2])
+        return grown
+
     def run(self, fn, n):
         import torch
 
         with torch.cuda.device(self.index):
             call = self._target(fn)
-            return self._timed(call, n, self._spin_cycles(fn, call))
+            cycles = self._spin_cycles(fn, call)
+            counts = self._guard.setdefault(id(fn), {"retaken": 0, "exposed_kept": 0})
+            good: list[Sample] = []
+            for attempt in range(RETAKES + 1):
+                batch = self._timed(call, n - len(good), cycles)
+                flags = self._exposed if cycles > 0 else [False] * len(batch)
+                if attempt == RETAKES:  # the spin is capped: keep what remains, and say so
+                    counts["exposed_kept"] += sum(flags)
+                    return good + batch
+                good += [s for s, bad in zip(batch, flags) if not bad]
+                if len(good) >= n:
+                    return good
+                counts["retaken"] += n - len(good)
+                cycles = self._grow_spin(fn, cycles)
+            return good
 
     def _timed(self, call: Callable, n: int, cycles: int, read_clock: bool = True) -> list[Sample]:
         import torch
@@ -143,23 +178,36 @@ class CudaEventTimer:
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
         host = [0.0] * n
+        enqueue = [0.0] * n  # us from the spin's enqueue to the end event's
         mhz = None
-        for i in range(n):
-            if i >= LAG:
-                ends[i - LAG].synchronize()
-            self._flush()
-            if cycles > 0:
-                torch.cuda._sleep(cycles)
-            starts[i].record()
-            t0 = time.perf_counter()
-            call()
-            host[i] = (time.perf_counter() - t0) * 1e3
-            ends[i].record()
-            if read_clock and i == n // 2 and self.clock is not None:
-                mhz = self.clock.sm_mhz()
-        torch.cuda._sleep(int(self._keepalive_us * self.mhz))  # after the last end event: not timed
-        ends[-1].synchronize()
+        gc_on = gc.isenabled()
+        gc.disable()
+        try:
+            for i in range(n):
+                if i >= LAG:
+                    ends[i - LAG].synchronize()
+                self._flush()
+                t_spin = time.perf_counter()  # before the spin's enqueue: the spin cannot start earlier
+                if cycles > 0:
+                    torch.cuda._sleep(cycles)
+                starts[i].record()
+                t0 = time.perf_counter()
+                call()
+                t1 = time.perf_counter()
+                ends[i].record()
+                enqueue[i] = (time.perf_counter() - t_spin) * 1e6
+                host[i] = (t1 - t0) * 1e3
+                if read_clock and i == n // 2 and self.clock is not None:
+                    mhz = self.clock.sm_mhz()
+            torch.cuda._sleep(int(self._keepalive_us * self.mhz))  # after the last end event: not timed
+            ends[-1].synchronize()
+        finally:
+            if gc_on:
+                gc.enable()
         self._batch_end = time.perf_counter()
+        spin_us = cycles / self.mhz  # the shortest the spin can last (at the maximum clock)
+        self._exposed = [e > spin_us for e in enqueue]  # not covered for sure: the window may hold host time
+        self._enqueue_us = max(enqueue)
         return [Sample(device_ms=s.elapsed_time(e), host_ms=h, clock_mhz=mhz) for s, e, h in zip(starts, ends, host)]
 
     def info(self, fn: Callable) -> dict[str, Any]:
@@ -167,6 +215,9 @@ class CudaEventTimer:
         entry = self._spin.get(id(fn))
         if entry is not None and entry[0] is fn:
             out.update(spin_us=round(entry[1] / self.mhz, 1), call_host_us=round(entry[2], 1))
+        counts = self._guard.get(id(fn))
+        if counts and any(counts.values()):
+            out.update(counts)
         return out
 
     def conditions(self) -> dict[str, Any]:
@@ -174,12 +225,28 @@ class CudaEventTimer:
 
     def release(self, fn: Callable) -> None:
         self._spin.pop(id(fn), None)
+        self._guard.pop(id(fn), None)
+
+
+def _reset_rng_capture(torch: Any) -> None:
+    """Leave the default CUDA generator out of capture mode after a capture that failed.
+
+    capture_begin puts the generator into capture mode and only a successful capture_end takes it out;
+    when capture_end raises, later random ops on the device fail ("Offset increment outside graph
+    capture encountered unexpectedly"). A clone of the generator state carries its seed and offset but
+    not the capture flag; installing it (graph-safe state swap) restores ordinary use."""
+    try:
+        gen = torch.cuda.default_generators[torch.cuda.current_device()]
+        gen.graphsafe_set_state(gen.clone_state())
+    except Exception:  # older torch without these methods: nothing to reset there
+        pass
 
 
 def _recover() -> None:
-    """After a failed capture: wait for the device and clear a stale error before going on."""
+    """After a failed capture: wait for the device, clear a stale error and the RNG's capture mode."""
     import torch
 
+    _reset_rng_capture(torch)
     for _ in range(2):
         try:
             torch.cuda.synchronize()
