@@ -1,11 +1,13 @@
 """Racing vs exhaustive tuning on the GPU (issue 6): does racing pick a candidate within 2% of the
 exhaustive winner, for at most 30% of the exhaustive search's GPU time?
 
-Usage: python benchmarks/tune_racing.py --out DIR [--quick] [--budget 60s]
+Usage: python benchmarks/tune_racing.py --out DIR [--quick | --all-shapes] [--budget 60s]
 
 Over the characterize and llm-prefill presets (--quick: 3 + 2 of their shapes and 2 flex configs,
-under 5 minutes on an H100), both searches run on the same candidates: racing first (so it pays for
-cold compilation), then exhaustive (100 samples each). Per workload:
+about a minute on an H100; --all-shapes: all 10 + 5 shapes with those 2 flex configs, a few minutes;
+neither: all shapes and flex's whole declared space, 25-40 minutes, mostly compilation), both searches
+run on the same candidates: racing first (so it pays for cold compilation), then exhaustive (100
+samples each). Per workload:
   - within 2%: the exhaustive median of racing's pick / the fastest exhaustive median <= 1.02;
   - GPU time: racing's measure_ms / exhaustive's (timer-clock time of warm-up and sampling, the time
     the GPU was held for measuring; compilation and correctness checks, the same work in both, are
@@ -36,7 +38,8 @@ def workloads(quick: bool):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None, help="folder for tune_racing.json")
-    ap.add_argument("--quick", action="store_true", help="a subset of shapes and 2 flex configs (< 5 min on H100)")
+    ap.add_argument("--quick", action="store_true", help="a subset of shapes and 2 flex configs (about 1 min on H100)")
+    ap.add_argument("--all-shapes", action="store_true", help="every shape of both presets, 2 flex configs")
     ap.add_argument("--budget", default="60s", help="racing budget per workload")
     args = ap.parse_args()
 
@@ -50,7 +53,7 @@ def main() -> None:
     t_start = time.perf_counter()
     named = workloads(args.quick)
     ws = [w for _, w in named]
-    params = {"flex": QUICK_FLEX} if args.quick else {}
+    params = {"flex": QUICK_FLEX} if args.quick or args.all_shapes else {}
     results = {}
     with Store(":memory:") as store:
         for mode in ("racing", "exhaustive"):
@@ -60,6 +63,8 @@ def main() -> None:
             results[mode] = tune(cfg, store, progress=lambda line, m=mode: print(f"[{m}] {line}", flush=True))
             print(f"{mode}: {time.perf_counter() - t0:.0f} s", flush=True)
     gpu = torch.cuda.get_device_name()
+    mode_name = ("quick: 5 shapes, 2 flex configs" if args.quick else
+                 "all shapes, 2 flex configs" if args.all_shapes else "all shapes, flex's whole space")
     rows = []
     for (preset, w), ra, ex in zip(named, results["racing"].workloads, results["exhaustive"].workloads):
         ex_med = {c.label: c.median_ms for c in ex.candidates if c.timed}
@@ -85,7 +90,7 @@ def main() -> None:
             for m in ("racing", "exhaustive")}
     suite_fraction = sums["racing"]["measure_ms"] / sums["exhaustive"]["measure_ms"]
     all_within = all(r["within_2pct"] for r in rows)
-    lines = [f"racing vs exhaustive tuning on {gpu} ({'quick' if args.quick else 'full'}; racing budget {args.budget})",
+    lines = [f"racing vs exhaustive tuning on {gpu} ({mode_name}; racing budget {args.budget})",
              "", "| workload | racing pick (ran) | exhaustive fastest (ran) | pick / fastest | within 2% | GPU time fraction | "
              "racing stop |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -106,7 +111,8 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        data = {"gpu": gpu, "quick": args.quick, "budget": args.budget, "env_id": results["racing"].env_id,
+        data = {"gpu": gpu, "quick": args.quick, "all_shapes": args.all_shapes, "budget": args.budget,
+                "env_id": results["racing"].env_id,
                 "suite_gpu_fraction": suite_fraction, "all_within_2pct": all_within, "sums": sums, "rows": rows}
         (Path(args.out) / "tune_racing.json").write_text(json.dumps(data, indent=1, default=str))
 
