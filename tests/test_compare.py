@@ -237,13 +237,22 @@ def test_compare_impls_measures_both_in_one_run_with_a_fake_timer(tmp_path):
         assert any(f"run {rid}" in n for n in c.notes)
 
 
-def test_compare_impls_with_itself_takes_two_runs(tmp_path):
+def test_compare_impls_with_itself_is_one_interleaved_run(tmp_path):
+    timer = FakeTimer(median_ms=10.0, seed=4)  # 10 ms samples, 25 ms batches when interleaved: four rounds
+    policy = TimingPolicy(warmup_ms=20.0, min_samples=8, max_samples=8)
     with Store(tmp_path / "r.db") as store:
-        c, rid = C.compare_impls("sdpa-math", "sdpa-math", [W], store, device="cpu",
-                                 timer=FakeTimer(seed=4), policy=FAST)
-        assert len(c.run_ids) == 2 and rid == c.run_ids[0] and len(c.rows) == 1
-        assert any("A/A" in n for n in c.notes)
-        assert c.rows[0].verdict in ("same", "inconclusive")
+        c, rid = C.compare_impls("sdpa-math", "sdpa-math", [W], store, device="cpu", timer=timer, policy=policy)
+        assert c.run_ids == (rid,) and len(store.runs()) == 1
+        ms = store.measurements(rid)
+        assert sorted(m.impl for m in ms) == ["sdpa-math", "sdpa-math (B)"]  # B stored under an alias
+        assert all(m.extra["timing"]["interleaved"]["of"] == 2 for m in ms)
+    calls = [fn for fn, _, _ in timer.log]
+    assert len(set(calls)) == 2
+    assert sum(a is not b for a, b in zip(calls, calls[1:])) >= 4  # A and B take turns, not A's run then B's
+    assert (c.a_name, c.b_name) == ("sdpa-math", "sdpa-math") and len(c.rows) == 1
+    assert (c.rows[0].impl_a, c.rows[0].impl_b) == ("sdpa-math", "sdpa-math") and c.rows[0].n_a == c.rows[0].n_b == 8
+    assert f"A/A comparison: one run (run {rid}), A and B interleaved, on the same input tensors" in c.notes
+    assert c.rows[0].verdict in ("same", "inconclusive")
 
 
 # --------------------------------------------------------------------------- output
@@ -327,6 +336,17 @@ def test_cli_compare_two_impls_now(tmp_path, capsys):
     d = json.loads(out)
     assert d["a"] == "sdpa-math" and d["b"] == "sdpa-flash" and len(d["rows"]) == 1
     assert d["rows"][0]["verdict"] in stats.Verdict.ALL and d["cost"]["usd_per_hour"] == 2.0
+
+
+def test_cli_compare_an_impl_with_itself(tmp_path, capsys):
+    db = str(tmp_path / "c.db")
+    code, out, err = cli(["compare", "--impl", "sdpa-math", "--impl", "sdpa-math", *CPU_FLAGS, "--db", db,
+                          "--format", "json"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["a"] == d["b"] == "sdpa-math" and len(d["rows"]) == 1 and d["run_ids"] == [1]
+    assert d["rows"][0]["impl_a"] == d["rows"][0]["impl_b"] == "sdpa-math"
+    assert any(n.startswith("A/A comparison: one run (run 1), A and B interleaved") for n in d["notes"])
 
 
 def test_cli_compare_two_stored_runs(tmp_path, capsys):

@@ -1,8 +1,10 @@
+import weakref
+
 import pytest
 
 from attnbench.errors import UserError
 from attnbench.runner import RunConfig, measure_cell, run
-from attnbench.impls import resolve
+from attnbench.impls import Alias, resolve
 from attnbench.spec import Workload
 from attnbench.store import Store
 from attnbench.timing import FakeTimer, TimingPolicy
@@ -79,6 +81,68 @@ def test_params_expand_cells_and_reach_the_impl(tmp_path):
         by = {m.params["chunks"]: m for m in store.measurements(rid)}
         assert by[1].status == "ok"  # one chunk is plain attention
         assert by[4].status == "incorrect"
+
+
+CALLS: list[tuple[str, bool, int]] = []  # (tag, causal, q.data_ptr()) of every call of a recording plugin
+LIVE: list[int] = []  # at each cell's supports(): how many q tensors the plugin saw are still alive
+SEEN: list[weakref.ref] = []
+
+
+def _recording(tag):
+    """A plugin that records the q tensor it is called on, then runs SDPA."""
+    def fn(q, k, v, **kw):
+        import torch.nn.functional as F
+
+        CALLS.append((tag, kw["is_causal"], q.data_ptr()))
+        SEEN.append(weakref.ref(q))
+        return F.scaled_dot_product_attention(q, k, v, **kw)
+
+    def supports(workload, device):
+        LIVE.append(sum(ref() is not None for ref in SEEN))
+        return None
+
+    fn.supports = supports
+    return fn
+
+
+record_a, record_b = _recording("a"), _recording("b")
+
+
+class ForgetfulTimer(FakeTimer):
+    """A FakeTimer without its log, which would keep every timed call, and so its tensors, alive."""
+
+    def run(self, fn, n):
+        out = super().run(fn, n)
+        self.log.clear()
+        return out
+
+
+def test_interleaved_cells_share_one_set_of_inputs_freed_before_the_next_workload(tmp_path):
+    for records in (CALLS, LIVE, SEEN):
+        records.clear()
+    config = cfg([f"tests.test_runner:record_{t}" for t in "ab"])
+    config.interleave = True
+    with Store(tmp_path / "r.db") as store:
+        rid = run(config, store, timer=ForgetfulTimer(), progress=False)
+        assert [m.status for m in store.measurements(rid)] == ["ok"] * 4
+    for causal in (False, True):
+        timed = {tag: ptr for tag, c, ptr in CALLS if c == causal}  # the last call of each: a timed one
+        assert timed["a"] == timed["b"]
+    assert LIVE[2] == 0  # the first workload's tensors are gone when the second one's first cell starts
+
+
+def test_an_alias_is_a_second_cell_of_the_same_impl_stored_by_name(tmp_path):
+    config = cfg(["sdpa-math", Alias(resolve("sdpa-math"), "sdpa-math (B)")], [W1])
+    config.interleave = True
+    with Store(tmp_path / "r.db") as store:
+        rid = run(config, store, timer=FakeTimer(), progress=False)
+        ms = store.measurements(rid)
+        assert [(m.impl, m.status, m.backend) for m in ms] == [("sdpa-math", "ok", "math"),
+                                                               ("sdpa-math (B)", "ok", "math")]
+        assert store.run(rid).config["impls"] == ["sdpa-math", "sdpa-math (B)"]
+    by_name = cfg(["sdpa-math", "sdpa-math (B)"], [W1])
+    by_name.interleave = True
+    assert config.hash() == by_name.hash()
 
 
 def test_measure_cell_keeps_compile_time_apart():

@@ -356,18 +356,20 @@ def compare_impls(impl_a: str, impl_b: str, workloads, store, device: str | None
     """Measure impl_a (candidate) and impl_b (baseline) now on the same workloads, in one run, then compare.
 
     `timer` is a Timer object (tests pass a FakeTimer) or a mode name ('auto', 'cold', 'warm', 'host').
-    Interleaving is asked of the runner when its RunConfig has an `interleave` field; a runner without one
-    measures each workload's A cell and then its B cell, back to back, so slow drift (clocks, heat) hits both
-    sides of a row about equally but not sample by sample; the comparison's notes say which happened.
-    Comparing an impl with itself (an A/A check) takes two runs, since the store keys cells by impl: A's run
-    first, then B's, not interleaved; the returned run id is A's and `Comparison.run_ids` holds both.
+    With `interleave` (the default) each workload's A and B cells are timed round by round on the same
+    input tensors, so slow drift (clocks, heat) hits both sides alike; without it, A's cell and then B's.
+    Comparing an impl with itself (an A/A check) is measured the same way: B is stored under an alias
+    (f"{name} (B)", since the store keys cells by impl) and shown under the name given.
     """
-    from .impls import resolve_many
+    from .impls import Alias, resolve_many
     from .runner import RunConfig
     from .runner import run as run_sweep
 
-    names = [i.name for i in resolve_many([impl_a, impl_b])]
-    base: dict[str, Any] = dict(workloads=list(workloads), device=device)
+    impls = resolve_many([impl_a, impl_b])
+    same = impls[0].name == impls[1].name
+    if same:
+        impls[1] = Alias(impls[1], f"{impls[1].name} (B)")
+    base: dict[str, Any] = dict(workloads=list(workloads), device=device, interleave=interleave)
     if policy is not None:
         base["policy"] = policy
     timer_obj = None
@@ -375,34 +377,17 @@ def compare_impls(impl_a: str, impl_b: str, workloads, store, device: str | None
         base["timer"] = timer
     else:
         timer_obj = timer
-    label = name or f"compare {impl_a} vs {impl_b}"
-    notes: list[str] = []
-    if names[0] == names[1]:
-        rid_a = run_sweep(RunConfig(impls=[impl_a], name=label + " (A)", **base), store, timer=timer_obj,
-                          progress=progress)
-        rid_b = run_sweep(RunConfig(impls=[impl_b], name=label + " (B)", **base), store, timer=timer_obj,
-                          progress=progress)
-        ma, mb = store.measurements(rid_a), store.measurements(rid_b)
-        run_ids = (rid_a, rid_b)
-        notes.append(f"A/A comparison: measured as two runs ({rid_a}, then {rid_b}), not interleaved")
-    else:
-        has_interleave = "interleave" in {f.name for f in dataclasses.fields(RunConfig)}
-        if has_interleave:
-            base["interleave"] = interleave
-        rid_a = run_sweep(RunConfig(impls=[impl_a, impl_b], name=label, **base), store, timer=timer_obj,
-                          progress=progress)
-        ms = store.measurements(rid_a)
-        ma = [m for m in ms if m.impl == names[0]]
-        mb = [m for m in ms if m.impl == names[1]]
-        run_ids = (rid_a,)
-        if has_interleave and interleave:
-            notes.append(f"measured in run {rid_a}, A and B interleaved")
-        else:
-            notes.append(f"measured in run {rid_a}: each workload's A cell, then its B cell (not interleaved "
-                         "sample by sample)")
+    rid = run_sweep(RunConfig(impls=impls, name=name or f"compare {impl_a} vs {impl_b}", **base), store,
+                    timer=timer_obj, progress=progress)
+    ms = store.measurements(rid)
+    ma = [m for m in ms if m.impl == impls[0].name]
+    mb = [dataclasses.replace(m, impl=impls[0].name) if same else m for m in ms if m.impl == impls[1].name]
+    how = ("A and B interleaved, on the same input tensors" if interleave
+           else "each workload's A cell, then its B cell (not interleaved sample by sample)")
+    note = f"A/A comparison: one run (run {rid}), {how}" if same else f"measured in run {rid}, {how}"
     c = compare_measurements(ma, mb, threshold=threshold, alpha=alpha, per_token=per_token, seed=seed,
                              a_name=impl_a, b_name=impl_b)
-    return dataclasses.replace(c, notes=c.notes + tuple(notes), run_ids=run_ids), run_ids[0]
+    return dataclasses.replace(c, notes=c.notes + (note,), run_ids=(rid,)), rid
 
 
 def with_cost(c: Comparison, calls_per_day: float, usd_per_hour: float) -> Comparison:

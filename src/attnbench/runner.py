@@ -15,7 +15,7 @@ from typing import Any, Callable
 from . import device as devmod
 from .correctness import check
 from .errors import UserError
-from .impls import Impl, Unsupported, make_call, make_inputs, resolve_many
+from .impls import Impl, Inputs, Unsupported, make_call, make_inputs, resolve_many
 from .measurement import Measurement, params_key
 from .roofline import ceilings_for
 from .spec import Workload
@@ -27,7 +27,7 @@ from .timing import (Timer, TimingPolicy, TimingResult, make_timer, measure, mea
 @dataclass
 class RunConfig:
     workloads: list[Workload]
-    impls: list[str]
+    impls: list[str | Impl]              # names, or Impl objects (impls.Alias): stored by name
     device: str | None = None            # None: the GPU if there is one, else the CPU
     timer: str = "auto"                  # auto: cold on a GPU, host on a CPU
     policy: TimingPolicy = field(default_factory=TimingPolicy)
@@ -40,7 +40,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         d = {
             "workloads": [w.key for w in self.workloads],
-            "impls": list(self.impls),
+            "impls": [getattr(i, "name", i) for i in self.impls],
             "device": self.device,
             "timer": self.timer,
             "policy": dataclasses.asdict(self.policy),
@@ -87,6 +87,7 @@ class Prepared:
 
     impl: Impl
     call: Callable[[], Any]
+    inputs: Inputs
     base: dict[str, Any]
     compile_ms: float
     check: Any
@@ -114,8 +115,10 @@ class ClockTrack:
 
 
 def prepare_cell(impl: Impl, workload: Workload, device: str, timer_mode: str,
-                 params: dict[str, Any] | None = None, seed: int = 0, env_id: str = "") -> Measurement | Prepared:
-    """Everything before timing; a Measurement when the cell ends here (unsupported, incorrect, failed)."""
+                 params: dict[str, Any] | None = None, seed: int = 0, env_id: str = "",
+                 inputs: Inputs | None = None) -> Measurement | Prepared:
+    """Everything before timing; a Measurement when the cell ends here (unsupported, incorrect, failed).
+    `inputs` (another cell's) are timed on instead of fresh ones from make_inputs."""
     params = params or {}
     base = dict(workload=workload, impl=impl.name, params=params, env_id=env_id, device=device, timer=timer_mode)
     why = impl.supports(workload, device)
@@ -123,7 +126,7 @@ def prepare_cell(impl: Impl, workload: Workload, device: str, timer_mode: str,
         return Measurement(status="unsupported", reason=why, **base)
     stage = "build"
     try:
-        inputs = make_inputs(workload, device, seed)
+        inputs = make_inputs(workload, device, seed) if inputs is None else inputs
         t0 = time.perf_counter()
         fn = impl.build(workload, device, params)
         call = make_call(fn, workload, inputs)
@@ -150,7 +153,7 @@ def prepare_cell(impl: Impl, workload: Workload, device: str, timer_mode: str,
         return Measurement(status="unsupported", reason=str(exc), **base)
     except Exception as exc:  # the sweep goes on; the reason is kept
         return _failed(base, stage, exc, device)
-    return Prepared(impl, call, base, compile_ms, result, backend, peak, extra)
+    return Prepared(impl, call, inputs, base, compile_ms, result, backend, peak, extra)
 
 
 def _failed(base: dict[str, Any], stage: str, exc: BaseException, device: str, **kw: Any) -> Measurement:
@@ -322,29 +325,38 @@ def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: 
         bar.advance()
         _free(device)
 
-    # --interleave: one group per workload (cells are workload-major), timed together; else one cell each.
-    groups = ([[c for c in cells if c[0].key == key] for key in dict.fromkeys(c[0].key for c in cells)]
-              if config.interleave else [[c] for c in cells])
-    try:
-        for group in groups:
-            ready: list[Prepared] = []
-            for w, impl, params in group:
-                if (w.key, impl.name, params_key(params)) in done:
-                    bar.advance()
-                    continue
+    def todo(some):
+        for w, impl, params in some:
+            if (w.key, impl.name, params_key(params)) in done:
+                bar.advance()
+            else:
                 bar.update(f"{w.label} · {impl.name}")
-                if not config.interleave:
-                    emit(measure_cell(impl, w, device, timer, config.policy, params, config.seed, eid, **opts))
-                    continue
-                p = prepare_cell(impl, w, device, timer.mode, params, config.seed, eid)
-                if isinstance(p, Measurement):
-                    emit(p)
-                else:
-                    ready.append(p)
-            if ready:
-                bar.update(f"{ready[0].base['workload'].label} · {len(ready)} impls interleaved")
-                for m in measure_together(ready, device, timer, config.policy, config.seed, **opts):
-                    emit(m)
+                yield w, impl, params
+
+    def interleaved(group) -> None:
+        """One workload's cells timed together, all on the first prepared cell's inputs, so that no side
+        gets other tensors (addresses, alignment) than another."""
+        ready: list[Prepared] = []
+        for w, impl, params in todo(group):
+            p = prepare_cell(impl, w, device, timer.mode, params, config.seed, eid,
+                             inputs=ready[0].inputs if ready else None)
+            if isinstance(p, Measurement):
+                emit(p)
+            else:
+                ready.append(p)
+        if ready:
+            bar.update(f"{ready[0].base['workload'].label} · {len(ready)} impls interleaved")
+            for m in measure_together(ready, device, timer, config.policy, config.seed, **opts):
+                emit(m)
+
+    try:
+        if config.interleave:  # one group per workload (cells are workload-major)
+            for key in dict.fromkeys(w.key for w, _, _ in cells):
+                interleaved([c for c in cells if c[0].key == key])
+                _free(device)  # the group's shared inputs are released only here
+        else:
+            for w, impl, params in todo(cells):
+                emit(measure_cell(impl, w, device, timer, config.policy, params, config.seed, eid, **opts))
     except KeyboardInterrupt:
         bar.close()
         store.finish_run(run_id, "interrupted")

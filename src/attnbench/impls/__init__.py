@@ -9,7 +9,8 @@ from .plugins import as_impl, entry_point_impls, load_object
 from .reference import ReferenceImpl
 from .sdpa import BACKENDS, SdpaImpl
 
-__all__ = ["Impl", "Inputs", "Unsupported", "make_call", "make_inputs", "registry", "resolve", "resolve_many"]
+__all__ = ["Alias", "Impl", "Inputs", "Unsupported", "make_call", "make_inputs", "registry", "resolve",
+           "resolve_many"]
 
 
 def builtin_impls() -> dict[str, Impl]:
@@ -27,7 +28,33 @@ def registry() -> dict[str, Impl]:
     return impls
 
 
-def resolve(name: str, known: dict[str, Impl] | None = None) -> Impl:
+class Alias(Impl):
+    """`impl` under another name, so one impl can be two cells of a run (an A/A comparison's B side)."""
+
+    def __init__(self, impl: Impl, name: str):
+        self.impl, self.name = impl, name
+        self.family, self.description = impl.family, impl.description
+
+    def supports(self, workload, device):
+        return self.impl.supports(workload, device)
+
+    def build(self, workload, device, params):
+        return self.impl.build(workload, device, params)
+
+    def param_space(self, workload, device):
+        return self.impl.param_space(workload, device)
+
+    def context(self):
+        return self.impl.context()
+
+    def backend(self, fn, inputs, device):
+        return self.impl.backend(fn, inputs, device)
+
+
+def resolve(name: str | Impl, known: dict[str, Impl] | None = None) -> Impl:
+    """An impl by name; an Impl object (an alias, say) is taken as it is."""
+    if isinstance(name, Impl):
+        return name
     known = registry() if known is None else known
     if name in known:
         return known[name]
@@ -36,6 +63,6 @@ def resolve(name: str, known: dict[str, Impl] | None = None) -> Impl:
     raise UserError(f"unknown impl {name!r}; known: {', '.join(known)} (or give package.module:function)")
 
 
-def resolve_many(names: list[str]) -> list[Impl]:
+def resolve_many(names: list[str | Impl]) -> list[Impl]:
     known = registry()
     return [resolve(n, known) for n in names]
