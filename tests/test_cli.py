@@ -24,8 +24,8 @@ def test_version(capsys):
 
 def test_run_then_report_md_and_json(capsys, tmp_path):
     db = str(tmp_path / "r.db")
-    code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "sdpa-math", "-i", "sdpa-efficient",
-                         "-i", "tests.fixtures.kernels:blockwise_qkv")
+    code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "sdpa-math,sdpa-efficient",  # a comma list
+                         "-i", "tests.fixtures.kernels:blockwise_qkv")                           # and repeated
     assert code == 0, err
     assert "| B1 H2 S32 D16 fp32 | sdpa-math | ok |" in out
     assert "| sdpa-efficient | unsupported |" in out and "needs a CUDA GPU" in out

@@ -79,6 +79,11 @@ def build_workloads(preset: Optional[str], sweep: Optional[Path], batch: Optiona
     return expand(axes), "custom"
 
 
+def split_impls(given: Optional[List[str]]) -> List[str]:
+    """--impl values, each repeatable and each a comma list (no impl name or plugin path holds a comma)."""
+    return [name.strip() for item in given or [] for name in item.split(",") if name.strip()]
+
+
 def default_impls() -> List[str]:
     from .impls import registry
 
@@ -99,7 +104,7 @@ def run(
     causal: Optional[bool] = CAUSAL_OPT,
     direction: Optional[str] = PASS_OPT,
     impl: Optional[List[str]] = typer.Option(None, "--impl", "-i",
-                                             help="impl name or package.module:function (repeatable; default: all)"),
+                                             help="impl name or package.module:function (repeatable or a comma list; default: all)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
     timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, graph, graph-warm, host (CPU default)"),
     samples: Optional[int] = typer.Option(None, "--samples", help="a fixed count of samples (adaptive stopping off)"),
@@ -135,7 +140,7 @@ def run(
     policy = policy_from_options(samples=samples, min_samples=min_samples, max_samples=max_samples,
                                  warmup_ms=warmup_ms, min_time_ms=min_time_ms, max_time_ms=max_time_ms,
                                  target_precision=target_precision)
-    config = RunConfig(workloads=workloads, impls=list(impl) if impl else default_impls(), device=dev,
+    config = RunConfig(workloads=workloads, impls=split_impls(impl) or default_impls(), device=dev,
                        timer=timer, policy=policy, name=name or sweep_name, interleave=interleave,
                        discard_throttled=discard_throttled)
     with _open_store(db) as store:
@@ -278,7 +283,7 @@ def compare(
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
-    impls, runs_given = list(impl or []), list(run_ids or [])
+    impls, runs_given = split_impls(impl), list(run_ids or [])
     if (len(impls), len(runs_given)) not in ((2, 0), (0, 2)):
         raise UserError("give exactly two --impl (measure now) or exactly two run ids (stored runs), "
                         f"got {len(impls)} --impl and {len(runs_given)} run ids")
@@ -401,7 +406,7 @@ def gate(
     policy = policy_from_flags(samples, min_samples, warmup_ms, max_time_ms)
     opts = GateOptions(str(baseline), update=update, threshold=threshold, alpha=alpha, confirm=confirm, repeats=repeats,
                        normalize=normalize, allow_env_mismatch=allow_env_mismatch, accept=tuple(accept or ()),
-                       reason=reason, workloads=workloads, impls=list(impl) if impl else None, timer=timer,
+                       reason=reason, workloads=workloads, impls=split_impls(impl) or None, timer=timer,
                        policy=policy)
     with _open_store(db) as store:
         measurer = RunnerMeasurer(store, dev, progress=not quiet and sys.stderr.isatty())
@@ -467,7 +472,7 @@ def tune(
     workloads, _ = build_workloads(preset, sweep, tn.expand_ellipsis(batch), heads, kv_heads, seq, kv_seq, dim,
                                    dtype, causal, direction, dev)
     racing = tn.RacingPolicy(max_samples=samples, first_samples=min(10, samples))
-    config = tn.TuneConfig(workloads=workloads, impls=tn.cli_impls(list(impl or [])), device=dev, timer=timer,
+    config = tn.TuneConfig(workloads=workloads, impls=tn.cli_impls(split_impls(impl)), device=dev, timer=timer,
                            budget_s=tn.parse_duration(budget), budget_total_s=tn.parse_duration(budget_total,
                            "--budget-total"), exhaustive=exhaustive, racing=racing, baseline=baseline, force=force,
                            policy=tn.TimingPolicy(warmup_ms=25.0, min_samples=samples, max_samples=samples))
