@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
-# Sections: env, tests, run, warm, benchmarks (= timer, tune, dispatch, gate, compare), all (default).
+# Sections: env, tests, run, warm, benchmarks (= timer, ncu, tune, dispatch, gate, compare), all (default).
 # `all` takes longer than one 10-minute device call: split it, e.g. `env tests run`, then `timer`,
 # then `tune dispatch gate compare`.
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
@@ -62,9 +62,13 @@ if want warm; then
       --timer $t --db "$DB" -q --name "small-$t"
     python3 -m attnbench report --db "$DB" | sed -n '/^| workload/,/^$/p' >> "$SUMMARY" 2>&1
   done
+  # Decode-like shapes (one or a few queries over an L2-resident KV cache): the least work per byte.
+  step "run decode warm" python3 -m attnbench run -b 16,32 -H 32 --kv-heads 8 -s 1,16 --kv-seq 1024,2048 -d 128 \
+    --dtype bf16 -i sdpa-auto,sdpa-flash,sdpa-cudnn --timer warm --db "$DB" -q --name decode-warm
+  python3 -m attnbench report --db "$DB" | sed -n '/^| workload/,/^$/p;/^- Ceilings/p' >> "$SUMMARY" 2>&1
 fi
 
-for b in timer_accuracy timer_stability timer_cost tune_racing dispatch_overhead gate_power compare_checks; do
+for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing dispatch_overhead gate_power compare_checks; do
   group=${b%%_*}
   if want benchmarks || want "$group"; then
     if [ -f "benchmarks/$b.py" ]; then

@@ -1,0 +1,78 @@
+"""Does ncu's cache control make a ~10 us attention kernel start from a cold L2? (issue 3's 10 us miss)
+
+attnbench's cold timer reads ~15-20% above ncu's gpu__time_duration for the 10 us kernels at
+B32 H8 S128 D64 fp16, while its warm timer reads about ncu's value. This runs ncu on the same kernels
+with `--cache-control all` (flush before each replay, what timer_accuracy uses) and `--cache-control
+none`, and prints both durations: equal values mean ncu's flush leaves the kernel's inputs cheap to
+reach, so ncu's figure is a warm-ish reference at this size.
+
+Usage: python benchmarks/ncu_cache_probe.py [--out DIR]     (needs ncu on PATH or /usr/local/cuda/bin)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = r"""
+import sys, torch, torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel, SDPBackend
+backend = getattr(SDPBackend, sys.argv[1])
+q, k, v = (torch.randn(32, 8, 128, 64, device="cuda", dtype=torch.float16) for _ in range(3))
+with sdpa_kernel(backend):
+    for _ in range(8):
+        F.scaled_dot_product_attention(q, k, v)
+torch.cuda.synchronize()
+"""
+BACKENDS = {"sdpa-cudnn": ("CUDNN_ATTENTION", "regex:fprop|sdpa"), "sdpa-flash": ("FLASH_ATTENTION", "regex:flash")}
+
+
+def ncu_binary() -> str | None:
+    return shutil.which("ncu") or next((p for p in ("/usr/local/cuda/bin/ncu",) if os.path.exists(p)), None)
+
+
+def durations(ncu: str, backend: str, kernel: str, cache: str) -> dict:
+    cmd = [ncu, "--clock-control", "none", "--cache-control", cache, "--metrics",
+           "gpu__time_duration.sum,sm__cycles_elapsed.max", "-k", kernel, "--launch-skip", "3",
+           "--launch-count", "5", "--csv", "--page", "raw", "--print-units", "base",
+           sys.executable, "-c", CHILD, backend]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    rows = list(csv.DictReader(line for line in out.splitlines() if line.startswith('"')))
+    ns = [float(r["gpu__time_duration.sum"].replace(",", "")) for r in rows[1:]]  # rows[0]: units
+    cyc = [float(r["sm__cycles_elapsed.max"].replace(",", "")) for r in rows[1:]]
+    if not ns:
+        return {"error": out[-400:]}
+    ns.sort()
+    cyc.sort()
+    return {"us": [round(x / 1e3, 2) for x in ns], "median_us": ns[len(ns) // 2] / 1e3,
+            "median_mhz": cyc[len(cyc) // 2] / ns[len(ns) // 2] * 1e3}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    ncu = ncu_binary()
+    if ncu is None:
+        raise SystemExit("ncu_cache_probe: no ncu found")
+    res = {impl: {cache: durations(ncu, b, k, cache) for cache in ("all", "none")}
+           for impl, (b, k) in BACKENDS.items()}
+    print("ncu at B32 H8 S128 D64 fp16: median kernel time (us) and clock by cache control")
+    print("| impl | --cache-control all | --cache-control none |\n|---|---|---|")
+    for impl, r in res.items():
+        cells = [f"{r[c]['median_us']:.2f} us @ {r[c]['median_mhz']:.0f} MHz" if "median_us" in r[c] else
+                 f"error: {r[c]['error'][:80]}" for c in ("all", "none")]
+        print(f"| {impl} | {cells[0]} | {cells[1]} |")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "ncu_cache_probe.json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
