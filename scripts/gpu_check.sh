@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
-# Sections: env, tests, run, warm, benchmarks (= timer, ncu, tune, dispatch, gate, compare), all (default).
+# Sections: env, tests, run, warm, flag, benchmarks (= timer, ncu, tune, dispatch, gate, compare), all (default).
 # `all` takes longer than one 10-minute device call: split it, e.g. `env tests run`, then `timer`,
 # then `tune dispatch gate compare`.
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
@@ -65,6 +65,15 @@ if want warm; then
   # Decode-like shapes (one or a few queries over an L2-resident KV cache): the least work per byte.
   step "run decode warm" python3 -m attnbench run -b 16,32 -H 32 --kv-heads 8 -s 1,16 --kv-seq 1024,2048 -d 128 \
     --dtype bf16 -i sdpa-auto,sdpa-flash,sdpa-cudnn --timer warm --db "$DB" -q --name decode-warm
+  python3 -m attnbench report --db "$DB" | sed -n '/^| workload/,/^$/p;/^- Ceilings/p' >> "$SUMMARY" 2>&1
+fi
+
+if want flag; then
+  # A timer error: the plugin's work runs on its own stream, so events on the caller's stream see almost
+  # none of it. The figure lands far above the copy ceiling and must be flagged, with sdpa-flash beside it.
+  say "## timer error flagged (side-stream plugin)"
+  step "run side-stream" python3 -m attnbench run -b 32 -H 8 -s 2048 -d 64 \
+    -i tests.fixtures.kernels:side_stream,sdpa-flash --db "$DB" -q --name timer-error
   python3 -m attnbench report --db "$DB" | sed -n '/^| workload/,/^$/p;/^- Ceilings/p' >> "$SUMMARY" 2>&1
 fi
 

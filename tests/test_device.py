@@ -380,3 +380,27 @@ def test_peak_memory_gpu():
 
     peak = dm.peak_memory_mb(alloc, "cuda", above_baseline=True)
     assert 256 <= peak < 300
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+def test_a_timer_error_on_the_gpu_is_flagged_implausible(tmp_path):
+    """A kernel whose work runs on a side stream (waited for on the host) reads as a few microseconds on
+    the caller's stream: far above the copy ceiling, so the report must flag it, never rank it."""
+    from attnbench.report import markdown
+    from attnbench.runner import RunConfig, run
+    from attnbench.spec import Workload
+    from attnbench.store import Store
+
+    w = Workload(batch=32, q_heads=8, kv_heads=8, q_len=2048, kv_len=2048, head_dim=64, dtype="fp16")
+    with Store(tmp_path / "g.db") as store:
+        store.put("ceilings", dm.env_id(dm.fingerprint("cuda")), dm.measure_ceilings("cuda", dtypes=("fp16",), reps=3))
+        rid = run(RunConfig(workloads=[w], impls=["tests.fixtures.kernels:side_stream", "sdpa-flash"],
+                            device="cuda", timer="cold"), store)
+        ms = {m.impl: m for m in store.measurements(rid)}
+        text = markdown(store, rid)
+    side, flash = ms["tests.fixtures.kernels:side_stream"], ms["sdpa-flash"]
+    assert side.status == "ok" and flash.status == "ok"
+    assert side.extra["plausibility"] == "implausible" and "copy ceiling" in side.extra["plausibility_reason"]
+    assert flash.extra["plausibility"] == "ok"
+    assert "IMPLAUSIBLE" in text
