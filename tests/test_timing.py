@@ -695,6 +695,24 @@ def test_gpu_graph_timer_captures_checks_and_replays_sdpa():
 
 
 @pytest.mark.gpu
+def test_gpu_graph_timer_replays_several_calls_on_input_copies():
+    """A 10 us kernel: a replay holds many calls, each on its own inputs, so the window's fixed cost is
+    shared out; the per-call time stays close to the cold eager one and not above it."""
+    from attnbench.impls import make_call, make_inputs, resolve
+    from attnbench.spec import Workload
+
+    w = Workload(batch=32, q_heads=8, kv_heads=8, q_len=128, kv_len=128, head_dim=64, dtype="fp16")
+    impl = resolve("sdpa-flash")
+    call = make_call(impl.build(w, "cuda", {}), w, make_inputs(w, "cuda", 0))
+    with impl.context():
+        cold = statistics.median(measure(make_timer("cold", "cuda"), call, TimingPolicy(**GPU_POLICY)).samples_ms)
+        r = measure(make_timer("graph", "cuda"), call, TimingPolicy(**GPU_POLICY))
+    graph = statistics.median(r.samples_ms)
+    assert r.info["graph_calls"] > 1 and r.info["flush_mb"] > 0
+    assert 0.6 * cold < graph < 1.05 * cold, (graph, cold)
+
+
+@pytest.mark.gpu
 def test_gpu_graph_warm_timer_replays_sdpa():
     r = measure(make_timer("graph-warm", "cuda"), _sdpa_call(), TimingPolicy(**GPU_POLICY))
     _check_gpu_result(r, "graph-warm")
@@ -813,3 +831,34 @@ def test_spin_guard_keeps_and_counts_what_a_capped_spin_cannot_cover():
     assert [s.device_ms for s in out] == [0.08]
     assert t._guard[id(fn)] == {"retaken": cuda_timers.RETAKES, "exposed_kept": 1}
     assert max(t.cycles_seen) <= int(cuda_timers.SPIN_CAP_US * t.mhz)
+
+
+def test_graph_calls_fill_the_window_within_the_cap_and_the_memory_budget():
+    from attnbench.cuda_timers import GRAPH_WINDOW_US, MAX_GRAPH_CALLS, graph_calls
+
+    assert graph_calls(10.0, 16 * 2**20) == math.ceil(GRAPH_WINDOW_US / 10.0)  # a 10 us call: 20 per replay
+    assert graph_calls(GRAPH_WINDOW_US, 2**20) == 1 and graph_calls(5000.0, 2**20) == 1  # long calls alone
+    assert graph_calls(0.5, 2**20) == MAX_GRAPH_CALLS
+    assert graph_calls(10.0, 2**30, budget=2**31) == 3  # the original and two copies fit the budget
+    assert graph_calls(None, 2**20) == 1 and graph_calls(10.0, None) == 20
+
+
+def test_a_call_makes_the_same_call_on_a_copy_of_its_inputs():
+    import torch
+
+    from attnbench.impls import make_call, make_inputs
+    from attnbench.spec import Workload
+
+    seen = []
+
+    def fn(q, k, v):
+        seen.append(q.data_ptr())
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    w = Workload(batch=1, q_heads=2, kv_heads=2, q_len=8, kv_len=8, head_dim=4, dtype="fp32")
+    inputs = make_inputs(w, "cpu", 0)
+    call = make_call(fn, w, inputs)
+    assert call.copy_bytes == 2 * 3 * 1 * 2 * 8 * 4 * 4  # q, k, v (fp32), and as much again written
+    other = call.on_copy()
+    assert torch.equal(call(), other())  # the same values ...
+    assert seen[0] != seen[1]            # ... in other memory

@@ -29,15 +29,21 @@ One sample, on the current stream of the device:
   only, so which samples are dropped does not depend on their device times. Python's garbage
   collector is paused during a batch, so a collection cannot stall the host mid-sample.
 
-Graph mode captures the call once per callable and times replays in the same frame. Cold-cache
-form: the call closes over its inputs, so rotating input copies would need one graph (and one set of
-buffers) per copy; capturing the flush inside the graph and subtracting its separately measured cost
-would add the flush's own noise to every sample. The flush is therefore eager, before the spin,
-outside the window; a replay is a single launch, enqueued while the spin runs, so neither the flush
-nor the launch is timed. The capture is checked: torch's "graph is empty" warning, the graph's
-nodes (from cudaGraphDebugDotPrint where torch can keep the graph: it must hold a kernel), and the
-replay's device time against the eager call's in the same regime (at least GRAPH_MIN_RATIO of it;
-less means the capture missed work that ran on another stream or on the host). A call that cannot be
+Graph mode captures several calls in one CUDA graph and times its replays in the same frame, one
+sample per replay divided by the number of calls. Each sample window holds a fixed cost that no
+kernel-duration profiler sees: the GPU starting the first kernel after the start event and writing the
+end event, about 2-3 us on an H100 (benchmarks/ncu_cache_probe.py). One call per window puts all of it
+on a 10 us kernel; k calls per window put 1/k of it on each. k is chosen so that a replay lasts at
+least GRAPH_WINDOW_US (from the eager call's device time), within MAX_GRAPH_CALLS and a memory budget;
+a call of that length or more is captured alone. Cold-cache form (`graph`): each of the k calls works
+on its own copy of the inputs (the call's `on_copy()`, from impls.make_call), and the L2 is flushed
+eagerly before each replay, outside the window, so every call in the replay reads inputs that nothing
+has touched since the flush. Without `on_copy` (a bare callable) k is 1. Warm form (`graph-warm`):
+the same call k times, no flush. The replay is a single launch, enqueued while the spin runs. The
+capture is checked: torch's "graph is empty" warning, the graph's nodes (from
+cudaGraphDebugDotPrint where torch can keep the graph: it must hold a kernel), and the replay's device
+time against k eager calls in the same regime (at least GRAPH_MIN_RATIO of it; less means the capture
+missed work that ran on another stream or on the host). A call that cannot be
 captured (a host synchronization such as .item(), CPU work, an op capture forbids) raises
 GraphCaptureError with the reason; the runner records that as status `error`.
 """
@@ -45,6 +51,7 @@ GraphCaptureError with the reason; the runner records that as status `error`.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import re
 import statistics
@@ -62,6 +69,9 @@ KEEPALIVE_US = (50.0, 1000.0)  # bounds of the spin that covers the host's work 
 FALLBACK_MHZ = 2000.0     # if neither NVML nor torch gives the max SM clock (over-estimate: longer spin)
 GRAPH_MIN_RATIO = 0.4
 PROBE_SAMPLES = 5
+GRAPH_WINDOW_US = 200.0   # a graph replay holds enough calls to last this long
+MAX_GRAPH_CALLS = 32
+GRAPH_COPY_BUDGET = 2**30  # bytes of extra input copies a cold graph may allocate
 RETAKES = 3               # passes that retake samples whose spin may not have covered the enqueue
 
 
@@ -290,23 +300,42 @@ def _dump_nodes(graph: Any) -> dict[str, int]:
         return {}
 
 
+def graph_calls(eager_us: float | None, copy_bytes: int | None, window_us: float = GRAPH_WINDOW_US,
+                cap: int = MAX_GRAPH_CALLS, budget: int = GRAPH_COPY_BUDGET) -> int:
+    """Calls per graph replay: enough to fill window_us, at most cap, and their copies within budget."""
+    if not eager_us or eager_us <= 0:
+        return 1
+    k = min(cap, max(1, math.ceil(window_us / eager_us)))
+    if copy_bytes:
+        k = min(k, 1 + budget // copy_bytes)
+    return k
+
+
 class CudaGraphTimer(CudaEventTimer):
     """Device time of CUDA-graph replays of the call; cold L2 (`graph`) or warm (`graph-warm`)."""
 
     def __init__(self, device: str = "cuda", cold: bool = True, clock: Any = None, flush_factor: float = 2.0):
         super().__init__(device, cold, clock, flush_factor)
         self.mode = "graph" if cold else "graph-warm"
-        self._graphs: dict[int, tuple[Callable, Any, dict[str, Any]]] = {}
+        # id(fn) -> (fn, graph, facts, calls per replay, the calls: their input copies must outlive the graph)
+        self._graphs: dict[int, tuple[Callable, Any, dict[str, Any], int, list[Callable]]] = {}
 
     def _target(self, fn: Callable) -> Callable:
         entry = self._graphs.get(id(fn))
         if entry is None or entry[0] is not fn:
-            graph, facts = self._capture(fn)
-            entry = (fn, graph, facts)
+            entry = (fn, *self._capture(fn))
             self._graphs[id(fn)] = entry
         return entry[1].replay
 
-    def _capture(self, fn: Callable) -> tuple[Any, dict[str, Any]]:
+    def run(self, fn, n):
+        samples = super().run(fn, n)
+        k = self._graphs[id(fn)][3]
+        if k == 1:
+            return samples
+        return [Sample(device_ms=s.device_ms / k, host_ms=None if s.host_ms is None else s.host_ms / k,
+                       clock_mhz=s.clock_mhz) for s in samples]
+
+    def _capture(self, fn: Callable) -> tuple[Any, dict[str, Any], int, list[Callable]]:
         import torch
 
         # Warm-up on a side stream, as torch requires before capture (lazy handles, workspaces).
@@ -316,6 +345,16 @@ class CudaGraphTimer(CudaEventTimer):
         with torch.cuda.stream(side):
             for _ in range(3):
                 fn()
+        current.wait_stream(side)
+        torch.cuda.synchronize()
+        cycles = int(SPIN_CAP_US / 4 * self.mhz)  # a generous fixed spin for the probes
+        eager_ms = statistics.median(s.device_ms for s in self._timed(fn, PROBE_SAMPLES, cycles, False))
+        on_copy = getattr(fn, "on_copy", None)
+        k = graph_calls(eager_ms * 1e3, getattr(fn, "copy_bytes", None)) if on_copy or not self.cold else 1
+        calls = [fn] + [on_copy() if self.cold else fn for _ in range(k - 1)]
+        with torch.cuda.stream(side):
+            for c in calls[1:]:
+                c()
         current.wait_stream(side)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -332,7 +371,8 @@ class CudaGraphTimer(CudaEventTimer):
                     failed.append(exc)
                 if not failed:
                     try:
-                        fn()
+                        for c in calls:
+                            c()
                     except Exception as exc:
                         failed.append(exc)
                     try:
@@ -356,15 +396,14 @@ class CudaGraphTimer(CudaEventTimer):
         if facts.get("kernel_nodes") == 0:
             raise GraphCaptureError(f"the captured CUDA graph holds no kernel ({facts['graph_nodes']} nodes, "
                                     "memory operations only)")
-        cycles = int(SPIN_CAP_US / 4 * self.mhz)  # a generous fixed spin for the probe
         replay_ms = statistics.median(s.device_ms for s in self._timed(graph.replay, PROBE_SAMPLES, cycles, False))
-        eager_ms = statistics.median(s.device_ms for s in self._timed(fn, PROBE_SAMPLES, cycles, False))
-        facts.update(replay_probe_ms=round(replay_ms, 5), eager_probe_ms=round(eager_ms, 5))
-        if replay_ms < GRAPH_MIN_RATIO * eager_ms:
+        facts.update(graph_calls=k, replay_probe_ms=round(replay_ms, 5), eager_probe_ms=round(eager_ms, 5))
+        if replay_ms < GRAPH_MIN_RATIO * k * eager_ms:
             raise GraphCaptureError(
-                f"the CUDA graph replay takes {replay_ms * 1e3:.1f} us on the device but the eager call "
-                f"{eager_ms * 1e3:.1f} us: the capture misses work that ran on another stream or on the host")
-        return graph, facts
+                f"the CUDA graph replay of {k} call(s) takes {replay_ms * 1e3:.1f} us on the device but one "
+                f"eager call {eager_ms * 1e3:.1f} us: the capture misses work that ran on another stream or on "
+                "the host")
+        return graph, facts, k, calls
 
     def info(self, fn: Callable) -> dict[str, Any]:
         out = super().info(fn)

@@ -63,6 +63,14 @@ class Inputs:
     grad_out: Any = None
     seed: int = 0
 
+    def clone(self) -> "Inputs":
+        """The same values in new memory (a graph timer's extra copies)."""
+        g = self.grad_out
+        return Inputs(self.q.clone(), self.k.clone(), self.v.clone(), None if g is None else g.clone(), self.seed)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.q, self.k, self.v, self.grad_out) if t is not None)
+
 
 def make_inputs(workload: Workload, device: str, seed: int) -> Inputs:
     """Fresh random (never zero) inputs, drawn on the device from a seeded generator."""
@@ -88,15 +96,24 @@ def make_call(fn: AttnFn, workload: Workload, inputs: Inputs) -> Callable[[], An
 
     bwd runs the forward once here and times only the gradient computation (retain_graph keeps
     the saved tensors); fwd+bwd times both. torch.autograd.grad avoids accumulating into .grad.
+
+    The callable carries `copy_bytes` (its inputs' size, plus as much again for what it writes) and
+    `on_copy()`, which makes the same call on a fresh copy of the inputs: a graph timer captures several
+    calls in one replay, each on its own copy, so that each reads its inputs from a flushed L2.
     """
     import torch
 
     q, k, v = inputs.q, inputs.k, inputs.v
     if workload.direction == "fwd":
-        return lambda: fn(q, k, v)
-    q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
-    g = inputs.grad_out
-    if workload.direction == "fwd+bwd":
-        return lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), g)
-    out = fn(q, k, v)
-    return lambda: torch.autograd.grad(out, (q, k, v), g, retain_graph=True)
+        call = lambda: fn(q, k, v)  # noqa: E731
+    else:
+        q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+        g = inputs.grad_out
+        if workload.direction == "fwd+bwd":
+            call = lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), g)  # noqa: E731
+        else:
+            out = fn(q, k, v)
+            call = lambda: torch.autograd.grad(out, (q, k, v), g, retain_graph=True)  # noqa: E731
+    call.copy_bytes = 2 * inputs.nbytes()
+    call.on_copy = lambda: make_call(fn, workload, inputs.clone())
+    return call
