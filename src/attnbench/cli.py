@@ -104,7 +104,8 @@ def run(
     causal: Optional[bool] = CAUSAL_OPT,
     direction: Optional[str] = PASS_OPT,
     impl: Optional[List[str]] = typer.Option(None, "--impl", "-i",
-                                             help="impl name or package.module:function (repeatable or a comma list; default: all)"),
+                                             help="impl name or package.module:function (repeatable or a "
+                                                  "comma list; default: all)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
     timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, graph, graph-warm, host (CPU default)"),
     samples: Optional[int] = typer.Option(None, "--samples", help="a fixed count of samples (adaptive stopping off)"),
