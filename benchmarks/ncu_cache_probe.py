@@ -12,13 +12,12 @@ Usage: python benchmarks/ncu_cache_probe.py [--out DIR]     (needs ncu on PATH o
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from timer_accuracy import NCU_METRICS, find_ncu, parse_ncu_csv  # this folder is on sys.path when run
 
 CHILD = r"""
 import sys, torch, torch.nn.functional as F
@@ -33,23 +32,16 @@ torch.cuda.synchronize()
 BACKENDS = {"sdpa-cudnn": ("CUDNN_ATTENTION", "regex:fprop|sdpa"), "sdpa-flash": ("FLASH_ATTENTION", "regex:flash")}
 
 
-def ncu_binary() -> str | None:
-    return shutil.which("ncu") or next((p for p in ("/usr/local/cuda/bin/ncu",) if os.path.exists(p)), None)
-
-
 def durations(ncu: str, backend: str, kernel: str, cache: str) -> dict:
-    cmd = [ncu, "--clock-control", "none", "--cache-control", cache, "--metrics",
-           "gpu__time_duration.sum,sm__cycles_elapsed.max", "-k", kernel, "--launch-skip", "3",
-           "--launch-count", "5", "--csv", "--page", "raw", "--print-units", "base",
+    cmd = [ncu, "--clock-control", "none", "--cache-control", cache, "--metrics", NCU_METRICS, "-k", kernel,
+           "--launch-skip", "3", "--launch-count", "5", "--csv", "--page", "raw", "--print-units", "base",
            sys.executable, "-c", CHILD, backend]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
-    rows = list(csv.DictReader(line for line in out.splitlines() if line.startswith('"')))
-    ns = [float(r["gpu__time_duration.sum"].replace(",", "")) for r in rows[1:]]  # rows[0]: units
-    cyc = [float(r["sm__cycles_elapsed.max"].replace(",", "")) for r in rows[1:]]
-    if not ns:
+    rows = parse_ncu_csv(out)
+    ns = sorted(r["ns"] for r in rows if r["ns"] is not None)
+    cyc = sorted(r["cycles"] for r in rows if r["cycles"] is not None)
+    if not ns or not cyc:
         return {"error": out[-400:]}
-    ns.sort()
-    cyc.sort()
     return {"us": [round(x / 1e3, 2) for x in ns], "median_us": ns[len(ns) // 2] / 1e3,
             "median_mhz": cyc[len(cyc) // 2] / ns[len(ns) // 2] * 1e3}
 
@@ -58,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    ncu = ncu_binary()
+    ncu = find_ncu()
     if ncu is None:
         raise SystemExit("ncu_cache_probe: no ncu found")
     res = {impl: {cache: durations(ncu, b, k, cache) for cache in ("all", "none")}

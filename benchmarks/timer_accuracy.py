@@ -206,9 +206,14 @@ def run_ncu(todo: list[tuple[str, str]], deadline: float) -> tuple[dict, str]:
     return found, "; ".join(why)
 
 
+def find_ncu() -> str | None:
+    """The ncu binary: on PATH, or where CUDA and Nsight Compute install it."""
+    return shutil.which("ncu") or next((p for p in ("/usr/local/cuda/bin/ncu", "/opt/nvidia/nsight-compute/ncu")
+                                        if os.path.exists(p)), None)
+
+
 def _run_ncu(todo: list[tuple[str, str]], timeout_s: float) -> tuple[dict, str]:
-    ncu = shutil.which("ncu") or next((p for p in ("/usr/local/cuda/bin/ncu", "/opt/nvidia/nsight-compute/ncu")
-                                       if os.path.exists(p)), None)
+    ncu = find_ncu()
     if not ncu:
         return {}, "ncu not found"
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,6 +18,9 @@ sections=("$@")
 [ ${#sections[@]} -eq 0 ] && sections=(all)
 want() { local s; for s in "${sections[@]}"; do [ "$s" = all ] || [ "$s" = "$1" ] && return 0; done; return 1; }
 say() { echo "$*" | tee -a "$SUMMARY"; }
+table() { # the newest run's table and its ceilings line, into the summary
+  python3 -m attnbench report --db "$DB" | sed -n '/^| workload/,/^$/p;/^- Ceilings/p' >> "$SUMMARY" 2>&1
+}
 step() { # step NAME CMD...: run, keep the log, note the exit code
   local name=$1; shift
   local t0=$(date +%s)
@@ -61,12 +64,12 @@ if want warm; then
   for t in warm cold; do
     step "run $t" python3 -m attnbench run -b 64,128,256 -H 8 -s 32,64,128 -d 64 -i sdpa-cudnn,sdpa-flash \
       --timer $t --db "$DB" -q --name "small-$t"
-    python3 -m attnbench report --db "$DB" | sed -n '/^| workload/,/^$/p' >> "$SUMMARY" 2>&1
+    table
   done
   # Decode-like shapes (one or a few queries over a 67-268 MB KV cache): the least work per byte.
   step "run decode warm" python3 -m attnbench run -b 16,32 -H 32 --kv-heads 8 -s 1,16 --kv-seq 1024,2048 -d 128 \
     --dtype bf16 -i sdpa-auto,sdpa-flash,sdpa-cudnn --timer warm --db "$DB" -q --name decode-warm
-  python3 -m attnbench report --db "$DB" | sed -n '/^| workload/,/^$/p;/^- Ceilings/p' >> "$SUMMARY" 2>&1
+  table
 fi
 
 if want flag; then
@@ -75,7 +78,7 @@ if want flag; then
   say "## timer error flagged (side-stream plugin)"
   step "run side-stream" python3 -m attnbench run -b 32 -H 8 -s 2048 -d 64 \
     -i tests.fixtures.kernels:side_stream,sdpa-flash --db "$DB" -q --name timer-error
-  python3 -m attnbench report --db "$DB" | sed -n '/^| workload/,/^$/p;/^- Ceilings/p' >> "$SUMMARY" 2>&1
+  table
 fi
 
 for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing dispatch_overhead gate_power compare_checks; do

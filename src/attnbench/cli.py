@@ -18,6 +18,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_
 DB_OPT = typer.Option(None, "--db", help="results database (default: $ATTNBENCH_DB or ./attnbench.db)")
 
 # Shape options shared by run, compare, gate and tune (each a comma list; the product is the sweep).
+PRESET_OPT = typer.Option(None, "--preset", "-p", help="built-in sweep: characterize, llm-prefill, cpu-smoke")
 SWEEP_OPT = typer.Option(None, "--sweep", help="sweep file (TOML or YAML)")
 HEADS_OPT = typer.Option(None, "-H", "--heads", help="query heads, comma list")
 KV_HEADS_OPT = typer.Option(None, "--kv-heads", help="KV heads (GQA), comma list")
@@ -92,7 +93,7 @@ def default_impls() -> List[str]:
 
 @app.command()
 def run(
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="built-in sweep: characterize, llm-prefill, cpu-smoke"),
+    preset: Optional[str] = PRESET_OPT,
     sweep: Optional[Path] = SWEEP_OPT,
     batch: Optional[str] = typer.Option(None, "-b", "--batch", help="comma list"),
     heads: Optional[str] = HEADS_OPT,
@@ -421,7 +422,7 @@ def gate(
 
 @app.command()
 def tune(
-    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="built-in sweep: characterize, llm-prefill, cpu-smoke"),
+    preset: Optional[str] = PRESET_OPT,
     sweep: Optional[Path] = SWEEP_OPT,
     batch: Optional[str] = typer.Option(None, "-b", "--batch", help="comma list; '1,2,4,...,256' expands"),
     heads: Optional[str] = HEADS_OPT,
