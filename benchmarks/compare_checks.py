@@ -27,11 +27,11 @@ def main() -> None:
 
     import torch
 
-    from attnbench.compare import compare_impls
-    from attnbench.compare_format import to_json, to_markdown
+    from attnbench.compare.comparison import compare_impls
+    from attnbench.compare.format import to_json, to_markdown
     from attnbench.spec import Workload, load_preset
     from attnbench.store import Store
-    from attnbench.timing import TimingPolicy
+    from attnbench.measure.timing import TimingPolicy
 
     policy = TimingPolicy(warmup_ms=25, min_samples=20, max_samples=2000, max_time_ms=1000, target_precision=0.01)
     gpu = torch.cuda.get_device_name()

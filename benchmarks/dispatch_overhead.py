@@ -12,7 +12,7 @@ llm-prefill shapes. Then per shape:
     (B1 H1 S16, D64 in the table and D128 not) are host-bound, so their difference is the
     dispatcher's own cost per call, on the winner's path and on the fallback path;
   - device ms by CUDA events (cold L2), 100 samples each, in interleaved batches of 10: attention
-    vs sdpa-auto, compared with attnbench.compare (ratio of medians with a bootstrap CI, Mann-Whitney,
+    vs sdpa-auto, compared with attnbench.compare.comparison (ratio of medians with a bootstrap CI, Mann-Whitney,
     Holm, verdict at a 2% threshold); "slower" on a tuned shape fails the check (the untuned shape's
     verdict is reported beside it: there the call is SDPA plus the dispatcher's host work).
 Finishes in under 2 minutes on an H100.
@@ -70,18 +70,18 @@ def host_pair(direct, dispatched, reps: int = 7) -> tuple[float, float, float]:
 
 
 def compare_samples(w, a: list[float], b: list[float]) -> dict:
-    """attention (a) vs sdpa-auto (b): attnbench.compare where present, else stats directly."""
+    """attention (a) vs sdpa-auto (b): attnbench.compare.comparison where present, else stats directly."""
     try:
-        from attnbench.compare import compare_measurements
-        from attnbench.measurement import Measurement
+        from attnbench.compare.comparison import compare_measurements
+        from attnbench.store import Measurement
 
         ma = Measurement(workload=w, impl="attention(table)", status="ok", timer="cold", samples_ms=tuple(a))
         mb = Measurement(workload=w, impl="sdpa-auto", status="ok", timer="cold", samples_ms=tuple(b))
         row = compare_measurements([ma], [mb], a_name="attention(table)", b_name="sdpa-auto").rows[0]
         return {"ratio": row.time_ratio, "ci": list(row.time_ratio_ci), "p": row.p_value, "verdict": row.verdict,
-                "via": "attnbench.compare"}
+                "via": "attnbench.compare.comparison"}
     except ImportError:
-        from attnbench import stats
+        from attnbench.analysis import stats
 
         r, lo, hi = stats.ratio_ci(a, b)
         p = stats.mann_whitney(a, b)
@@ -98,12 +98,12 @@ def main() -> None:
     import torch.nn.functional as F
 
     import attnbench
-    from attnbench import dispatch
+    from attnbench.tune import dispatch
     from attnbench.impls import make_inputs
     from attnbench.store import Store
-    from attnbench.timing import CudaEventTimer
-    from attnbench.tune import TuneConfig, tune
-    from attnbench.tune_report import dispatch_table
+    from attnbench.measure.timing import CudaEventTimer
+    from attnbench.tune.tuner import TuneConfig, tune
+    from attnbench.tune.report import dispatch_table
 
     if not torch.cuda.is_available():
         raise SystemExit("dispatch_overhead: needs a CUDA GPU")

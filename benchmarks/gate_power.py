@@ -3,7 +3,7 @@ and the GPU-seconds one gate run costs.
 
 Usage: python benchmarks/gate_power.py --out DIR [--full] [--runs N]
 
-Every gate run below is attnbench.gate_run.run_gate, the code behind `attnbench gate` (cold timer, the
+Every gate run below is attnbench.gate.orchestrate.run_gate, the code behind `attnbench gate` (cold timer, the
 default policy of 100 samples, ceilings measured, flagged cells re-measured once); only the measuring
 is done in-process with runner.measure_cell so that a test impl can be slowed down between runs.
 
@@ -90,7 +90,7 @@ class DirectMeasurer:
     """gate_run.Measurer that runs cells in-process through runner.measure_cell with our own Impl objects."""
 
     def __init__(self, impls: dict[str, Any], device: str = "cuda"):
-        from attnbench import device as devmod
+        from attnbench.analysis import device as devmod
 
         self.impls, self.device = impls, device
         self.fp = devmod.fingerprint(device)
@@ -102,13 +102,13 @@ class DirectMeasurer:
         return dict(self.fp)
 
     def ceilings(self, dtypes):
-        from attnbench import device as devmod
+        from attnbench.analysis import device as devmod
 
         return devmod.measure_ceilings(self.device, tuple(d for d in dtypes if d in ("fp16", "bf16")) or ("fp16",))
 
     def measure(self, cells, timer, policy, name):
-        from attnbench.runner import _free, measure_cell
-        from attnbench.timing import make_timer
+        from attnbench.measure.runner import _free, measure_cell
+        from attnbench.measure.timing import make_timer
 
         t = self._timers.setdefault(timer, make_timer(timer, self.device))
         out = []
@@ -121,8 +121,8 @@ class DirectMeasurer:
 
 
 def gate_run(opts, measurer) -> dict[str, Any]:
-    from attnbench import gate as g
-    from attnbench.gate_run import run_gate
+    from attnbench.gate import decision as g
+    from attnbench.gate.orchestrate import run_gate
 
     t0 = time.perf_counter()
     res = run_gate(opts, measurer)
@@ -151,7 +151,7 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         raise SystemExit("gate_power: needs a CUDA GPU")
-    from attnbench.gate_run import GateOptions
+    from attnbench.gate.orchestrate import GateOptions
     from attnbench.impls import resolve
     from attnbench.spec import load_preset
 
@@ -179,7 +179,7 @@ def main() -> None:
     # 2. A/A on the power workloads, both impls.
     path = str(tmp / "power.json")
     made = gate_run(GateOptions(path, update=True, workloads=power, impls=["sdpa-auto", SLEEPY]), measurer)
-    from attnbench.baseline import Baseline
+    from attnbench.gate.baseline import Baseline
 
     base = Baseline.load(path)
     report["baseline"] = {"seconds": made["seconds"], "repeats": 5,

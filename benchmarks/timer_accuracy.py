@@ -289,7 +289,7 @@ def time_case(impl, call, timers: dict, policy, reader) -> dict:
     """Every timer on one call; a failing timer is recorded as such."""
     import torch
 
-    from attnbench.timing import measure
+    from attnbench.measure.timing import measure
 
     res: dict = {}
     for name, timer in timers.items():
@@ -361,9 +361,9 @@ def main() -> None:
     t_start = time.time()
     import torch
 
-    from attnbench.clocks import open_reader
-    from attnbench.cuda_timers import CudaEventTimer
-    from attnbench.timing import TimingPolicy, make_timer
+    from attnbench.measure.clocks import open_reader
+    from attnbench.measure.cuda_timers import CudaEventTimer
+    from attnbench.measure.timing import TimingPolicy, make_timer
 
     todo = cases(flex=not args.no_flex)
     ncu, ncu_why = (({}, "skipped (--no-ncu)") if args.no_ncu

@@ -51,8 +51,8 @@ def main() -> None:
 
     from attnbench.impls import make_call, make_inputs, resolve
     from attnbench.spec import load_preset
-    from attnbench.stats import relative_halfwidth
-    from attnbench.timing import TimingPolicy, make_timer, measure
+    from attnbench.analysis.stats import relative_halfwidth
+    from attnbench.measure.timing import TimingPolicy, make_timer, measure
 
     t_start = time.time()
     impl = resolve(args.impl)

@@ -46,7 +46,7 @@ def main() -> None:
     import torch
 
     from attnbench.store import Store
-    from attnbench.tune import TuneConfig, parse_duration, tune
+    from attnbench.tune.tuner import TuneConfig, parse_duration, tune
 
     if not torch.cuda.is_available():
         raise SystemExit("tune_racing: needs a CUDA GPU")

@@ -7,8 +7,11 @@ import attnbench
 def test_every_public_name_resolves():
     for name in attnbench.__all__:
         assert getattr(attnbench, name) is not None
-    assert callable(attnbench.autotune) and attnbench.autotune.__module__ == "attnbench.tune"
+    assert callable(attnbench.autotune) and attnbench.autotune.__module__ == "attnbench.tune.tuner"
     assert callable(attnbench.attention) and callable(attnbench.run)
+    from attnbench.tune.dispatch import explain
+
+    assert attnbench.explain is explain
 
 
 def test_import_is_light():

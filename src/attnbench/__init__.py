@@ -14,17 +14,18 @@ _LAZY = {
     "Sweep": "spec",
     "load_preset": "spec",
     "load_sweep": "spec",
-    "Measurement": "measurement",
+    "Measurement": "store",
     "Store": "store",
-    "RunConfig": "runner",
-    "run": "runner",
-    "TimingPolicy": "timing",
+    "RunConfig": "measure.runner",
+    "run": "measure.runner",
+    "TimingPolicy": "measure.timing",
     "UserError": "errors",
-    "compare_runs": "compare",
-    "compare_impls": "compare",
-    "TuneConfig": "tune",
-    "autotune": "tune",  # tune.tune; named apart from the submodule, which `attnbench.tune` denotes
-    "attention": "dispatch",
+    "compare_runs": "compare.comparison",
+    "compare_impls": "compare.comparison",
+    "TuneConfig": "tune.model",
+    "autotune": "tune.tuner",  # tune.tuner.tune, named apart from the subpackage `attnbench.tune`
+    "attention": "tune.dispatch",
+    "explain": "tune.dispatch",
 }
 
 _RENAMED = {"autotune": "tune"}

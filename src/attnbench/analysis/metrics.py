@@ -1,0 +1,74 @@
+"""FLOP and byte conventions (stated in every report), TFLOP/s, GB/s and arithmetic intensity."""
+
+from __future__ import annotations
+
+from ..spec import DTYPE_BYTES, Workload
+
+CONVENTION = (
+    "FLOPs: forward 4*B*Hq*D per unmasked (query, key) pair (two matmuls, 2 FLOPs per multiply-add); "
+    "causal counts only the pairs a top-left-aligned causal mask keeps; backward = 2.5x forward, "
+    "fwd+bwd = 3.5x forward (the flash-attention convention). Softmax and scaling are not counted. "
+    "Bytes: the minimum traffic: forward reads Q, K, V once and writes O once; backward reads "
+    "Q, K, V, O, dO and writes dQ, dK, dV; K and V count once per KV head (GQA)."
+)
+
+PASS_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
+
+
+def attended_pairs(q_len: int, kv_len: int, causal: bool) -> int:
+    """(query, key) pairs the mask keeps. Causal is top-left aligned (torch's is_causal): row i sees keys 0..i."""
+    if not causal:
+        return q_len * kv_len
+    full_rows = min(q_len, kv_len)          # rows 0..full_rows-1 see i+1 keys
+    pairs = full_rows * (full_rows + 1) // 2
+    pairs += max(0, q_len - kv_len) * kv_len  # later rows see every key
+    return pairs
+
+
+def flops(w: Workload) -> float:
+    fwd = 4.0 * w.batch * w.q_heads * w.head_dim * attended_pairs(w.q_len, w.kv_len, w.causal)
+    return fwd * PASS_FACTOR[w.direction]
+
+
+def min_bytes(w: Workload) -> float:
+    e = DTYPE_BYTES[w.dtype]
+    q_side = w.batch * w.q_heads * w.q_len * w.head_dim * e     # one tensor shaped like Q (or O)
+    kv_side = w.batch * w.kv_heads * w.kv_len * w.head_dim * e  # one tensor shaped like K (or V)
+    if w.direction == "fwd":
+        return 2 * q_side + 2 * kv_side                          # Q, O; K, V
+    return 4 * q_side + 4 * kv_side                              # Q, O, dO, dQ; K, V, dK, dV
+
+
+def intensity(w: Workload) -> float:
+    """Arithmetic intensity in FLOP per byte of minimum traffic."""
+    return flops(w) / min_bytes(w)
+
+
+def tflops_per_s(w: Workload, ms: float) -> float:
+    return flops(w) / (ms * 1e-3) / 1e12
+
+
+def gb_per_s(w: Workload, ms: float) -> float:
+    return min_bytes(w) / (ms * 1e-3) / 1e9
+
+
+def tokens_per_s(w: Workload, ms: float) -> float:
+    """Query tokens processed per second (batch * q_len per call)."""
+    return w.batch * w.q_len / (ms * 1e-3)
+
+
+def assess(w: Workload, median_ms: float, host_ms: float | None, ceilings) -> dict:
+    """Roofline placement of one measurement against a roofline.Ceilings: % of the compute and memory
+    ceilings, % of the roofline bound at this intensity, the regime, and a plausibility flag."""
+    from . import roofline
+
+    tf, gb = tflops_per_s(w, median_ms), gb_per_s(w, median_ms)
+    peak, bw = ceilings.peak(w.dtype), ceilings.gbps
+    out: dict = {"tflops": tf, "gbps": gb, "intensity": intensity(w),
+                 "pct_peak": 100 * tf / peak if peak else None, "pct_bandwidth": 100 * gb / bw if bw else None,
+                 "pct_bound": None, "peak_source": ceilings.source(w.dtype), "bandwidth_source": ceilings.gbps_source}
+    if peak and bw:
+        out["pct_bound"] = 100 * tf / roofline.roofline_bound_tflops(intensity(w), peak, bw)
+    out["regime"] = roofline.regime(flops(w), min_bytes(w), median_ms, host_ms, ceilings, w.dtype)
+    out["plausibility"], out["plausibility_reason"] = roofline.plausibility(tf, gb, ceilings, w.dtype)
+    return out

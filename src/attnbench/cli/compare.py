@@ -1,0 +1,91 @@
+"""`attnbench compare`: is A faster than B? Two impls measured now, or two stored runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import UserError
+from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, PASS_OPT, SEQ_OPT,
+                      SWEEP_OPT, build_workloads, open_store, split_impls)
+
+
+def compare(
+    run_ids: Optional[List[str]] = typer.Argument(None, help="two stored run ids: RUN_A (candidate) RUN_B (baseline)"),
+    impl: Optional[List[str]] = typer.Option(None, "--impl", "-i",
+                                             help="exactly two: A (candidate) then B (baseline), measured now"),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="built-in sweep (measuring now)"),
+    sweep: Optional[Path] = SWEEP_OPT,
+    batch: Optional[str] = typer.Option(None, "-b", "--batch", help="comma list"),
+    heads: Optional[str] = HEADS_OPT,
+    kv_heads: Optional[str] = KV_HEADS_OPT,
+    seq: Optional[str] = SEQ_OPT,
+    kv_seq: Optional[str] = KV_SEQ_OPT,
+    dim: Optional[str] = DIM_OPT,
+    dtype: Optional[str] = DTYPE_OPT,
+    causal: Optional[bool] = CAUSAL_OPT,
+    direction: Optional[str] = PASS_OPT,
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
+    timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, host (CPU default)"),
+    samples: int = typer.Option(50, "--samples", help="samples per measurement"),
+    min_samples: int = typer.Option(10, "--min-samples"),
+    warmup_ms: float = typer.Option(25.0, "--warmup-ms", help="warm-up by time, after the first call"),
+    max_time_ms: float = typer.Option(2000.0, "--max-time-ms", help="time limit per measurement"),
+    threshold: float = typer.Option(0.02, "--threshold", help="relative change below which A and B are 'same'"),
+    fmt: str = typer.Option("md", "--format", help="md or json"),
+    per_token: bool = typer.Option(False, "--per-token", help="compare throughput per token (different shapes)"),
+    allow_env_mismatch: bool = typer.Option(False, "--allow-env-mismatch",
+                                            help="compare stored runs from different environments (with a warning)"),
+    cost_per_hour: Optional[float] = typer.Option(None, "--cost-per-hour", help="USD per GPU-hour: add a cost section"),
+    calls_per_day: Optional[float] = typer.Option(None, "--calls-per-day", help="calls per day, for the cost section"),
+    db: Optional[str] = DB_OPT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Is A faster than B? Two impls measured now (--impl A --impl B) or two stored runs (RUN_A RUN_B).
+
+    Exit code 0 whatever the verdict: compare informs, `gate` decides.
+    """
+    from ..compare import comparison as cmp
+    from ..compare.format import to_json, to_markdown
+
+    if fmt not in ("md", "json"):
+        raise UserError(f"--format must be md or json, got {fmt!r}")
+    impls, runs_given = split_impls(impl), list(run_ids or [])
+    if (len(impls), len(runs_given)) not in ((2, 0), (0, 2)):
+        raise UserError("give exactly two --impl (measure now) or exactly two run ids (stored runs), "
+                        f"got {len(impls)} --impl and {len(runs_given)} run ids")
+    if (cost_per_hour is None) != (calls_per_day is None):
+        raise UserError("--cost-per-hour and --calls-per-day go together")
+    with open_store(db) as store:
+        if runs_given:
+            result = cmp.compare_runs(store, runs_given[0], runs_given[1], allow_env_mismatch=allow_env_mismatch,
+                                      threshold=threshold, per_token=per_token)
+        else:
+            from ..measure.runner import resolve_device
+            from ..measure.timing import TimingPolicy
+
+            dev = resolve_device(device)
+            workloads, sweep_name = build_workloads(preset, sweep, batch, heads, kv_heads, seq, kv_seq, dim, dtype,
+                                                    causal, direction, dev)
+            if samples < 1 or min_samples < 1:
+                raise UserError("--samples and --min-samples must be at least 1")
+            policy = TimingPolicy(warmup_ms=warmup_ms, min_samples=min(min_samples, samples), max_samples=samples,
+                                  max_time_ms=max_time_ms)
+            try:
+                result, _ = cmp.compare_impls(impls[0], impls[1], workloads, store, device=dev, timer=timer,
+                                              policy=policy, threshold=threshold, per_token=per_token,
+                                              progress=not quiet and sys.stderr.isatty(),
+                                              name=f"compare {sweep_name}: {impls[0]} vs {impls[1]}")
+            except KeyboardInterrupt:
+                typer.echo(f"attnbench: interrupted; what was measured is stored in {store.path}.", err=True)
+                raise typer.Exit(130)
+    if cost_per_hour is not None:
+        result = cmp.with_cost(result, calls_per_day, cost_per_hour)
+    if fmt == "json":
+        typer.echo(json.dumps(to_json(result), indent=2, default=str))
+    else:
+        typer.echo(to_markdown(result))

@@ -1,0 +1,72 @@
+"""What several commands share: the shape and store options, and turning them into workloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import UserError
+
+DB_OPT = typer.Option(None, "--db", help="results database (default: $ATTNBENCH_DB or ./attnbench.db)")
+
+# Shape options shared by run, compare, gate and tune (each a comma list; the product is the sweep).
+PRESET_OPT = typer.Option(None, "--preset", "-p", help="built-in sweep: characterize, llm-prefill, cpu-smoke")
+SWEEP_OPT = typer.Option(None, "--sweep", help="sweep file (TOML or YAML)")
+HEADS_OPT = typer.Option(None, "-H", "--heads", help="query heads, comma list")
+KV_HEADS_OPT = typer.Option(None, "--kv-heads", help="KV heads (GQA), comma list")
+SEQ_OPT = typer.Option(None, "-s", "--seq", help="query length, comma list")
+KV_SEQ_OPT = typer.Option(None, "--kv-seq", help="key/value length, comma list")
+DIM_OPT = typer.Option(None, "-d", "--dim", help="head dim, comma list")
+DTYPE_OPT = typer.Option(None, "--dtype", help="fp16, bf16, fp32, fp64; comma list")
+CAUSAL_OPT = typer.Option(None, "--causal/--no-causal", help="causal mask")
+PASS_OPT = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list")
+
+def open_store(db: Optional[str]):
+    from ..store import Store
+
+    return Store(db)
+
+
+def build_workloads(preset: Optional[str], sweep: Optional[Path], batch: Optional[str], heads: Optional[str],
+                    kv_heads: Optional[str], seq: Optional[str], kv_seq: Optional[str], dim: Optional[str],
+                    dtype: Optional[str], causal: Optional[bool], direction: Optional[str], device: str):
+    """Workloads from a preset, a sweep file or shape flags (comma lists; the product is the sweep)."""
+    from ..spec import expand, load_preset, load_sweep, parse_list
+
+    flags = {"batch": batch, "heads": heads, "kv_heads": kv_heads, "seq": seq, "kv_seq": kv_seq, "dim": dim,
+             "dtype": dtype}
+    given = {k: parse_list(v) for k, v in flags.items() if v is not None}
+    if causal is not None:
+        given["causal"] = [causal]
+    if direction is not None:
+        given["pass"] = parse_list(direction)
+    sources = [s for s in (preset, sweep) if s is not None]
+    if len(sources) > 1:
+        raise UserError("give either --preset or --sweep, not both")
+    if sources:
+        sweep_obj = load_preset(preset) if preset else load_sweep(sweep)
+        workloads = list(sweep_obj.workloads)
+        if given:
+            raise UserError("shape flags (-b, -H, -s, ...) cannot be combined with --preset/--sweep; "
+                            "put the axes in a sweep file instead")
+        return workloads, sweep_obj.name
+    if not given:
+        name = "characterize" if device.startswith("cuda") else "cpu-smoke"
+        return list(load_preset(name).workloads), name
+    # The original study's baseline shape fills the axes that were not given.
+    axes = {"batch": ["32"], "heads": ["8"], "seq": ["512"], "dim": ["64"],
+            "dtype": ["fp16" if device.startswith("cuda") else "fp32"], **given}
+    return expand(axes), "custom"
+
+
+def split_impls(given: Optional[List[str]]) -> List[str]:
+    """--impl values, each repeatable and each a comma list (no impl name or plugin path holds a comma)."""
+    return [name.strip() for item in given or [] for name in item.split(",") if name.strip()]
+
+
+def default_impls() -> List[str]:
+    from ..impls import registry
+
+    return list(registry())

@@ -1,0 +1,90 @@
+"""`attnbench tune`: the fastest correct impl per workload, and the dispatch table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import UserError
+from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, PASS_OPT, PRESET_OPT,
+                      SEQ_OPT, SWEEP_OPT, build_workloads, open_store, split_impls)
+
+
+def tune(
+    preset: Optional[str] = PRESET_OPT,
+    sweep: Optional[Path] = SWEEP_OPT,
+    batch: Optional[str] = typer.Option(None, "-b", "--batch", help="comma list; '1,2,4,...,256' expands"),
+    heads: Optional[str] = HEADS_OPT,
+    kv_heads: Optional[str] = KV_HEADS_OPT,
+    seq: Optional[str] = SEQ_OPT,
+    kv_seq: Optional[str] = KV_SEQ_OPT,
+    dim: Optional[str] = DIM_OPT,
+    dtype: Optional[str] = DTYPE_OPT,
+    causal: Optional[bool] = CAUSAL_OPT,
+    direction: Optional[str] = PASS_OPT,
+    impl: Optional[List[str]] = typer.Option(None, "--impl", "-i", help="impl name or package.module:function "
+                                             "(repeatable; default: all registered; plugins alone add to all)"),
+    budget: str = typer.Option("60s", "--budget", help="time per workload for racing (gate included), e.g. 60s, 2m"),
+    budget_total: Optional[str] = typer.Option(None, "--budget-total", help="time for the whole sweep, shared out"),
+    exhaustive: bool = typer.Option(False, "--exhaustive", help="time every candidate fully (validates racing)"),
+    samples: int = typer.Option(100, "--samples", help="samples per candidate: exhaustive count, racing maximum"),
+    force: bool = typer.Option(False, "--force", help="measure again even where the cache has a result"),
+    baseline: str = typer.Option("sdpa-auto", "--baseline", help="the default the speedup is stated against"),
+    objective: str = typer.Option("latency", "--objective", help="latency (fastest impl per workload) or "
+                                  "throughput (largest tokens/s batch within --latency-budget)"),
+    latency_budget: Optional[str] = typer.Option(None, "--latency-budget", help="throughput objective: e.g. 2ms"),
+    plan_impl: str = typer.Option("best", "--plan-impl", help="throughput objective: 'best' (tune each batch) "
+                                  "or an impl name"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the dispatch table (latency) or "
+                                          "the capacity plan JSON (throughput)"),
+    fmt: str = typer.Option("md", "--format", help="md or json (the report printed at the end)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
+    timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, host (CPU default)"),
+    db: Optional[str] = DB_OPT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
+) -> None:
+    """The fastest correct impl per workload: correctness gate, then racing under a time budget;
+    results cached per environment; -o writes a dispatch table for attnbench.attention."""
+    from ..measure.runner import resolve_device
+    from ..tune import tuner as tn
+    from ..tune.capacity import capacity_json, capacity_markdown, plan_capacity
+    from ..tune.report import dispatch_table, json_report, markdown
+
+
+    if fmt not in ("md", "json"):
+        raise UserError(f"--format must be md or json, got {fmt!r}")
+    if objective not in ("latency", "throughput"):
+        raise UserError(f"--objective must be latency or throughput, got {objective!r}")
+    if samples < 1:
+        raise UserError("--samples must be at least 1")
+    dev = resolve_device(device)
+    workloads, _ = build_workloads(preset, sweep, tn.expand_ellipsis(batch), heads, kv_heads, seq, kv_seq, dim,
+                                   dtype, causal, direction, dev)
+    racing = tn.RacingPolicy(max_samples=samples, first_samples=min(10, samples))
+    config = tn.TuneConfig(workloads=workloads, impls=tn.cli_impls(split_impls(impl)), device=dev, timer=timer,
+                           budget_s=tn.parse_duration(budget), budget_total_s=tn.parse_duration(budget_total,
+                           "--budget-total"), exhaustive=exhaustive, racing=racing, baseline=baseline, force=force,
+                           policy=tn.TimingPolicy(warmup_ms=25.0, min_samples=samples, max_samples=samples))
+    say = None if quiet else (lambda line: typer.echo(line, err=True))
+    with open_store(db) as store:
+        if objective == "throughput":
+            if latency_budget is None:
+                raise UserError("--objective throughput needs --latency-budget (e.g. 2ms)")
+            plans = plan_capacity(config, store, tn.parse_ms(latency_budget), plan_impl, progress=say)
+            data = capacity_json(plans)
+            text = json.dumps(data, indent=2) if fmt == "json" else capacity_markdown(plans)
+            if output:
+                output.write_text(json.dumps(data, indent=2) + "\n")
+        else:
+            if latency_budget is not None:
+                raise UserError("--latency-budget goes with --objective throughput")
+            result = tn.tune(config, store, progress=say)
+            text = json.dumps(json_report(result), indent=2, default=str) if fmt == "json" else markdown(result)
+            if output:
+                dispatch_table(result).save(output)
+    if output:
+        typer.echo(f"wrote {output}", err=True)
+    typer.echo(text)

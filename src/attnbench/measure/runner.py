@@ -1,0 +1,365 @@
+"""Executes a sweep: workload x impl -> supports? -> correctness -> timing -> store, one cell at a time."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..analysis import device as devmod
+from ..analysis.roofline import ceilings_for
+from ..errors import UserError
+from ..impls import Impl, Inputs, Unsupported, make_call, make_inputs, resolve_many
+from ..spec import Workload
+from ..store import Measurement, Store, params_key
+from .correctness import check
+from .timing import (Timer, TimingPolicy, TimingResult, make_timer, measure, measure_interleaved, split_throttled,
+                     throttled)
+
+
+@dataclass
+class RunConfig:
+    workloads: list[Workload]
+    impls: list[str | Impl]              # names, or Impl objects (impls.Alias): stored by name
+    device: str | None = None            # None: the GPU if there is one, else the CPU
+    timer: str = "auto"                  # auto: cold on a GPU, host on a CPU
+    policy: TimingPolicy = field(default_factory=TimingPolicy)
+    seed: int = 0
+    name: str = ""
+    params: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # impl -> param sets to run
+    interleave: bool = False             # time a workload's impls round by round (measure_interleaved)
+    discard_throttled: bool = False      # drop samples whose clock fell > 10% below the run's typical
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "workloads": [w.key for w in self.workloads],
+            "impls": [getattr(i, "name", i) for i in self.impls],
+            "device": self.device,
+            "timer": self.timer,
+            "policy": dataclasses.asdict(self.policy),
+            "seed": self.seed,
+            "params": self.params,
+        }
+        d.update({k: True for k in ("interleave", "discard_throttled") if getattr(self, k)})  # old hashes hold
+        return d
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:500]
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Prepared:
+    """A cell ready to time: built, first call taken (compile time), correct, backend known."""
+
+    impl: Impl
+    call: Callable[[], Any]
+    inputs: Inputs
+    base: dict[str, Any]
+    compile_ms: float
+    check: Any
+    backend: str
+    peak: float | None
+    extra: dict[str, Any]
+
+
+class ClockTrack:
+    """The run's typical SM clock: the median of its measurements' median clocks (this one included)."""
+
+    def __init__(self) -> None:
+        self.medians: list[float] = []
+
+    def typical(self, clocks) -> float | None:
+        from ..analysis.stats import median
+
+        return median(self.medians + [median(clocks)]) if clocks else None
+
+    def add(self, clocks) -> None:
+        from ..analysis.stats import median
+
+        if clocks:
+            self.medians.append(median(clocks))
+
+
+def prepare_cell(impl: Impl, workload: Workload, device: str, timer_mode: str,
+                 params: dict[str, Any] | None = None, seed: int = 0, env_id: str = "",
+                 inputs: Inputs | None = None) -> Measurement | Prepared:
+    """Everything before timing; a Measurement when the cell ends here (unsupported, incorrect, failed).
+    `inputs` (another cell's) are timed on instead of fresh ones from make_inputs."""
+    params = params or {}
+    base = dict(workload=workload, impl=impl.name, params=params, env_id=env_id, device=device, timer=timer_mode)
+    why = impl.supports(workload, device)
+    if why:
+        return Measurement(status="unsupported", reason=why, **base)
+    stage = "build"
+    try:
+        inputs = make_inputs(workload, device, seed) if inputs is None else inputs
+        t0 = time.perf_counter()
+        fn = impl.build(workload, device, params)
+        call = make_call(fn, workload, inputs)
+        stage = "first call"
+        call()
+        _sync(device)
+        compile_ms = (time.perf_counter() - t0) * 1e3
+        with impl.context():
+            stage = "correctness check"
+            result = check(fn, workload, device)
+            extra: dict[str, Any] = {"check_seed": result.seed, "checked_batch": result.checked_batch,
+                                     "errors": result.details}
+            if result.note:
+                extra["check_note"] = result.note
+            if not result.ok:
+                return Measurement(status="incorrect", reason=result.reason, rel_err=result.rel_err,
+                                   tolerance=result.tolerance, compile_ms=compile_ms, extra=extra, **base)
+            stage = "backend detection"
+            backend, kernels = impl.backend(fn, inputs, device)
+            if kernels:
+                extra["kernels"] = kernels
+            peak = devmod.peak_memory_mb(call, device)
+    except Unsupported as exc:
+        return Measurement(status="unsupported", reason=str(exc), **base)
+    except Exception as exc:  # the sweep goes on; the reason is kept
+        return _failed(base, stage, exc, device)
+    return Prepared(impl, call, inputs, base, compile_ms, result, backend, peak, extra)
+
+
+def _failed(base: dict[str, Any], stage: str, exc: BaseException, device: str, **kw: Any) -> Measurement:
+    _free(device)
+    if _is_oom(exc):
+        return Measurement(status="oom", reason=f"out of memory during {stage}", **kw, **base)
+    return Measurement(status="error", reason=f"{stage}: {_one_line(exc)}", **kw, **base)
+
+
+def finish_cell(p: Prepared, timing: TimingResult, clocks: ClockTrack | None = None,
+                discard_throttled: bool = False) -> Measurement:
+    """A prepared cell and its timing -> the ok Measurement; throttling is flagged (and, on request,
+    throttled samples are moved to extra['discarded_throttled'], never dropped silently)."""
+    bad = [x for x in timing.samples_ms if not (x == x and x > 0)]
+    if bad:
+        return Measurement(status="error", reason=f"timer returned {len(bad)} invalid samples", **p.base)
+    extra = dict(p.extra, warmup_calls=timing.warmup_calls, sampling_ms=round(timing.sampling_ms, 3))
+    if timing.precision is not None and timing.precision == timing.precision and timing.precision != float("inf"):
+        extra["precision"] = timing.precision
+    if timing.info:
+        extra["timing"] = timing.info
+    typical = clocks.typical(timing.clocks_mhz) if clocks is not None else None
+    if clocks is not None:
+        clocks.add(timing.clocks_mhz)
+    if typical:
+        extra["typical_mhz"] = typical
+        if throttled(timing.clocks_mhz, typical):
+            extra["throttled"] = True
+            if discard_throttled:
+                timing, dropped = split_throttled(timing, typical)
+                extra["discarded_throttled"] = dropped
+    return Measurement(
+        status="ok", samples_ms=tuple(timing.samples_ms), host_ms=tuple(timing.host_ms),
+        clocks_mhz=tuple(timing.clocks_mhz), stop_reason=timing.stop_reason, compile_ms=p.compile_ms,
+        warmup_ms=timing.warmup_ms, rel_err=p.check.rel_err, tolerance=p.check.tolerance, backend=p.backend,
+        peak_mem_mb=p.peak, extra=extra, **p.base)
+
+
+def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer, policy: TimingPolicy,
+                 params: dict[str, Any] | None = None, seed: int = 0, env_id: str = "", *,
+                 clocks: ClockTrack | None = None, discard_throttled: bool = False) -> Measurement:
+    """One (workload, impl, params) cell: every failure becomes a status with a reason."""
+    p = prepare_cell(impl, workload, device, timer.mode, params, seed, env_id)
+    if isinstance(p, Measurement):
+        return p
+    try:
+        with impl.context():
+            timing = measure(timer, p.call, policy)
+    except Exception as exc:
+        return _failed(p.base, "timing", exc, device, compile_ms=p.compile_ms)
+    return finish_cell(p, timing, clocks, discard_throttled)
+
+
+def measure_together(cells: list[Prepared], device: str, timer: Timer, policy: TimingPolicy, seed: int = 0, *,
+                     clocks: ClockTrack | None = None, discard_throttled: bool = False) -> list[Measurement]:
+    """The timing phase of one workload's prepared cells, interleaved round by round (--interleave)."""
+    keys = [f"{i}:{p.base['impl']}" for i, p in enumerate(cells)]
+    errors: dict[str, BaseException] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            for p in cells:
+                stack.enter_context(p.impl.context())
+            results = measure_interleaved(timer, dict(zip(keys, (p.call for p in cells))), policy, seed, errors)
+    except Exception as exc:
+        return [_failed(p.base, "timing", exc, device, compile_ms=p.compile_ms) for p in cells]
+    return [_failed(p.base, "timing", errors[k], device, compile_ms=p.compile_ms) if k in errors
+            else finish_cell(p, results[k], clocks, discard_throttled) for k, p in zip(keys, cells)]
+
+
+def annotate(m: Measurement, ceilings) -> Measurement:
+    """Add the roofline placement and plausibility flag (metrics.assess) to an ok measurement's extra,
+    so compare, tune and gate see an implausible figure as such."""
+    if not m.ok or ceilings is None:
+        return m
+    from ..analysis.metrics import assess
+    from ..analysis.stats import median
+
+    host = median(m.host_ms) if m.host_ms and m.timer != "host" else None
+    roof = assess(m.workload, median(m.samples_ms), host, ceilings)
+    extra = dict(m.extra, plausibility=roof["plausibility"], regime=roof["regime"],
+                 pct_peak=roof["pct_peak"], pct_bound=roof["pct_bound"])
+    if roof["plausibility_reason"]:
+        extra["plausibility_reason"] = roof["plausibility_reason"]
+    return dataclasses.replace(m, extra=extra)
+
+
+class _Progress:
+    """A rich progress bar on stderr (workload, impl, ETA); silent when disabled."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("starting", total=total)
+
+    def update(self, text: str) -> None:
+        if self.bar:
+            self.bar.update(self.task, description=text)
+
+    def advance(self) -> None:
+        if self.bar:
+            self.bar.advance(self.task)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "", "auto"):
+        return devmod.detect_device()
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: torch sees no CUDA GPU here")
+    elif device != "cpu":
+        raise UserError(f"unknown device {device!r}; use cpu, cuda or cuda:N")
+    return device
+
+
+def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: bool = False,
+        progress: bool | None = None, on_measurement: Callable[[Measurement], None] | None = None) -> int:
+    """Measure every cell of the config and store each as soon as it is taken. Returns the run id.
+
+    With resume, the newest unfinished run of the same configuration continues, skipping stored cells.
+    """
+    device = resolve_device(config.device)
+    impls = resolve_many(config.impls)
+    if not config.workloads:
+        raise UserError("the sweep has no workloads")
+    timer = timer or make_timer(config.timer, device)
+    fp = devmod.fingerprint(device)
+    eid = devmod.env_id(fp)
+    store.add_environment(eid, fp)
+    ceilings = ceilings_for(fp, store.get("ceilings", eid))
+    chash = config.hash()
+    run_id = None
+    done: set[tuple[str, str, str]] = set()
+    if resume:
+        previous = store.resumable_run(chash)
+        if previous is not None:
+            run_id = previous.run_id
+            done = store.cells(run_id)
+            store.reopen_run(run_id)
+    if run_id is None:
+        cfg = config.to_dict()
+        cfg["device"] = device
+        cfg["timer_mode"] = timer.mode
+        run_id = store.start_run(eid, cfg, chash, config.name)
+
+    cells = [(w, impl, p) for w in config.workloads for impl in impls
+             for p in config.params.get(impl.name, [{}])]
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _Progress(len(cells), show)
+    track = ClockTrack()
+    opts = dict(clocks=track, discard_throttled=config.discard_throttled)
+
+    def emit(m: Measurement) -> None:
+        m = annotate(m, ceilings)
+        store.add(run_id, m)
+        if on_measurement:
+            on_measurement(m)
+        bar.advance()
+        _free(device)
+
+    def todo(some):
+        for w, impl, params in some:
+            if (w.key, impl.name, params_key(params)) in done:
+                bar.advance()
+            else:
+                bar.update(f"{w.label} · {impl.name}")
+                yield w, impl, params
+
+    def interleaved(group) -> None:
+        """One workload's cells timed together, all on the first prepared cell's inputs, so that no side
+        gets other tensors (addresses, alignment) than another."""
+        ready: list[Prepared] = []
+        for w, impl, params in todo(group):
+            p = prepare_cell(impl, w, device, timer.mode, params, config.seed, eid,
+                             inputs=ready[0].inputs if ready else None)
+            if isinstance(p, Measurement):
+                emit(p)
+            else:
+                ready.append(p)
+        if ready:
+            bar.update(f"{ready[0].base['workload'].label} · {len(ready)} impls interleaved")
+            for m in measure_together(ready, device, timer, config.policy, config.seed, **opts):
+                emit(m)
+
+    try:
+        if config.interleave:  # one group per workload (cells are workload-major)
+            for key in dict.fromkeys(w.key for w, _, _ in cells):
+                interleaved([c for c in cells if c[0].key == key])
+                _free(device)  # the group's shared inputs are released only here
+        else:
+            for w, impl, params in todo(cells):
+                emit(measure_cell(impl, w, device, timer, config.policy, params, config.seed, eid, **opts))
+    except KeyboardInterrupt:
+        bar.close()
+        store.finish_run(run_id, "interrupted")
+        raise
+    bar.close()
+    store.finish_run(run_id, "complete")
+    return run_id

@@ -1,0 +1,228 @@
+"""What it means: a stored run as Markdown, JSON and CSV tables, with the Methods section."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..analysis import metrics
+from ..measure.timers import TIMER_TEXT
+from ..store import Measurement, Store, measurement_to_dict
+from .text import fmt_ms, md_cell
+
+
+@dataclass
+class Row:
+    """A measurement with its derived summary."""
+
+    m: Measurement
+    median_ms: float | None = None
+    ci: tuple[float, float] | None = None
+    tflops: float | None = None
+    gbps: float | None = None
+    host_median_ms: float | None = None
+    roofline: dict[str, Any] | None = None  # metrics.assess: % of peak, regime, plausibility
+
+    def to_dict(self) -> dict[str, Any]:
+        d = measurement_to_dict(self.m)
+        d["summary"] = {
+            "median_ms": self.median_ms, "ci95_ms": list(self.ci) if self.ci else None,
+            "tflops": self.tflops, "gbps": self.gbps, "host_median_ms": self.host_median_ms,
+            "n": len(self.m.samples_ms), "flops": metrics.flops(self.m.workload),
+            "min_bytes": metrics.min_bytes(self.m.workload), "roofline": self.roofline,
+        }
+        return d
+
+
+def summarize(m: Measurement, seed: int = 0, ceilings=None) -> Row:
+    if not m.ok:
+        return Row(m)
+    from ..analysis.stats import median, median_ci
+
+    med = median(m.samples_ms)
+    ci = median_ci(m.samples_ms, seed=seed)
+    host = median(m.host_ms) if m.host_ms and m.timer != "host" else None
+    roof = metrics.assess(m.workload, med, host, ceilings) if ceilings is not None else None
+    return Row(m, med, ci, metrics.tflops_per_s(m.workload, med), metrics.gb_per_s(m.workload, med), host, roof)
+
+
+def run_ceilings(store: Store, env_id: str):
+    """The environment's ceilings: measured ones cached by `attnbench env --ceilings`, else the datasheet."""
+    from ..analysis import roofline
+
+    fp = store.environment(env_id) or {}
+    return roofline.ceilings_for(fp, store.get("ceilings", env_id))
+
+
+def rows_for(store: Store, run_id: int) -> list[Row]:
+    env_id = store.run(run_id).env_id
+    ceilings = run_ceilings(store, env_id)
+    return [summarize(m, ceilings=ceilings) for m in store.measurements(run_id)]
+
+
+def _env_line(env: dict[str, Any] | None) -> str:
+    if not env:
+        return "unknown environment"
+    if env.get("device_kind") == "cuda" or env.get("gpu_name"):
+        parts = [str(env.get("gpu_name", "GPU")), f"torch {env.get('torch')}", f"CUDA {env.get('cuda')}",
+                 f"cuDNN {env.get('cudnn')}"]
+        if env.get("triton"):
+            parts.append(f"triton {env['triton']}")
+    else:
+        parts = [f"CPU ({env.get('cpu_model', '?')})", f"torch {env.get('torch')}"]
+    return ", ".join(parts)
+
+
+def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, Any], ceilings=None) -> str:
+    timers = sorted({r.m.timer for r in rows if r.m.timer})
+    ok = [r for r in rows if r.m.ok]
+    ns = [len(r.m.samples_ms) for r in ok]
+    stops = sorted({r.m.stop_reason for r in ok if r.m.stop_reason})
+    lines = ["## Methods", ""]
+    for t in timers:
+        lines.append(f"- Timer `{t}`: {TIMER_TEXT.get(t, t)}.")
+    if ns:
+        lines.append(f"- Samples per measurement: {min(ns)}–{max(ns)} (stop: {', '.join(stops) or 'n/a'}), "
+                     "after a first call timed apart (compilation) and a warm-up by time; every raw sample "
+                     "is kept in the store.")
+    lines.append("- Median with a 95% bootstrap confidence interval (BCa, seeded) of the median.")
+    lines.append("- Note column: samples and stop reason (converged: the median's 95% CI half-width from order "
+                 "statistics fell under the target; time-limit, sample-limit, fixed) with that half-width; the "
+                 "IQR over the median; the share of samples beyond 3 IQR (kept, never dropped); the median SM "
+                 "clock (NVML, read mid-batch); THROTTLED when a reading fell > 10% below the run's typical "
+                 "clock (the median of the measurements' median clocks).")
+    lines.append("- Correctness: before timing, each impl's output on fresh random inputs is compared with "
+                 "float64 attention by ||out - ref|| / ||ref|| (a sub-batch for large shapes), against a "
+                 "dtype tolerance; NaN/Inf fail. Incorrect results get no timing.")
+    lines.append(f"- {metrics.CONVENTION}")
+    lines.append(f"- Environment: {_env_line(env)}.")
+    if any(r.m.peak_mem_mb is not None for r in ok):
+        lines.append("- Peak memory: torch.cuda.max_memory_allocated over one call (inputs included), in MB.")
+    if ceilings is not None:
+        dtypes = sorted({r.m.workload.dtype for r in rows})
+        peaks = ", ".join(f"{d} {ceilings.peak(d):.4g} TFLOP/s ({ceilings.source(d)})" for d in dtypes
+                          if ceilings.peak(d))
+        bw = f"{ceilings.gbps:.4g} GB/s ({ceilings.gbps_source})" if ceilings.gbps else "unknown"
+        lines.append(f"- Ceilings: {peaks or 'compute peak unknown'}; memory {bw}. `% peak` is TFLOP/s over "
+                     "the compute ceiling, in brackets over the roofline bound at the workload's intensity; "
+                     "the regime compares the arithmetic intensity with the ridge point "
+                     "(host-bound: the host time per call exceeds the device time). A figure above 100% of "
+                     "either ceiling is flagged IMPLAUSIBLE (warm cache, miscounted work or a timer error), "
+                     "never celebrated. Measure the ceilings with `attnbench env --ceilings`.")
+    policy = run_config.get("policy")
+    if policy:
+        lines.append(f"- Policy: {json.dumps(policy, sort_keys=True)}.")
+    return "\n".join(lines)
+
+
+def timing_note(m: Measurement, typical_mhz: float | None) -> str:
+    """Samples, stop reason and precision, IQR, the share beyond 3 IQR, SM clock, throttling."""
+    from ..analysis.stats import iqr, median, outlier_fraction
+    from ..measure.timing import throttled
+
+    med = median(m.samples_ms)
+    parts = [f"n={len(m.samples_ms)} {m.stop_reason}".strip()]
+    if m.extra.get("precision") is not None:
+        parts[0] += f" ±{100 * m.extra['precision']:.2g}%"
+    parts.append(f"IQR {100 * iqr(m.samples_ms) / med:.2g}%")
+    out = outlier_fraction(m.samples_ms)
+    if out > 0:
+        parts.append(f"{100 * out:.2g}% beyond 3 IQR")
+    if m.clocks_mhz:
+        parts.append(f"{median(m.clocks_mhz):.0f} MHz")
+    dropped = m.extra.get("discarded_throttled") or {}
+    if m.extra.get("throttled") or throttled(m.clocks_mhz, typical_mhz):
+        parts.append("THROTTLED" + (f" ({len(dropped['indices'])} samples dropped)" if dropped.get("indices")
+                                    else ""))
+    return ", ".join(parts)
+
+
+def typical_clock(rows: list[Row]) -> float | None:
+    """The run's typical SM clock: the median of its measurements' median clocks."""
+    from ..analysis.stats import median
+
+    meds = [median(r.m.clocks_mhz) for r in rows if r.m.ok and r.m.clocks_mhz]
+    return median(meds) if meds else None
+
+
+def markdown(store: Store, run_id: int | str | None = None) -> str:
+    info = store.run(run_id)
+    env = store.environment(info.env_id)
+    rows = rows_for(store, info.run_id)
+    title = f"# attnbench run {info.run_id}" + (f": {info.name}" if info.name else "")
+    out = [title, "", f"Device: {_env_line(env)}. Status: {info.status}. "
+                      f"{len(rows)} measurements ({sum(r.m.ok for r in rows)} ok).", ""]
+    out.append("| workload | impl | status | median ms [95% CI] | TFLOP/s | GB/s | % peak (of bound) | regime "
+               "| rel err | ran | note |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    typical = typical_clock(rows)
+    for r in rows:
+        m = r.m
+        if m.ok:
+            time_text = f"{fmt_ms(r.median_ms)} [{fmt_ms(r.ci[0])}, {fmt_ms(r.ci[1])}]"
+            tf, gb = f"{r.tflops:.3g}", f"{r.gbps:.4g}"
+            note = timing_note(m, typical)
+            if r.host_median_ms is not None:
+                note += f", host {fmt_ms(r.host_median_ms)} ms/call"
+            if m.peak_mem_mb is not None:
+                note += f", peak {m.peak_mem_mb:.0f} MB"
+            roof = r.roofline or {}
+            pct = f"{roof['pct_peak']:.0f}%" if roof.get("pct_peak") is not None else ""
+            if pct and roof.get("pct_bound") is not None:
+                pct += f" ({roof['pct_bound']:.0f}%)"
+            regime = roof.get("regime", "")
+            if roof.get("plausibility") == "implausible":
+                status_flag = "IMPLAUSIBLE: " + roof["plausibility_reason"]
+                note = f"{status_flag}; {note}"
+        else:
+            time_text, tf, gb, note, pct, regime = "", "", "", m.reason, "", ""
+        err = f"{m.rel_err:.1e}" if m.rel_err is not None else ""
+        out.append("| " + " | ".join(md_cell(x) for x in (
+            m.workload.label, m.impl_label, m.status, time_text, tf, gb, pct, regime, err, m.backend, note))
+            + " |")
+    out += ["", methods(rows, env, info.config, run_ceilings(store, info.env_id)), ""]
+    return "\n".join(out)
+
+
+CSV_COLUMNS = ("run_id", "workload_key", "workload", "batch", "q_heads", "kv_heads", "q_len", "kv_len",
+               "head_dim", "dtype", "causal", "pass", "impl", "params", "status", "reason", "timer", "n",
+               "median_ms", "ci_lo", "ci_hi", "tflops", "gbps", "rel_err", "backend", "stop_reason")
+
+
+def csv_report(store: Store, run_id: int | str | None = None) -> str:
+    """One row per measurement (CSV_COLUMNS; empty cells where a value does not apply), for
+    spreadsheets and pandas. Times are ms: the median and its 95% CI; params as canonical JSON."""
+    import csv
+    import io
+
+    from ..store import params_key
+
+    info = store.run(run_id)
+    buf = io.StringIO()
+    out = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    out.writeheader()
+    for r in rows_for(store, info.run_id):
+        m, w = r.m, r.m.workload
+        out.writerow({
+            "run_id": info.run_id, "workload_key": w.key, "workload": w.label, "batch": w.batch,
+            "q_heads": w.q_heads, "kv_heads": w.kv_heads, "q_len": w.q_len, "kv_len": w.kv_len,
+            "head_dim": w.head_dim, "dtype": w.dtype, "causal": w.causal, "pass": w.direction, "impl": m.impl,
+            "params": params_key(m.params), "status": m.status, "reason": m.reason, "timer": m.timer,
+            "n": len(m.samples_ms), "median_ms": _g(r.median_ms), "ci_lo": _g(r.ci[0] if r.ci else None),
+            "ci_hi": _g(r.ci[1] if r.ci else None), "tflops": _g(r.tflops), "gbps": _g(r.gbps),
+            "rel_err": _g(m.rel_err), "backend": m.backend, "stop_reason": m.stop_reason,
+        })
+    return buf.getvalue()
+
+
+def _g(x: float | None) -> str:
+    return "" if x is None else repr(float(x))
+
+
+def json_report(store: Store, run_id: int | str | None = None) -> dict[str, Any]:
+    info = store.run(run_id)
+    data = store.export_run(info.run_id)
+    data["measurements"] = [r.to_dict() for r in rows_for(store, info.run_id)]
+    data["methods"] = {"flop_convention": metrics.CONVENTION, "timers": TIMER_TEXT}
+    return data

@@ -1,0 +1,89 @@
+"""What is measured: the frozen Workload (shape, dtype, mask, pass), validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UserError
+
+DTYPES = ("fp16", "bf16", "fp32", "fp64")
+DTYPE_ALIASES = {
+    "fp16": "fp16", "float16": "fp16", "half": "fp16",
+    "bf16": "bf16", "bfloat16": "bf16",
+    "fp32": "fp32", "float32": "fp32", "float": "fp32",
+    "fp64": "fp64", "float64": "fp64", "double": "fp64",
+}
+DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
+PASSES = ("fwd", "bwd", "fwd+bwd")
+
+
+@dataclass(frozen=True, order=True)
+class Workload:
+    """One attention problem. Q is (batch, q_heads, q_len, head_dim); K and V are (batch, kv_heads, kv_len, head_dim)."""
+
+    batch: int
+    q_heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    dtype: str = "fp16"
+    causal: bool = False
+    direction: str = "fwd"
+
+    def __post_init__(self) -> None:
+        for name in ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        dtype = DTYPE_ALIASES.get(str(self.dtype).lower())
+        if dtype is None:
+            raise UserError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        object.__setattr__(self, "dtype", dtype)
+        if self.q_heads % self.kv_heads:
+            raise UserError(
+                f"kv_heads ({self.kv_heads}) must divide q_heads ({self.q_heads}) for grouped-query attention"
+            )
+        if not isinstance(self.causal, bool):
+            raise UserError(f"causal must be true or false, got {self.causal!r}")
+        if self.direction not in PASSES:
+            raise UserError(f"unknown pass {self.direction!r}; choose one of {', '.join(PASSES)}")
+
+    @property
+    def gqa(self) -> bool:
+        return self.kv_heads != self.q_heads
+
+    @property
+    def key(self) -> str:
+        """A stable, readable identifier: the store and the dispatch table key on it."""
+        parts = [
+            f"b{self.batch}", f"hq{self.q_heads}", f"hkv{self.kv_heads}", f"sq{self.q_len}",
+            f"sk{self.kv_len}", f"d{self.head_dim}", self.dtype, "causal" if self.causal else "full",
+            self.direction,
+        ]
+        return "_".join(parts)
+
+    @property
+    def label(self) -> str:
+        """Short human label, e.g. 'B32 H8 S512 D64 fp16'."""
+        heads = f"H{self.q_heads}" if not self.gqa else f"H{self.q_heads}/{self.kv_heads}"
+        seq = f"S{self.q_len}" if self.q_len == self.kv_len else f"S{self.q_len}x{self.kv_len}"
+        out = f"B{self.batch} {heads} {seq} D{self.head_dim} {self.dtype}"
+        if self.causal:
+            out += " causal"
+        if self.direction != "fwd":
+            out += f" {self.direction}"
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Workload":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replace(self, **changes: Any) -> "Workload":
+        return dataclasses.replace(self, **changes)

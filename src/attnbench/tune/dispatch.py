@@ -1,0 +1,462 @@
+"""Runtime dispatch: `attention(q, k, v, ...)` calls the tuned winner for the input's bucket, else SDPA.
+
+The dispatch table (written by `attnbench tune -o dispatch.json`) is versioned JSON. Format history:
+  1: format "attnbench-dispatch"; environment (env_id + summary); entries keyed by `bucket_key`, each
+     with winner impl + params, runner-up, medians and CIs, speedup over the baseline with its CI,
+     and the workload it was measured on.
+
+Buckets (`bucket_key`): dtype, head_dim, causal, GQA ratio (q_heads // kv_heads) and pass are exact;
+q_len, kv_len and batch are rounded *up* to a power of two (n in (2^(k-1), 2^k] -> 2^k, so 512 -> 512,
+513 -> 1024). A call's pass is "fwd" when autograd will not record it (grad mode off, or no input
+requires grad), else "fwd+bwd"; tuned "bwd" workloads are kept in the table but never dispatched to.
+
+Falls back to torch.nn.functional.scaled_dot_product_attention (same arguments) for: no entry for the
+bucket, a table from another environment (env id differs: warned once), inputs the impls do not take
+(attn_mask, dropout, non-4D, mixed devices or dtypes, custom scale, v's shape unlike k's), and a
+winner that fails to build or raises (warned once; that shape then stays on SDPA). Built callables are
+cached per exact shape key, so the per-call cost is one tuple and one dict lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import UserError
+
+FORMAT = "attnbench-dispatch"
+VERSION = 1
+
+# torch dtype name (str(torch.float16) == "torch.float16") -> workload dtype
+_DTYPE_NAMES = {"torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.float32": "fp32",
+                "torch.float64": "fp64"}
+
+
+def pow2_bucket(n: int) -> int:
+    """The smallest power of two >= n (1 -> 1, 3 -> 4, 512 -> 512, 513 -> 1024)."""
+    if n < 1:
+        raise ValueError(f"bucket of a non-positive size {n}")
+    return 1 << (int(n) - 1).bit_length()
+
+
+def bucket_key(dtype: str, head_dim: int, causal: bool, gqa_ratio: int, direction: str, q_len: int,
+               kv_len: int, batch: int) -> str:
+    """'fp16/d64/full/gqa1/fwd/q512/kv512/b32': exact dtype, head dim, mask, GQA ratio and pass;
+    power-of-two buckets (rounded up) of q_len, kv_len and batch."""
+    return (f"{dtype}/d{head_dim}/{'causal' if causal else 'full'}/gqa{gqa_ratio}/{direction}/"
+            f"q{pow2_bucket(q_len)}/kv{pow2_bucket(kv_len)}/b{pow2_bucket(batch)}")
+
+
+def workload_bucket(w) -> str:
+    return bucket_key(w.dtype, w.head_dim, w.causal, w.q_heads // w.kv_heads, w.direction, w.q_len,
+                      w.kv_len, w.batch)
+
+
+@dataclass
+class Entry:
+    """One bucket's decision. `workload` is the Workload (as a dict) it was measured on."""
+
+    bucket: str
+    impl: str
+    params: dict[str, Any]
+    workload: dict[str, Any]
+    data: dict[str, Any] = field(default_factory=dict)  # medians, CIs, runner-up, speedup: for people
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.data, "bucket": self.bucket, "winner": {**self.data.get("winner", {}),
+                "impl": self.impl, "params": self.params}, "workload": self.workload}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Entry":
+        try:
+            win = d["winner"]
+            return cls(bucket=d["bucket"], impl=win["impl"], params=dict(win.get("params") or {}),
+                       workload=dict(d["workload"]), data={k: v for k, v in d.items()})
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"dispatch table entry is malformed (missing {exc})") from None
+
+
+@dataclass(eq=False)  # identity hash: attention() keys its dispatcher cache on the table object
+class DispatchTable:
+    environment: dict[str, Any]
+    entries: dict[str, Entry]
+    baseline: str = "sdpa-auto"
+    created: str = ""
+    notes: list[str] = field(default_factory=list)
+    source: str = ""  # the path it was loaded from, if any
+
+    @property
+    def env_id(self) -> str:
+        return str(self.environment.get("env_id", ""))
+
+    def lookup(self, bucket: str) -> Entry | None:
+        return self.entries.get(bucket)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "created": self.created,
+            "environment": self.environment,
+            "baseline": self.baseline,
+            "bucketing": "dtype, head_dim, causal, gqa ratio (q_heads // kv_heads), pass exact; q_len, kv_len, "
+                         "batch rounded up to a power of two",
+            "speedup_definition": f"median({self.baseline}) / median(winner), 95% bootstrap CI",
+            "notes": list(self.notes),
+            "entries": [self.entries[k].to_dict() for k in sorted(self.entries)],
+        }
+
+    def dumps(self) -> str:
+        """Stable text: format and version first, then sorted keys and entries, one field per line, so
+        two tables diff cleanly."""
+        return json.dumps({k: _sorted(v) for k, v in self.to_dict().items()}, indent=2, default=str) + "\n"
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(self.dumps())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "") -> "DispatchTable":
+        where = f" ({source})" if source else ""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise UserError(f"not an attnbench dispatch table{where}: format is not {FORMAT!r}")
+        version = data.get("version")
+        if not isinstance(version, int) or version > VERSION:
+            raise UserError(f"dispatch table{where} has version {version!r}; this attnbench reads up to "
+                            f"{VERSION}: upgrade attnbench")
+        entries = {}
+        for d in data.get("entries", []):
+            e = Entry.from_dict(d)
+            entries[e.bucket] = e
+        return cls(environment=dict(data.get("environment") or {}), entries=entries,
+                   baseline=data.get("baseline", "sdpa-auto"), created=data.get("created", ""),
+                   notes=list(data.get("notes", [])), source=source)
+
+
+def _sorted(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _sorted(x[k]) for k in sorted(x)}
+    if isinstance(x, (list, tuple)):
+        return [_sorted(i) for i in x]
+    return x
+
+
+_TABLES: dict[str, DispatchTable] = {}
+_LOCK = threading.Lock()
+
+
+def load_table(path: str | os.PathLike, reload: bool = False) -> DispatchTable:
+    """Read a dispatch table; cached by path (reload=True reads the file again)."""
+    key = os.fspath(path)
+    table = _TABLES.get(key)
+    if table is None or reload:
+        p = Path(key)
+        if not p.is_file():
+            raise UserError(f"dispatch table not found: {p}")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"dispatch table {p} is not JSON: {exc}") from None
+        table = DispatchTable.from_dict(data, source=key)
+        with _LOCK:
+            _TABLES[key] = table
+            _FAST.pop(key, None)
+            _FAST.pop(path, None)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime
+# ---------------------------------------------------------------------------------------------
+
+def _sdpa_fallback(F, is_causal: bool, scale, enable_gqa, attn_mask=None, dropout_p: float = 0.0):
+    kwargs: dict[str, Any] = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal,
+                              "scale": scale}
+    if enable_gqa:
+        kwargs["enable_gqa"] = True
+
+    def fn(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+    return fn
+
+
+def _build_flex(workload, device: str, params: dict[str, Any]):
+    """FlexAttention for dispatch: like FlexImpl.build but without torch._dynamo.reset(), which would
+    throw away the caller's compiled functions. One compile per shape, on its first call, with the
+    recompile limit lifted for that call so the Nth shape does not fall back to the unfused eager path;
+    that path's warning is turned into an error (then the caller falls back to SDPA)."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from ..impls.flex import _causal
+
+    w = workload
+    block_mask = None
+    if w.causal:
+        block_mask = create_block_mask(_causal, B=None, H=None, Q_LEN=w.q_len, KV_LEN=w.kv_len, device=device)
+    compiled = torch.compile(flex_attention, dynamic=False, fullgraph=True)
+    kwargs: dict[str, Any] = {"block_mask": block_mask, "enable_gqa": w.gqa}
+    if params:
+        kwargs["kernel_options"] = dict(params)
+    limits = {name: 4096 for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                                      "accumulated_cache_size_limit") if hasattr(torch._dynamo.config, name)}
+    state = {"first": True}
+
+    def fn(q, k, v):
+        if state["first"]:
+            with torch._dynamo.config.patch(**limits), warnings.catch_warnings():
+                warnings.filterwarnings("error", message=".*flex_attention called without torch.compile.*")
+                out = compiled(q, k, v, **kwargs)
+            state["first"] = False
+            return out
+        return compiled(q, k, v, **kwargs)
+
+    return fn
+
+
+# SDPBackend name -> the torch._C flag functions sdpa_kernel toggles
+_FLAGS = {"FLASH_ATTENTION": "flash", "EFFICIENT_ATTENTION": "mem_efficient", "MATH": "math",
+          "CUDNN_ATTENTION": "cudnn", "OVERRIDEABLE": "overrideable"}
+
+
+def _build_sdpa_backend(workload, backend_name: str):
+    """SDPA restricted to one backend, like `with sdpa_kernel(backend):` but without its per-call cost
+    (a context manager and getattr loops: tens of microseconds, more than a small kernel takes). Sets
+    the same global flags directly and restores them; falls back to sdpa_kernel on a torch without
+    these functions."""
+    import torch
+    import torch.nn.functional as F
+
+    C = torch._C
+    names = [n for n in _FLAGS.values() if hasattr(C, f"_set_sdp_use_{n}") and hasattr(C, f"_get_{n}_sdp_enabled")]
+    causal = workload.causal
+    extra = {"enable_gqa": True} if workload.gqa else {}
+    if _FLAGS.get(backend_name) not in names:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = getattr(SDPBackend, backend_name)
+
+        def slow(q, k, v):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal, **extra)
+
+        return slow
+    setters = tuple(getattr(C, f"_set_sdp_use_{n}") for n in names)
+    getters = tuple(getattr(C, f"_get_{n}_sdp_enabled") for n in names)
+    want = tuple(n == _FLAGS[backend_name] for n in names)
+    sdpa = F.scaled_dot_product_attention
+
+    def fn(q, k, v):
+        before = [g() for g in getters]
+        for s, on in zip(setters, want):
+            s(on)
+        try:
+            return sdpa(q, k, v, is_causal=causal, **extra)
+        finally:
+            for s, on in zip(setters, before):
+                s(on)
+
+    return fn
+
+
+class Dispatcher:
+    """Per-table state: the exact-shape cache of built callables and the warnings already given."""
+
+    def __init__(self, table: DispatchTable | None):
+        import torch
+        import torch.nn.functional as F
+
+        self.table = table
+        self._torch = torch
+        self._grad_enabled = torch.is_grad_enabled
+        self._F = F
+        self._fns: dict[tuple, Callable] = {}
+        self._why: dict[tuple, str] = {}
+        self._env_ok: dict[str, bool] = {}
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    # -- the hot path ----------------------------------------------------------------------------
+    def __call__(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None):
+        if attn_mask is not None or dropout_p:
+            if enable_gqa is None:
+                enable_gqa = q.dim() == 4 and k.dim() == 4 and q.shape[1] != k.shape[1]
+            return _sdpa_fallback(self._F, is_causal, scale, enable_gqa, attn_mask, dropout_p)(q, k, v)
+        grad = self._grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+               is_causal, scale, enable_gqa, grad)
+        fn = self._fns.get(key)
+        if fn is None:
+            fn = self._resolve(key, q, k, v)
+        return fn(q, k, v)
+
+    # -- the slow path, once per exact key --------------------------------------------------------
+    def _warn(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(f"attnbench.attention: {message}", RuntimeWarning, stacklevel=4)
+
+    def _env_matches(self, device: str) -> bool:
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        ok = self._env_ok.get(device)
+        if ok is None:
+            from ..analysis import device as devmod
+
+            here = devmod.env_id(devmod.fingerprint(device))
+            ok = self.table.environment.get("device_kind", kind) == kind and here == self.table.env_id
+            self._env_ok[device] = ok
+            if not ok:
+                src = self.table.source or "the dispatch table"
+                self._warn(f"{src} was tuned in environment {self.table.env_id or '?'}, this is {here} "
+                           f"({device}): using scaled_dot_product_attention")
+        return ok
+
+    def _decide(self, key: tuple, q, k, v) -> tuple[Any, str]:
+        """(entry, workload) or (None, reason for the fallback)."""
+        qs, ks, vs, qd, kd, vd, qdev, kdev, vdev, is_causal, scale, enable_gqa, grad = key
+        if self.table is None:
+            return None, "no dispatch table"
+        if len(qs) != 4 or len(ks) != 4 or len(vs) != 4:
+            return None, "inputs are not 4-D (batch, heads, seq, dim)"
+        if not (qdev == kdev == vdev):
+            return None, "inputs on different devices"
+        if not (qd == kd == vd):
+            return None, "inputs of different dtypes"
+        dtype = _DTYPE_NAMES.get(str(qd))
+        if dtype is None:
+            return None, f"dtype {qd} is not tuned"
+        if tuple(vs) != tuple(ks) or qs[0] != ks[0] or qs[3] != ks[3]:
+            return None, "q, k, v shapes do not form one attention problem the impls take"
+        hq, hkv = qs[1], ks[1]
+        if hq % hkv:
+            return None, "kv heads do not divide q heads"
+        if hq != hkv and enable_gqa is False:
+            return None, "grouped-query shapes with enable_gqa=False"
+        if scale is not None and abs(scale - qs[3] ** -0.5) > 1e-12 * qs[3] ** -0.5:
+            return None, "custom scale (tuned impls use 1/sqrt(head_dim))"
+        device = str(qdev)
+        if not self._env_matches(device):
+            return None, "environment differs from the table's"
+        from ..spec import Workload
+
+        w = Workload(batch=qs[0], q_heads=hq, kv_heads=hkv, q_len=qs[2], kv_len=ks[2], head_dim=qs[3],
+                     dtype=dtype, causal=bool(is_causal), direction="fwd+bwd" if grad else "fwd")
+        entry = self.table.lookup(workload_bucket(w))
+        if entry is None:
+            return None, f"no entry for bucket {workload_bucket(w)}"
+        return (entry, w), ""
+
+    def _resolve(self, key: tuple, q, k, v) -> Callable:
+        is_causal, scale, enable_gqa = key[9], key[10], key[11]
+        gqa = enable_gqa if enable_gqa is not None else (q.dim() == 4 and k.dim() == 4
+                                                         and q.shape[1] != k.shape[1])
+        fallback = _sdpa_fallback(self._F, is_causal, scale, gqa)
+        found, why = self._decide(key, q, k, v)
+        fn = fallback
+        if found is not None:
+            entry, w = found
+            if entry.impl == self.table.baseline == "sdpa-auto":
+                fn, why = fallback, "winner is sdpa-auto"
+            else:
+                try:
+                    fn = self._guarded(key, self._build(entry, w, str(q.device)), fallback, entry)
+                    why = f"{entry.impl}{_params_text(entry.params)} (bucket {entry.bucket})"
+                except Exception as exc:  # a winner that cannot be built here is not worth failing for
+                    self._warn(f"cannot build {entry.impl} for {w.label}: {type(exc).__name__}: {exc}; "
+                               "using scaled_dot_product_attention")
+                    fn, why = fallback, f"build failed: {exc}"
+        with self._lock:
+            self._fns[key] = fn
+            self._why[key] = why if found is not None and fn is not fallback else f"sdpa fallback: {why}"
+        return fn
+
+    def _build(self, entry: Entry, w, device: str) -> Callable:
+        from ..impls import resolve
+
+        impl = resolve(entry.impl)
+        why = impl.supports(w, device)
+        if why:
+            raise RuntimeError(f"unsupported here: {why}")
+        if impl.family == "flex":
+            return _build_flex(w, device, entry.params)
+        if impl.family == "sdpa" and getattr(impl, "backend_name", None) and not entry.params:
+            return _build_sdpa_backend(w, impl.backend_name)
+        return impl.build(w, device, entry.params)
+
+    def _guarded(self, key: tuple, fn: Callable, fallback: Callable, entry: Entry) -> Callable:
+        def call(q, k, v):
+            try:
+                return fn(q, k, v)
+            except Exception as exc:
+                self._warn(f"{entry.impl} raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                           f" for shape {tuple(q.shape)}; using scaled_dot_product_attention for it from now on")
+                with self._lock:
+                    self._fns[key] = fallback
+                    self._why[key] = f"sdpa fallback: {entry.impl} raised {type(exc).__name__}"
+                return fallback(q, k, v)
+
+        return call
+
+    def explain(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None) -> str:
+        """Which callable a call with these arguments uses, and why (builds it if needed)."""
+        if attn_mask is not None or dropout_p:
+            return "sdpa fallback: attn_mask or dropout given"
+        grad = self._torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+               is_causal, scale, enable_gqa, grad)
+        if key not in self._fns:
+            self._resolve(key, q, k, v)
+        return self._why[key]
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    return "[" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + "]" if params else ""
+
+
+# table argument (None, a path, or a DispatchTable, hashed by identity) -> its Dispatcher
+_FAST: dict[Any, Dispatcher] = {}
+
+
+def _dispatcher(table) -> Dispatcher:
+    d = _FAST.get(table)
+    if d is not None:
+        return d
+    if table is None:
+        path = os.environ.get("ATTNBENCH_DISPATCH")
+        loaded = load_table(path) if path else None
+    elif isinstance(table, DispatchTable):
+        loaded = table
+    else:
+        loaded = load_table(table)
+    with _LOCK:
+        d = _FAST.get(loaded) if loaded is not None else None
+        if d is None:
+            d = Dispatcher(loaded)
+            if loaded is not None:
+                _FAST[loaded] = d
+        _FAST[table] = d
+    return d
+
+
+def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None, *,
+              table=None):
+    """scaled_dot_product_attention's signature; runs the tuned winner for the input's bucket.
+
+    table: a dispatch table path or a loaded DispatchTable (default: $ATTNBENCH_DISPATCH, else plain
+    SDPA). enable_gqa=None infers grouped-query attention from the head counts.
+    """
+    d = _FAST.get(table)
+    if d is None:
+        d = _dispatcher(table)
+    return d(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+def explain(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None, *,
+            table=None) -> str:
+    """What `attention` with the same arguments runs, in words."""
+    return _dispatcher(table).explain(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)

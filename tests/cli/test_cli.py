@@ -1,0 +1,129 @@
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attnbench import __version__
+from tests.clitools import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["-b", "1", "-H", "2", "-s", "32", "-d", "16", "--samples", "5", "--min-samples", "5",
+        "--warmup-ms", "0", "-q"]
+
+
+def test_version(capsys):
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"attnbench {__version__}"
+
+
+def test_run_then_report_md_and_json(capsys, tmp_path):
+    db = str(tmp_path / "r.db")
+    code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "sdpa-math,sdpa-efficient",  # a comma list
+                         "-i", "tests.fixtures.kernels:blockwise_qkv")                           # and repeated
+    assert code == 0, err
+    assert "| B1 H2 S32 D16 fp32 | sdpa-math | ok |" in out
+    assert "| sdpa-efficient | unsupported |" in out and "needs a CUDA GPU" in out
+    assert "tests.fixtures.kernels:blockwise_qkv | incorrect |" in out
+    assert "## Methods" in out and "Timer `host`" in out
+    code, out, _ = cli(capsys, "report", "--db", db, "--format", "json")
+    data = json.loads(out)
+    assert [m["status"] for m in data["measurements"]] == ["ok", "unsupported", "incorrect"]
+    ok = data["measurements"][0]
+    assert len(ok["samples_ms"]) == 5 and ok["summary"]["median_ms"] > 0
+    assert ok["summary"]["ci95_ms"][0] <= ok["summary"]["median_ms"] <= ok["summary"]["ci95_ms"][1]
+    assert data["measurements"][2]["summary"]["median_ms"] is None  # incorrect: no timing reported
+    code, out, _ = cli(capsys, "runs", "--db", db)
+    assert code == 0 and "complete" in out and "3 measurements" in out
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["run", "-b", "0", "-H", "2", "-s", "8", "-d", "8"], "batch must be a positive integer"),
+    (["run", "-b", "1", "-H", "4", "--kv-heads", "3", "-s", "8", "-d", "8"], "must divide q_heads"),
+    (["run", "--preset", "nope"], "unknown preset 'nope'"),
+    (["run", "--preset", "cpu-smoke", "-b", "2"], "cannot be combined"),
+    (["run", "-s", "8", "--impl", "nope"], "unknown impl 'nope'"),
+    (["run", "-s", "8", "--timer", "cold"], "needs a CUDA GPU"),
+    (["run", "--device", "tpu"], "unknown device"),
+    (["report", "abc"], "run id must be a number"),
+    (["report", "99"], "no run"),
+    (["report", "--format", "pdf"], "--format must be md, json"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, msg):
+    code, out, err = cli(capsys, *args, "--db", str(tmp_path / "r.db"))
+    assert code == 2
+    assert msg in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_list_says_what_runs_here(capsys):
+    code, out, _ = cli(capsys, "list")
+    assert code == 0
+    assert "sdpa-math" in out and "flex" in out and "reference" in out
+    assert "sdpa-cudnn" in out and "no: needs a CUDA GPU" in out
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_killed_run_resumes_from_the_command_line(tmp_path):
+    db = tmp_path / "r.db"
+    cmd = [sys.executable, "-m", "attnbench", "run", "-b", "1", "-H", "2", "-s", "16,32,48,64", "-d", "16",
+           "--samples", "5", "--min-samples", "5", "--warmup-ms", "0", "-q",
+           "-i", "tests.fixtures.kernels:slow", "--db", str(db)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    count = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db.exists():
+            try:
+                with sqlite3.connect(db) as con:
+                    count = con.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+            except sqlite3.Error:
+                count = 0
+        if count >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "--resume" in err and "Traceback" not in err
+    with sqlite3.connect(db) as con:
+        before = dict(con.execute("SELECT workload_key, id FROM measurements").fetchall())
+        status = con.execute("SELECT status FROM runs").fetchone()[0]
+    assert 1 <= len(before) < 4 and status == "interrupted"
+
+    done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(db) as con:
+        after = dict(con.execute("SELECT workload_key, id FROM measurements").fetchall())
+        runs = con.execute("SELECT run_id, status FROM runs").fetchall()
+    assert len(after) == 4 and runs == [(1, "complete")]
+    assert all(after[k] == before[k] for k in before)  # stored rows were not measured again
+
+
+def test_env_on_the_cpu_says_no_gpu_and_caches_ceilings(capsys, tmp_path):
+    db = str(tmp_path / "r.db")
+    code, out, _ = cli(capsys, "env")
+    assert code == 0 and "env_id:" in out and "no CUDA GPU is present" in out
+    code, out, _ = cli(capsys, "env", "--format", "json", "--ceilings", "--db", db)
+    data = json.loads(out)
+    assert code == 0 and data["fingerprint"]["device_kind"] == "cpu"
+    assert data["ceilings"]["gbps"] > 0 and "host-timed" in data["ceilings"]["note"]
+    from attnbench.store import Store
+
+    with Store(db) as s:
+        assert s.get("ceilings", data["env_id"])["gbps"] == data["ceilings"]["gbps"]
+    code, _, err = cli(capsys, "env", "--format", "xml")
+    assert code == 2 and "--format must be text or json" in err

@@ -1,0 +1,240 @@
+"""HTML run and history pages, CSV export, swept-axis grouping and escaping, on synthetic stores."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from attnbench.report import history, html as htmlreport, plots, tables as report
+from attnbench.cli import app
+from attnbench.store import Measurement
+from attnbench.spec import Workload, load_preset
+from attnbench.store import Store
+
+EVIL = "<script>alert(1)</script>"
+ENV = {"device_kind": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3", "sm_count": 132, "torch": "2.11.0",
+       "cuda": "13.0", "cudnn": "91900", "triton": "3.6.0", "python": "3.12.3", "attnbench": "0.1.0"}
+CEILINGS = {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3", "tflops": {"fp16": 797.0, "bf16": 793.0},
+            "gbps": 3000.0}
+SPEED = {"sdpa-flash": 300.0, "sdpa-math": 40.0, EVIL: 150.0}   # TFLOP/s each impl reaches
+
+
+def _samples(ms: float, seed: int, n: int = 30) -> tuple[float, ...]:
+    return tuple(float(x) for x in ms * np.random.default_rng(seed).lognormal(0.0, 0.03, n))
+
+
+def _ok(w: Workload, impl: str, seed: int, scale: float = 1.0, **kw) -> Measurement:
+    from attnbench.analysis import metrics
+
+    ms = metrics.flops(w) / (SPEED[impl] * 1e9) * scale
+    return Measurement(workload=w, impl=impl, status="ok", timer="cold", env_id="envA", device="cuda",
+                       samples_ms=_samples(ms, seed), host_ms=_samples(ms * 0.2, seed + 1),
+                       clocks_mhz=(1755.0,) * 30, stop_reason="converged", rel_err=1e-4, tolerance=2e-3,
+                       backend="flash" if impl == "sdpa-flash" else "", **kw)
+
+
+def _fill(store: Store, run_id: int, workloads: list[Workload], scale: float = 1.0,
+          verdict: dict | None = None) -> int:
+    n = 0
+    for i, w in enumerate(workloads):
+        for j, impl in enumerate(SPEED):
+            extra = {"gate_verdict": verdict["verdict"]} if verdict and verdict["cell"] == (i, impl) else {}
+            store.add(run_id, _ok(w, impl, seed=100 * i + j, scale=scale, extra=extra))
+            n += 1
+    return n
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = Store(tmp_path / "x.db")
+    s.add_environment("envA", ENV)
+    s.put("ceilings", "envA", CEILINGS)
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def characterize():
+    return list(load_preset("characterize").workloads)
+
+
+@pytest.fixture()
+def run_id(store, characterize):
+    rid = store.start_run("envA", {"policy": {"max_samples": 30}}, name="synthetic characterize")
+    _fill(store, rid, characterize)
+    w0 = characterize[0]
+    store.add(rid, Measurement(workload=w0, impl="broken", status="incorrect", reason="rel err 0.5 > 2e-3",
+                               rel_err=0.5, tolerance=2e-3, timer="cold", env_id="envA", device="cuda"))
+    store.add(rid, Measurement(workload=w0, impl="sdpa-cudnn", status="unsupported", reason="needs sm90+",
+                               timer="cold", env_id="envA", device="cuda"))
+    # Faster than the memory ceiling allows (warm cache), with a clock that dropped: both flagged.
+    hot = Measurement(workload=w0, impl="warm-cache", status="ok", timer="cold", env_id="envA", device="cuda",
+                      samples_ms=_samples(1e-4, 7), clocks_mhz=(1980.0,) * 15 + (1400.0,) * 15,
+                      stop_reason="converged", rel_err=1e-4, tolerance=2e-3)
+    store.add(rid, hot)
+    # The host takes longer per call than the device: host-bound.
+    slow = characterize[1]
+    store.add(rid, Measurement(workload=slow, impl="launchy", status="ok", timer="cold", env_id="envA",
+                               device="cuda", samples_ms=_samples(1.0, 8), host_ms=_samples(3.0, 9),
+                               stop_reason="converged", rel_err=1e-4, tolerance=2e-3))
+    store.finish_run(rid)
+    return rid
+
+
+def test_swept_groups_of_characterize(characterize):
+    groups = plots.swept_groups(characterize)
+    assert [g.axis for g in groups] == ["seq", "batch", "heads"]
+    assert [len(g.workloads) for g in groups] == [5, 4, 3]
+    assert groups[0].x == [128.0, 256.0, 512.0, 1024.0, 2048.0]
+    assert groups[0].fixed == "B32 H8 D64 fp16"
+    assert sorted({w for g in groups for w in g.workloads}) == sorted(characterize)
+
+
+def test_swept_groups_fallbacks():
+    # llm-prefill: seq and batch change together (fixed tokens): seq is the axis, with a note.
+    prefill = plots.swept_groups(list(load_preset("llm-prefill").workloads))
+    assert len(prefill) == 1 and prefill[0].axis == "seq" and "batch" in prefill[0].note
+    # No axis with distinct values: workload-index labels.
+    a = Workload(1, 8, 8, 128, 128, 64, dtype="fp16")
+    b = Workload(1, 8, 8, 128, 128, 64, dtype="bf16")
+    (g,) = plots.swept_groups([a, b])
+    assert g.axis == "" and g.ticks.labels == [a.label, b.label]
+
+
+def test_run_page_is_self_contained_escaped_and_complete(store, run_id, characterize):
+    page = htmlreport.render_run(store, run_id)
+    assert page.startswith("<!DOCTYPE html>")
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "<script src" not in page.lower() and "@import" not in page and "<link" not in page.lower()
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("<script>") == 1                      # only the sort script
+    # one latency and one TFLOP/s plot per swept group (seq, batch, heads), plus the roofline
+    assert len(re.findall(r'data-plot="latency-\d+"', page)) == 3
+    assert len(re.findall(r'data-plot="tflops-\d+"', page)) == 3
+    assert page.count('data-plot="roofline"') == 1
+    assert page.count("<svg") == 7
+    # summary, flags, table, methods
+    assert "NVIDIA H100 80GB HBM3" in page and "H100 SXM" in page
+    assert "incorrect" in page and "rel err 0.5" in page
+    assert "1 unsupported" in page
+    assert '<span class="flag">implausible' in page and '<span class="flag">throttled' in page
+    assert page.count('<span class="flag">host-bound') == 2   # in Flagged and in the table: launchy only
+    assert page.count('<tr class="st-') == 3 * len(characterize) + 4
+    assert "Methods" in page and "BCa" in page and "flash-attention convention" in page
+    assert "measured" in page and "datasheet" in page
+
+
+def test_best_per_workload(store, run_id, characterize):
+    view = htmlreport.gather_run(store, run_id)
+    best = htmlreport.best_per_workload(view)
+    assert len(best) == len(characterize)
+    first, second = best[0]
+    assert first.m.impl == "warm-cache" and "implausible" in first.flags    # ranked, with its flag shown
+    assert all(b.m.impl == "sdpa-flash" for b, _ in best[1:])
+    assert best[1][1].m.impl == EVIL
+
+
+def test_run_page_is_deterministic(store, run_id):
+    assert htmlreport.render_run(store, run_id) == htmlreport.render_run(store, run_id)
+
+
+def test_run_page_without_gpu_or_ok_rows(tmp_path):
+    with Store(tmp_path / "cpu.db") as s:
+        s.add_environment("cpu", {"device_kind": "cpu", "torch": "2.13.0", "cpu_model": "x86_64"})
+        rid = s.start_run("cpu", {})
+        w = Workload(2, 4, 4, 64, 64, 32, dtype="fp32")
+        s.add(rid, Measurement(workload=w, impl="x", status="error", reason="boom", timer="host"))
+        s.finish_run(rid)
+        page = htmlreport.render_run(s, rid)
+    assert "No ok measurements" in page and "<svg" not in page and "boom" in page
+
+
+def test_csv_parses(store, run_id, characterize):
+    text = report.csv_report(store, run_id)
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == 3 * len(characterize) + 4
+    assert list(rows[0]) == list(report.CSV_COLUMNS)
+    assert all(len(r) == len(report.CSV_COLUMNS) and None not in r for r in rows)
+    evil = [r for r in rows if r["impl"] == EVIL]
+    assert len(evil) == len(characterize)
+    assert float(evil[0]["ci_lo"]) <= float(evil[0]["median_ms"]) <= float(evil[0]["ci_hi"])
+    bad = next(r for r in rows if r["status"] == "incorrect")
+    assert bad["median_ms"] == "" and float(bad["rel_err"]) == 0.5
+
+
+def _history_store(store, characterize):
+    ids = []
+    for k, scale in enumerate((1.0, 1.0, 1.25)):
+        rid = store.start_run("envA", {}, name=f"commit {k}")
+        verdict = {"cell": (0, "sdpa-flash"), "verdict": "regression"} if k == 2 else None
+        _fill(store, rid, characterize[:3], scale=scale, verdict=verdict)
+        store.finish_run(rid)
+        ids.append(rid)
+    # the second hook: a verdict table stored by a gate under ('gate', run id)
+    store.put("gate", str(ids[1]), {"cells": {f"{characterize[1].key}|sdpa-math|": {"verdict": "improvement"}}})
+    return ids
+
+
+def test_history_gather_and_verdicts(store, characterize):
+    ids = _history_store(store, characterize)
+    h = history.gather(store)
+    assert [r.run_id for r in h.runs] == ids
+    assert len(h.cells) == 3 * 3
+    flash0 = next(c for c in h.cells if c.workload == characterize[0] and c.impl_label == "sdpa-flash")
+    assert [p.verdict for p in flash0.points] == ["", "", "regression"]
+    assert flash0.points[2].median_ms > flash0.points[0].median_ms * 1.2
+    math1 = next(c for c in h.cells if c.workload == characterize[1] and c.impl_label == "sdpa-math")
+    assert [p.verdict for p in math1.points] == ["", "improvement", ""]
+    only = history.gather(store, workload="s256", impl=EVIL)
+    assert len(only.cells) == 1 and only.cells[0].workload == characterize[1]
+    assert len(history.gather(store, workload="B32 H8 S512").cells) == 3
+    assert history.gather(store, impl="nope").cells == []
+
+
+def test_history_page(store, characterize):
+    ids = _history_store(store, characterize)
+    page = htmlreport.render_history(store)
+    for rid in ids:
+        assert f"#{rid} " in page and f"commit {ids.index(rid)}" in page
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert len(re.findall(r'data-plot="history-\d+"', page)) == 3
+    assert "▲ regression" in page and "▼ improvement" in page
+    md = history.markdown(history.gather(store))
+    assert md.count("\n| B32") == 9 and "▲ regression" in md
+
+
+def test_verdict_hook_is_tolerant(store, characterize):
+    rid = store.start_run("envA", {})
+    store.add(rid, _ok(characterize[0], "sdpa-flash", 1, extra={"gate_verdict": {"verdict": "REGRESSED"}}))
+    store.put("gate", str(rid), ["not", "a", "dict"])
+    h = history.gather(store)
+    assert h.cells[0].points[0].verdict == "regression"
+    assert history.normalize_verdict(None) == "" and history.normalize_verdict("unchanged") == "unchanged"
+
+
+def test_cli_formats(store, run_id, tmp_path):
+    runner = CliRunner()
+    db = store.path
+    out = tmp_path / "r.html"
+    res = runner.invoke(app, ["report", str(run_id), "--format", "html", "-o", str(out), "--db", db])
+    assert res.exit_code == 0, res.output
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    res = runner.invoke(app, ["report", str(run_id), "--format", "csv", "--db", db])
+    assert res.exit_code == 0 and len(list(csv.DictReader(io.StringIO(res.stdout)))) > 0
+    hist = tmp_path / "h.html"
+    res = runner.invoke(app, ["report", "--history", "--impl", "sdpa-flash", "--format", "html", "-o", str(hist),
+                              "--db", db])
+    assert res.exit_code == 0, res.output
+    assert "sdpa-math" not in hist.read_text()
+    res = runner.invoke(app, ["report", "--history", "--workload", "S128", "--db", db])
+    assert res.exit_code == 0 and res.stdout.startswith("# attnbench history (workload S128)")
+    for bad in (["report", "--format", "pdf"], ["report", "--history", "--format", "csv"],
+                ["report", "1", "--history"], ["report", "1", "--impl", "x"]):
+        assert runner.invoke(app, bad + ["--db", db]).exit_code != 0

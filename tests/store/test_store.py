@@ -1,0 +1,114 @@
+import sqlite3
+
+import pytest
+
+from attnbench.errors import UserError
+from attnbench.store import Measurement
+from attnbench.spec import Workload
+from attnbench.store import SCHEMA_VERSION, Store
+
+W = Workload(batch=1, q_heads=2, kv_heads=2, q_len=8, kv_len=8, head_dim=16, dtype="fp32")
+
+
+def m(impl="sdpa-math", status="ok", samples=(1.0, 1.1, 0.9), **kw):
+    return Measurement(workload=W, impl=impl, status=status, samples_ms=tuple(samples) if status == "ok" else (),
+                       env_id="e1", timer="fake", **kw)
+
+
+def test_roundtrip_keeps_raw_samples(tmp_path):
+    with Store(tmp_path / "r.db") as s:
+        assert s.schema_version == SCHEMA_VERSION
+        s.add_environment("e1", {"torch": "x"})
+        rid = s.start_run("e1", {"impls": ["a"]}, "h1", "first")
+        s.add(rid, m(params={"BLOCK_M": 64}, clocks_mhz=(1700.0,) * 3, extra={"k": [1, 2]}))
+        s.add(rid, m(impl="flex", status="error", reason="boom"))
+        s.finish_run(rid)
+        got = s.measurements(rid)
+        assert [x.impl for x in got] == ["sdpa-math", "flex"]
+        assert got[0].samples_ms == (1.0, 1.1, 0.9)
+        assert got[0].params == {"BLOCK_M": 64}
+        assert got[0].extra == {"k": [1, 2]}
+        assert got[0].workload == W
+        assert got[1].reason == "boom" and not got[1].ok
+        info = s.run("latest")
+        assert (info.run_id, info.status, info.name, info.n_measurements) == (rid, "complete", "first", 2)
+        assert s.environment("e1") == {"torch": "x"}
+
+
+def test_wal_and_reopen(tmp_path):
+    path = tmp_path / "r.db"
+    with Store(path) as s:
+        rid = s.start_run("e", {})
+        s.add(rid, m())
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    con.close()
+    with Store(path) as s:  # reopening runs no migration and keeps the data
+        assert len(s.measurements()) == 1
+
+
+def test_resumable_run_and_cells(tmp_path):
+    with Store(tmp_path / "r.db") as s:
+        rid = s.start_run("e", {}, "cfg")
+        s.add(rid, m())
+        s.finish_run(rid, "interrupted")
+        assert s.resumable_run("cfg").run_id == rid
+        assert s.resumable_run("other") is None
+        assert s.cells(rid) == {(W.key, "sdpa-math", "")}
+        s.finish_run(rid, "complete")
+        assert s.resumable_run("cfg") is None
+
+
+def test_refuses_foreign_or_newer_databases(tmp_path):
+    foreign = tmp_path / "foreign.db"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    with pytest.raises(UserError, match="not an attnbench database"):
+        Store(foreign)
+    newer = tmp_path / "newer.db"
+    con = sqlite3.connect(newer)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.commit()
+    con.close()
+    with pytest.raises(UserError, match="newer than this attnbench"):
+        Store(newer)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(UserError):
+        Store(junk)
+    with pytest.raises(UserError, match="folder does not exist"):
+        Store(tmp_path / "no" / "such" / "dir.db")
+
+
+def test_run_lookup_errors(tmp_path):
+    with Store(tmp_path / "r.db") as s:
+        with pytest.raises(UserError, match="no runs"):
+            s.run()
+        with pytest.raises(UserError, match="no run 7"):
+            s.start_run("e", {}) and s.run(7)
+        with pytest.raises(UserError, match="must be a number"):
+            s.run("abc")
+
+
+def test_export_import(tmp_path):
+    with Store(tmp_path / "a.db") as a, Store(tmp_path / "b.db") as b:
+        a.add_environment("e1", {"gpu_name": "G"})
+        rid = a.start_run("e1", {"x": 1}, name="n")
+        a.add(rid, m())
+        a.finish_run(rid)
+        data = a.export_run(rid)
+        assert data["schema_version"] == SCHEMA_VERSION
+        new = b.import_run(data)
+        assert b.measurements(new)[0].samples_ms == (1.0, 1.1, 0.9)
+        assert b.environment("e1") == {"gpu_name": "G"}
+        with pytest.raises(UserError, match="not an attnbench run export"):
+            b.import_run({"format": "other"})
+
+
+def test_kv_cache(tmp_path):
+    with Store(tmp_path / "r.db") as s:
+        assert s.get("ceilings", "e1") is None
+        s.put("ceilings", "e1", {"copy_gbps": 3000})
+        assert s.get("ceilings", "e1") == {"copy_gbps": 3000}

@@ -1,0 +1,292 @@
+"""dispatch: bucket keys, the table's JSON, attention() against SDPA, fallbacks; the CLI end to end."""
+
+import json
+import subprocess
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnbench.analysis import device as devmod
+from attnbench.tune import dispatch
+from attnbench.tune.dispatch import DispatchTable, Entry, bucket_key, load_table, pow2_bucket, workload_bucket
+from attnbench.errors import UserError
+from attnbench.spec import Workload
+
+ROOT = Path(__file__).resolve().parents[2]
+CALLS = Counter()
+SPY = "tests.tune.test_dispatch:spy_attention"
+
+
+def spy_attention(q, k, v, is_causal=False, enable_gqa=False, **_):
+    CALLS["spy"] += 1
+    return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=enable_gqa)
+
+
+def here_env() -> dict:
+    return {"env_id": devmod.env_id(devmod.fingerprint("cpu")), "device_kind": "cpu"}
+
+
+def table_for(*workloads: Workload, impl: str = SPY, env: dict | None = None, params=None) -> DispatchTable:
+    entries = {}
+    for w in workloads:
+        b = workload_bucket(w)
+        entries[b] = Entry(bucket=b, impl=impl, params=dict(params or {}), workload=w.to_dict())
+    return DispatchTable(environment=env or here_env(), entries=entries)
+
+
+def qkv(b=2, hq=4, hkv=4, s=64, sk=None, d=32, grad=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sk = sk or s
+    q = torch.randn(b, hq, s, d, generator=g)
+    k = torch.randn(b, hkv, sk, d, generator=g)
+    v = torch.randn(b, hkv, sk, d, generator=g)
+    if grad:
+        q, k, v = (t.requires_grad_(True) for t in (q, k, v))
+    return q, k, v
+
+
+W = Workload(batch=2, q_heads=4, kv_heads=4, q_len=64, kv_len=64, head_dim=32, dtype="fp32")
+
+
+def test_bucket_key_rounds_sizes_up_to_powers_of_two():
+    assert [pow2_bucket(n) for n in (1, 2, 3, 4, 5, 512, 513, 1000, 1024)] == [1, 2, 4, 4, 8, 512, 1024, 1024, 1024]
+    assert bucket_key("fp16", 64, False, 1, "fwd", 512, 512, 32) == "fp16/d64/full/gqa1/fwd/q512/kv512/b32"
+    assert bucket_key("bf16", 128, True, 4, "fwd+bwd", 1000, 3000, 3) == "bf16/d128/causal/gqa4/fwd+bwd/q1024/kv4096/b4"
+    w = Workload(batch=3, q_heads=32, kv_heads=8, q_len=1000, kv_len=1000, head_dim=128, dtype="bf16", causal=True)
+    assert workload_bucket(w) == "bf16/d128/causal/gqa4/fwd/q1024/kv1024/b4"
+    assert workload_bucket(w.replace(batch=4, q_len=1024, kv_len=513)) == workload_bucket(w)
+    assert workload_bucket(w.replace(q_len=1025)) != workload_bucket(w)
+    with pytest.raises(ValueError):
+        pow2_bucket(0)
+
+
+def test_table_json_round_trip_is_stable_and_versioned(tmp_path):
+    t = table_for(W, W.replace(causal=True), params={"chunks": 2})
+    t.entries[workload_bucket(W)].data["speedup"] = {"baseline": "sdpa-auto", "value": 1.2, "lo": 1.1, "hi": 1.3}
+    path = tmp_path / "d.json"
+    t.save(path)
+    text = path.read_text()
+    data = json.loads(text)
+    assert list(data)[:2] == ["format", "version"] and data["format"] == "attnbench-dispatch" and data["version"] == 1
+    assert [e["bucket"] for e in data["entries"]] == sorted(e["bucket"] for e in data["entries"])
+    back = load_table(path)
+    assert back.dumps() == text  # load -> save is the identity: diffs show only real changes
+    e = back.lookup(workload_bucket(W))
+    assert (e.impl, e.params, e.workload) == (SPY, {"chunks": 2}, W.to_dict())
+    assert e.data["speedup"]["value"] == 1.2
+    assert load_table(path) is back  # cached by path
+    assert load_table(path, reload=True) is not back
+
+
+def test_load_table_rejects_other_files(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(UserError, match="not an attnbench dispatch table"):
+        load_table(p)
+    p.write_text(json.dumps({"format": "attnbench-dispatch", "version": 99, "entries": []}))
+    with pytest.raises(UserError, match="upgrade attnbench"):
+        load_table(p)
+    with pytest.raises(UserError, match="not found"):
+        load_table(tmp_path / "missing.json")
+
+
+def test_attention_covered_and_uncovered_buckets_equal_sdpa():
+    t = table_for(W, W.replace(causal=True))
+    CALLS.clear()
+    for causal in (False, True):
+        q, k, v = qkv()
+        out = dispatch.attention(q, k, v, is_causal=causal, table=t)
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+        assert dispatch.explain(q, k, v, is_causal=causal, table=t).startswith(SPY)
+    assert CALLS["spy"] == 2
+    q, k, v = qkv(b=1, s=48)  # bucket q64/kv64/b1: not in the table
+    out = dispatch.attention(q, k, v, table=t)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    assert "no entry for bucket fp32/d32/full/gqa1/fwd/q64/kv64/b1" in dispatch.explain(q, k, v, table=t)
+    q, k, v = qkv(b=2, s=60)  # same bucket as 64, another exact shape: the winner, built for this shape
+    torch.testing.assert_close(dispatch.attention(q, k, v, table=t), F.scaled_dot_product_attention(q, k, v))
+    assert CALLS["spy"] == 3
+
+
+def test_reference_winner_and_gqa_and_grad_pass():
+    gw = W.replace(kv_heads=2)
+    t = table_for(gw, impl="reference")
+    q, k, v = qkv(hkv=2)
+    out = dispatch.attention(q, k, v, table=t)  # enable_gqa=None: inferred from the head counts
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
+    assert dispatch.explain(q, k, v, table=t).startswith("reference")
+    # with gradients the pass is fwd+bwd: a fwd-only table falls back, a fwd+bwd entry is used
+    q, k, v = qkv(hkv=2, grad=True)
+    assert "fwd+bwd" in dispatch.explain(q, k, v, table=t) and "sdpa fallback" in dispatch.explain(q, k, v, table=t)
+    t2 = table_for(gw.replace(direction="fwd+bwd"))
+    CALLS.clear()
+    out = dispatch.attention(q, k, v, table=t2)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    torch.testing.assert_close(out, ref)
+    for g, r in zip(grads, torch.autograd.grad(ref.sum(), (q, k, v))):
+        torch.testing.assert_close(g, r)
+    assert CALLS["spy"] == 1
+    with torch.no_grad():  # no autograd: the fwd bucket again
+        assert "fwd/" in dispatch.explain(q, k, v, table=t2) and "sdpa fallback" in dispatch.explain(q, k, v, table=t2)
+
+
+def test_other_environment_falls_back_and_warns_once():
+    t = table_for(W, env={"env_id": "not-this-one", "device_kind": "cpu"})
+    q, k, v = qkv()
+    CALLS.clear()
+    with pytest.warns(RuntimeWarning, match="tuned in environment not-this-one"):
+        out = dispatch.attention(q, k, v, table=t)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dispatch.attention(q, k, v, table=t)
+        dispatch.attention(*qkv(s=32), table=t)  # another shape: no second warning
+    assert CALLS["spy"] == 0
+    gpu_table = table_for(W, env={**here_env(), "device_kind": "cuda"})
+    with pytest.warns(RuntimeWarning):
+        dispatch.attention(q, k, v, table=gpu_table)
+    assert CALLS["spy"] == 0
+
+
+def test_unsupported_inputs_fall_back():
+    t = table_for(W)
+    q, k, v = qkv()
+    CALLS.clear()
+    mask = torch.rand(64, 64) > 0.3
+    torch.testing.assert_close(dispatch.attention(q, k, v, attn_mask=mask, table=t),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    torch.manual_seed(1)
+    a = dispatch.attention(q, k, v, dropout_p=0.5, table=t)
+    torch.manual_seed(1)
+    torch.testing.assert_close(a, F.scaled_dot_product_attention(q, k, v, dropout_p=0.5))
+    custom = dispatch.attention(q, k, v, scale=0.5, table=t)
+    torch.testing.assert_close(custom, F.scaled_dot_product_attention(q, k, v, scale=0.5))
+    assert "custom scale" in dispatch.explain(q, k, v, scale=0.5, table=t)
+    q3, k3, v3 = q[0], k[0], v[0]
+    torch.testing.assert_close(dispatch.attention(q3, k3, v3, table=t), F.scaled_dot_product_attention(q3, k3, v3))
+    assert "not 4-D" in dispatch.explain(q3, k3, v3, table=t)
+    assert CALLS["spy"] == 0
+    assert dispatch.attention(q, k, v, scale=32 ** -0.5, table=t) is not None and CALLS["spy"] == 1  # default scale
+
+
+def test_a_winner_that_raises_falls_back_and_warns_once():
+    t = table_for(W, impl="tests.fixtures.kernels:raises")
+    q, k, v = qkv()
+    with pytest.warns(RuntimeWarning, match="raised RuntimeError: kernel exploded"):
+        out = dispatch.attention(q, k, v, table=t)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dispatch.attention(q, k, v, table=t)
+    assert "sdpa fallback" in dispatch.explain(q, k, v, table=t)
+    missing = table_for(W, impl="tests.no_such_module:fn")
+    with pytest.warns(RuntimeWarning, match="cannot build"):
+        torch.testing.assert_close(dispatch.attention(q, k, v, table=missing), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_no_table_is_plain_sdpa(monkeypatch):
+    monkeypatch.delenv("ATTNBENCH_DISPATCH", raising=False)
+    monkeypatch.setattr(dispatch, "_FAST", {})
+    q, k, v = qkv()
+    torch.testing.assert_close(dispatch.attention(q, k, v, is_causal=True),
+                               F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    assert "no dispatch table" in dispatch.explain(q, k, v)
+
+
+def test_package_exports_attention_lazily():
+    code = ("import sys, attnbench; assert 'torch' not in sys.modules; f = attnbench.attention; "
+            "assert 'torch' not in sys.modules; print(f.__module__)")  # torch loads on the first call
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={"PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "attnbench.tune.dispatch"
+
+
+def test_cli_tune_writes_a_table_that_drives_attention(tmp_path, capsys):
+    from attnbench.cli import main
+
+    db, out = str(tmp_path / "t.db"), tmp_path / "dispatch.json"
+    args = ["tune", "--preset", "cpu-smoke", "-i", "sdpa-math", "-i", "sdpa-flash", "-i", "reference",
+            "-i", "tests.fixtures.kernels:blockwise_qkv", "-i", "tests.fixtures.kernels:query_chunked",
+            "--budget", "0.2s", "--samples", "30", "-o", str(out), "--db", db]
+
+    def cli(*extra):
+        try:
+            main(args + list(extra))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        got = capsys.readouterr()
+        return code, got.out, got.err
+
+    code, text, err = cli()
+    assert code == 0, err
+    assert "| tests.fixtures.kernels:blockwise_qkv | incorrect | relative error" in text
+    assert text.count("## B2 H4") == 5 and "speedup vs sdpa-auto" in text
+    data = json.loads(out.read_text())
+    assert data["format"] == "attnbench-dispatch" and len(data["entries"]) == 5
+    assert data["environment"]["env_id"] == devmod.env_id(devmod.fingerprint("cpu"))
+    assert all(e["winner"]["impl"] != "tests.fixtures.kernels:blockwise_qkv" for e in data["entries"])
+    for e in data["entries"]:
+        s = e["speedup"]
+        assert s["lo"] <= s["value"] <= s["hi"] and e["workload"]["batch"] == 2
+    # attention() driven by the file, on every tuned shape, equals SDPA
+    from attnbench.spec import load_preset
+
+    for w in load_preset("cpu-smoke").workloads:
+        q, k, v = qkv(b=w.batch, hq=w.q_heads, hkv=w.kv_heads, s=w.q_len, d=w.head_dim)
+        got = dispatch.attention(q, k, v, is_causal=w.causal, table=str(out))
+        want = F.scaled_dot_product_attention(q, k, v, is_causal=w.causal, enable_gqa=w.gqa)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # the winner may be the eager reference
+        why = dispatch.explain(q, k, v, is_causal=w.causal, table=str(out))
+        winner = load_table(out).lookup(workload_bucket(w)).impl
+        assert why.startswith(winner) or why == "sdpa fallback: winner is sdpa-auto"
+    # the second tune reads the cache; json format
+    code, text, err = cli("--format", "json")
+    report = json.loads(text)
+    assert code == 0 and report["format"] == "attnbench-tune"
+    assert all("(cached)" in line for line in err.splitlines() if line.startswith("B2 "))
+    statuses = {c["impl"]: c["status"] for c in report["workloads"][0]["candidates"]}
+    assert statuses["tests.fixtures.kernels:blockwise_qkv"] == "incorrect" and statuses["sdpa-auto"] == "ok"
+
+
+def test_cli_throughput_objective(tmp_path, capsys):
+    from attnbench.cli import main
+
+    plan = tmp_path / "plan.json"
+    try:
+        main(["tune", "--objective", "throughput", "--latency-budget", "50ms", "-b", "1,2,...,4", "-H", "2",
+              "-s", "32", "-d", "16", "--plan-impl", "sdpa-math", "--samples", "10", "-o", str(plan),
+              "--db", str(tmp_path / "t.db"), "-q"])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    got = capsys.readouterr()
+    assert code == 0, got.err
+    assert "| batch | impl | median ms | 95% CI | tokens/s | within budget |" in got.out
+    data = json.loads(plan.read_text())
+    rows = data["plans"][0]["rows"]
+    assert [r["batch"] for r in rows] == [1, 2, 4] and all(r["impl"] == "sdpa-math" for r in rows)
+    assert data["plans"][0]["best_batch"] in (1, 2, 4)
+
+
+@pytest.mark.gpu
+def test_flex_winner_on_gpu_compiles_per_shape_and_matches_sdpa():
+    """FlexAttention through the dispatcher: no torch._dynamo.reset(), one compile per exact shape."""
+    w = Workload(batch=2, q_heads=4, kv_heads=4, q_len=256, kv_len=256, head_dim=64, dtype="fp16", causal=True)
+    b = workload_bucket(w)
+    env = {"env_id": devmod.env_id(devmod.fingerprint("cuda")), "device_kind": "cuda"}
+    t = DispatchTable(environment=env, entries={b: Entry(bucket=b, impl="flex", params={}, workload=w.to_dict())})
+    for s in (256, 200):  # 200 is in the same bucket: built for its own shape
+        q, k, v = (torch.randn(2, 4, s, 64, device="cuda", dtype=torch.float16) for _ in range(3))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no fallback warning
+            out = dispatch.attention(q, k, v, is_causal=True, table=t)
+        assert dispatch.explain(q, k, v, is_causal=True, table=t).startswith("flex")
+        torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=2e-3, rtol=2e-3)
