@@ -42,6 +42,16 @@ def test_run_then_report_md_and_json(capsys, tmp_path):
     assert code == 0 and "complete" in out and "3 measurements" in out
 
 
+def test_run_with_masks_takes_each_impl_or_says_why_not(capsys, tmp_path):
+    db = str(tmp_path / "r.db")
+    code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "reference,sdpa-math",
+                         "--mask", "window:8,document:rand:3", "--score-mod", "softcap:20")
+    assert code == 0, err
+    assert "| B1 H2 S32 D16 fp32 window:8 softcap:20 | reference | ok |" in out
+    assert "| B1 H2 S32 D16 fp32 docs:3(rand) softcap:20 | reference | ok |" in out
+    assert out.count("| sdpa-math | unsupported |") == 2 and "does not implement the window mask" in out
+
+
 @pytest.mark.parametrize("args, msg", [
     (["run", "-b", "0", "-H", "2", "-s", "8", "-d", "8"], "batch must be a positive integer"),
     (["run", "-b", "1", "-H", "4", "--kv-heads", "3", "-s", "8", "-d", "8"], "must divide q_heads"),
@@ -53,6 +63,9 @@ def test_run_then_report_md_and_json(capsys, tmp_path):
     (["report", "abc"], "run id must be a number"),
     (["report", "99"], "no run"),
     (["report", "--format", "pdf"], "--format must be md, json"),
+    (["run", "-s", "8", "--mask", "diagonal"], "unknown mask 'diagonal'"),
+    (["run", "-s", "8", "--mask", "window:4", "--causal"], "give --mask or --causal, not both"),
+    (["run", "-s", "8", "--score-mod", "softcap:-1"], "the cap must be > 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, msg):
     code, out, err = cli(capsys, *args, "--db", str(tmp_path / "r.db"))

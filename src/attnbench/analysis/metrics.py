@@ -2,38 +2,38 @@
 
 from __future__ import annotations
 
-from ..spec import DTYPE_BYTES, Workload
+from ..spec import DTYPE_BYTES, Workload, masks
 
 CONVENTION = (
-    "FLOPs: forward 4*B*Hq*D per unmasked (query, key) pair (two matmuls, 2 FLOPs per multiply-add); "
-    "causal counts only the pairs a top-left-aligned causal mask keeps; backward = 2.5x forward, "
-    "fwd+bwd = 3.5x forward (the flash-attention convention). Softmax and scaling are not counted. "
-    "Bytes: the minimum traffic: forward reads Q, K, V once and writes O once; backward reads "
-    "Q, K, V, O, dO and writes dQ, dK, dV; K and V count once per KV head (GQA)."
+    "FLOPs: forward 4*B*Hq*D per (query, key) pair the mask keeps (two matmuls, 2 FLOPs per multiply-add), "
+    "the pairs counted exactly from the mask (causal: top-left aligned, as SDPA's is_causal; causal-br, "
+    "window and document as spec/masks.py defines them), never a 0.5 factor; backward = 2.5x forward, "
+    "fwd+bwd = 3.5x forward (the flash-attention convention). Softmax, scaling and score modifiers are not "
+    "counted. Bytes: the minimum traffic: forward reads Q, K, V once and writes O once; backward reads "
+    "Q, K, V, O, dO and writes dQ, dK, dV; K and V count once per KV head (GQA), and only the key rows "
+    "some query sees (a sliding window over a long cache reads only the window)."
 )
 
 PASS_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
 
 
-def attended_pairs(q_len: int, kv_len: int, causal: bool) -> int:
-    """(query, key) pairs the mask keeps. Causal is top-left aligned (torch's is_causal): row i sees keys 0..i."""
-    if not causal:
-        return q_len * kv_len
-    full_rows = min(q_len, kv_len)          # rows 0..full_rows-1 see i+1 keys
-    pairs = full_rows * (full_rows + 1) // 2
-    pairs += max(0, q_len - kv_len) * kv_len  # later rows see every key
-    return pairs
+def attended_pairs(q_len: int, kv_len: int, mask: str | bool) -> int:
+    """(query, key) pairs the mask keeps, per batch element and head (True/False: causal/full)."""
+    if isinstance(mask, bool):
+        mask = "causal" if mask else "full"
+    return masks.attended_pairs(mask, q_len, kv_len)
 
 
 def flops(w: Workload) -> float:
-    fwd = 4.0 * w.batch * w.q_heads * w.head_dim * attended_pairs(w.q_len, w.kv_len, w.causal)
+    fwd = 4.0 * w.batch * w.q_heads * w.head_dim * attended_pairs(w.q_len, w.kv_len, w.mask)
     return fwd * PASS_FACTOR[w.direction]
 
 
 def min_bytes(w: Workload) -> float:
     e = DTYPE_BYTES[w.dtype]
     q_side = w.batch * w.q_heads * w.q_len * w.head_dim * e     # one tensor shaped like Q (or O)
-    kv_side = w.batch * w.kv_heads * w.kv_len * w.head_dim * e  # one tensor shaped like K (or V)
+    keys = masks.keys_read(w.mask, w.q_len, w.kv_len)
+    kv_side = w.batch * w.kv_heads * keys * w.head_dim * e      # one tensor shaped like K (or V), rows read
     if w.direction == "fwd":
         return 2 * q_side + 2 * kv_side                          # Q, O; K, V
     return 4 * q_side + 4 * kv_side                              # Q, O, dO, dQ; K, V, dK, dV

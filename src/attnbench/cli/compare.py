@@ -10,8 +10,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
-from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, PASS_OPT, SEQ_OPT,
-                      SWEEP_OPT, build_workloads, open_store, split_impls)
+from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, MASK_OPT, PASS_OPT,
+                      SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, open_store, split_impls)
 
 
 def compare(
@@ -28,6 +28,8 @@ def compare(
     dim: Optional[str] = DIM_OPT,
     dtype: Optional[str] = DTYPE_OPT,
     causal: Optional[bool] = CAUSAL_OPT,
+    mask: Optional[str] = MASK_OPT,
+    score_mod: Optional[str] = SCORE_MOD_OPT,
     direction: Optional[str] = PASS_OPT,
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
     timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, host (CPU default)"),
@@ -70,7 +72,7 @@ def compare(
 
             dev = resolve_device(device)
             workloads, sweep_name = build_workloads(preset, sweep, batch, heads, kv_heads, seq, kv_seq, dim, dtype,
-                                                    causal, direction, dev)
+                                                    causal, direction, dev, mask=mask, score_mod=score_mod)
             if samples < 1 or min_samples < 1:
                 raise UserError("--samples and --min-samples must be at least 1")
             policy = TimingPolicy(warmup_ms=warmup_ms, min_samples=min(min_samples, samples), max_samples=samples,

@@ -10,8 +10,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
-from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, PASS_OPT, SEQ_OPT,
-                      SWEEP_OPT, build_workloads, open_store, split_impls)
+from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, MASK_OPT, PASS_OPT,
+                      SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, open_store, split_impls)
 
 
 def gate(
@@ -28,6 +28,8 @@ def gate(
     dim: Optional[str] = DIM_OPT,
     dtype: Optional[str] = DTYPE_OPT,
     causal: Optional[bool] = CAUSAL_OPT,
+    mask: Optional[str] = MASK_OPT,
+    score_mod: Optional[str] = SCORE_MOD_OPT,
     direction: Optional[str] = PASS_OPT,
     impl: Optional[List[str]] = typer.Option(None, "--impl", "-i", help="impls to gate (default: the baseline's)"),
     threshold: float = typer.Option(0.03, "--threshold", help="smallest slowdown that fails (fraction; the "
@@ -62,9 +64,10 @@ def gate(
         raise UserError(f"--format must be md or json, got {fmt!r}")
     dev = resolve_device(device)
     shape = (batch, heads, kv_heads, seq, kv_seq, dim, dtype, causal, direction)
+    masks = dict(mask=mask, score_mod=score_mod)
     workloads = None
-    if preset or sweep or any(x is not None for x in shape) or not baseline.exists():
-        workloads, _ = build_workloads(preset, sweep, *shape, dev)
+    if preset or sweep or any(x is not None for x in (*shape, mask, score_mod)) or not baseline.exists():
+        workloads, _ = build_workloads(preset, sweep, *shape, dev, **masks)
     policy = policy_from_flags(samples, min_samples, warmup_ms, max_time_ms)
     opts = GateOptions(str(baseline), update=update, threshold=threshold, alpha=alpha, confirm=confirm, repeats=repeats,
                        normalize=normalize, allow_env_mismatch=allow_env_mismatch, accept=tuple(accept or ()),

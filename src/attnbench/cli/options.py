@@ -20,7 +20,10 @@ SEQ_OPT = typer.Option(None, "-s", "--seq", help="query length, comma list")
 KV_SEQ_OPT = typer.Option(None, "--kv-seq", help="key/value length, comma list")
 DIM_OPT = typer.Option(None, "-d", "--dim", help="head dim, comma list")
 DTYPE_OPT = typer.Option(None, "--dtype", help="fp16, bf16, fp32, fp64; comma list")
-CAUSAL_OPT = typer.Option(None, "--causal/--no-causal", help="causal mask")
+CAUSAL_OPT = typer.Option(None, "--causal/--no-causal", help="causal mask (top-left, as SDPA's is_causal)")
+MASK_OPT = typer.Option(None, "--mask", help="full, causal, causal-br, window:W, document:L1+L2+..., "
+                        "document:rand:N; comma list")
+SCORE_MOD_OPT = typer.Option(None, "--score-mod", help="softcap:C or alibi; comma list (none: plain scores)")
 PASS_OPT = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list")
 
 def open_store(db: Optional[str]):
@@ -31,7 +34,8 @@ def open_store(db: Optional[str]):
 
 def build_workloads(preset: Optional[str], sweep: Optional[Path], batch: Optional[str], heads: Optional[str],
                     kv_heads: Optional[str], seq: Optional[str], kv_seq: Optional[str], dim: Optional[str],
-                    dtype: Optional[str], causal: Optional[bool], direction: Optional[str], device: str):
+                    dtype: Optional[str], causal: Optional[bool], direction: Optional[str], device: str, *,
+                    mask: Optional[str] = None, score_mod: Optional[str] = None):
     """Workloads from a preset, a sweep file or shape flags (comma lists; the product is the sweep)."""
     from ..spec import expand, load_preset, load_sweep, parse_list
 
@@ -42,6 +46,12 @@ def build_workloads(preset: Optional[str], sweep: Optional[Path], batch: Optiona
         given["causal"] = [causal]
     if direction is not None:
         given["pass"] = parse_list(direction)
+    if mask is not None:
+        if causal is not None:
+            raise UserError("give --mask or --causal, not both (--mask causal is --causal)")
+        given["mask"] = parse_list(mask)
+    if score_mod is not None:
+        given["score_mod"] = parse_list(score_mod)
     sources = [s for s in (preset, sweep) if s is not None]
     if len(sources) > 1:
         raise UserError("give either --preset or --sweep, not both")

@@ -10,8 +10,9 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
-from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, PASS_OPT, PRESET_OPT,
-                      SEQ_OPT, SWEEP_OPT, build_workloads, default_impls, open_store, split_impls)
+from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, MASK_OPT, PASS_OPT,
+                      PRESET_OPT, SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, default_impls, open_store,
+                      split_impls)
 
 
 def run(
@@ -25,6 +26,8 @@ def run(
     dim: Optional[str] = DIM_OPT,
     dtype: Optional[str] = DTYPE_OPT,
     causal: Optional[bool] = CAUSAL_OPT,
+    mask: Optional[str] = MASK_OPT,
+    score_mod: Optional[str] = SCORE_MOD_OPT,
     direction: Optional[str] = PASS_OPT,
     impl: Optional[List[str]] = typer.Option(None, "--impl", "-i",
                                              help="impl name or package.module:function (repeatable or a "
@@ -60,7 +63,8 @@ def run(
         raise UserError(f"--format must be md or json, got {fmt!r}")
     dev = resolve_device(device)
     workloads, sweep_name = build_workloads(preset, sweep, batch, heads, kv_heads, seq, kv_seq, dim, dtype,
-                                            causal, direction, dev)
+                                            causal, direction, dev, mask=mask,
+                                            score_mod=score_mod)
     policy = policy_from_options(samples=samples, min_samples=min_samples, max_samples=max_samples,
                                  warmup_ms=warmup_ms, min_time_ms=min_time_ms, max_time_ms=max_time_ms,
                                  target_precision=target_precision)

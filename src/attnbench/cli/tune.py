@@ -9,8 +9,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
-from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, PASS_OPT, PRESET_OPT,
-                      SEQ_OPT, SWEEP_OPT, build_workloads, open_store, split_impls)
+from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, MASK_OPT, PASS_OPT,
+                      PRESET_OPT, SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, open_store, split_impls)
 
 
 def tune(
@@ -24,6 +24,8 @@ def tune(
     dim: Optional[str] = DIM_OPT,
     dtype: Optional[str] = DTYPE_OPT,
     causal: Optional[bool] = CAUSAL_OPT,
+    mask: Optional[str] = MASK_OPT,
+    score_mod: Optional[str] = SCORE_MOD_OPT,
     direction: Optional[str] = PASS_OPT,
     impl: Optional[List[str]] = typer.Option(None, "--impl", "-i", help="impl name or package.module:function "
                                              "(repeatable; default: all registered; plugins alone add to all)"),
@@ -62,7 +64,7 @@ def tune(
         raise UserError("--samples must be at least 1")
     dev = resolve_device(device)
     workloads, _ = build_workloads(preset, sweep, tn.expand_ellipsis(batch), heads, kv_heads, seq, kv_seq, dim,
-                                   dtype, causal, direction, dev)
+                                   dtype, causal, direction, dev, mask=mask, score_mod=score_mod)
     racing = tn.RacingPolicy(max_samples=samples, first_samples=min(10, samples))
     config = tn.TuneConfig(workloads=workloads, impls=tn.cli_impls(split_impls(impl)), device=dev, timer=timer,
                            budget_s=tn.parse_duration(budget), budget_total_s=tn.parse_duration(budget_total,

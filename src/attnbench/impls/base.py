@@ -35,9 +35,21 @@ class Impl:
     name: str = ""
     family: str = ""
     description: str = ""
+    mask_kinds: tuple[str, ...] = ("full", "causal")   # spec.masks kinds it computes
+    score_mods: tuple[str, ...] = ("",)                 # score modifier kinds it computes ('' = none)
 
     def supports(self, workload: Workload, device: str) -> str | None:
-        """None if it can run here, else the reason it cannot."""
+        """None if it can run here, else the reason it cannot. Subclasses call mask_reason first."""
+        return self.mask_reason(workload)
+
+    def mask_reason(self, workload: Workload) -> str | None:
+        """Why the workload's mask or score modifier is not one this impl computes (None: it is)."""
+        kind = workload.mask_kind
+        if kind not in self.mask_kinds:
+            return f"{self.name or type(self).__name__} does not implement the {kind} mask"
+        mod = workload.score_mod.split(":", 1)[0]
+        if mod not in self.score_mods:
+            return f"{self.name or type(self).__name__} does not implement the {mod} score modifier"
         return None
 
     def build(self, workload: Workload, device: str, params: dict[str, Any]) -> AttnFn:

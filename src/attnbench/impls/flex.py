@@ -20,6 +20,9 @@ class FlexImpl(Impl):
     description = "torch FlexAttention under torch.compile (one compile per workload; recompiles are errors)"
 
     def supports(self, workload: Workload, device: str) -> str | None:
+        why = self.mask_reason(workload)
+        if why:
+            return why
         try:
             import torch.nn.attention.flex_attention  # noqa: F401
         except ImportError:

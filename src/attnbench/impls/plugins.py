@@ -2,8 +2,11 @@
 
 A plugin function has SDPA's signature: fn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
 scale=None, enable_gqa=False) -> out (enable_gqa is passed only for grouped-query workloads).
-Optional attributes on the function: `supports(workload, device) -> str | None` and
-`param_space(workload, device) -> list[dict]` (params then arrive as keyword arguments).
+Optional attributes on the function: `supports(workload, device) -> str | None`,
+`param_space(workload, device) -> list[dict]` (params then arrive as keyword arguments), and
+`mask_kinds` / `score_mods` (tuples of spec.masks kinds the function computes; default full and causal,
+no score modifier): for any other declared mask the function gets `mask=` (spec.masks text, with
+is_causal=False) and, with a modifier, `score_mod=` keyword arguments.
 An entry point may also name an Impl instance or subclass.
 """
 
@@ -25,10 +28,15 @@ class FunctionImpl(Impl):
     def __init__(self, name: str, fn: Callable[..., Any]):
         self.name = name
         self.fn = fn
+        self.mask_kinds = tuple(getattr(fn, "mask_kinds", Impl.mask_kinds))
+        self.score_mods = tuple(getattr(fn, "score_mods", Impl.score_mods))
         doc = (getattr(fn, "__doc__", None) or "").strip().splitlines()
         self.description = doc[0] if doc else f"plugin {name}"
 
     def supports(self, workload: Workload, device: str) -> str | None:
+        why = self.mask_reason(workload)
+        if why:
+            return why
         check = getattr(self.fn, "supports", None)
         return check(workload, device) if callable(check) else None
 
@@ -41,6 +49,10 @@ class FunctionImpl(Impl):
         kwargs: dict[str, Any] = {"is_causal": workload.causal, **params}
         if workload.gqa:
             kwargs["enable_gqa"] = True
+        if workload.mask not in ("full", "causal"):
+            kwargs["mask"] = workload.mask
+        if workload.score_mod:
+            kwargs["score_mod"] = workload.score_mod
         return lambda q, k, v: user(q, k, v, **kwargs)
 
 

@@ -55,6 +55,9 @@ class SdpaImpl(Impl):
         )
 
     def supports(self, workload: Workload, device: str) -> str | None:
+        why = self.mask_reason(workload)
+        if why:
+            return why
         if self.backend_name in ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION") and not device.startswith("cuda"):
             return "needs a CUDA GPU (no CPU kernel for this backend)"
         if self.backend_name == "CUDNN_ATTENTION":

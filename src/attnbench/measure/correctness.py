@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..impls.base import AttnFn, make_inputs
 from ..impls.reference import reference_output
-from ..spec import (Workload)
+from ..spec import Workload
 
 # ||out - ref|| / ||ref|| allowed per dtype. fp32 allows TF32 matrix units (~3e-4); fp16 keeps 10
 # mantissa bits, bf16 7. Wrong functions (e.g. chunking K/V) land near 1.
@@ -97,7 +97,7 @@ def check(fn: AttnFn, workload: Workload, device: str, seed: int | None = None) 
             grads = False
             note = "gradients not checked: the float64 reference would not fit; forward output checked"
     if not grads:
-        ref = reference_output(q[:sub], k[:sub], v[:sub], w.causal)
+        ref = reference_output(q[:sub], k[:sub], v[:sub], w.mask, score_mod=w.score_mod)
         err = rel_error(out[:sub], ref)
         details["out"] = err
     else:
@@ -105,7 +105,7 @@ def check(fn: AttnFn, workload: Workload, device: str, seed: int | None = None) 
 
         q64, k64, v64 = (t[:sub_b, :h].detach().to(torch.float64).requires_grad_(True)
                          for t, h in ((q, hq), (k, hk), (v, hk)))
-        ref = attention_math(q64, k64, v64, w.causal)
+        ref = attention_math(q64, k64, v64, w.mask, score_mod=w.score_mod, heads_total=w.q_heads)
         g64 = inputs.grad_out[:sub_b, :hq].to(torch.float64)
         rq, rk, rv = torch.autograd.grad(ref, (q64, k64, v64), g64)
         details["out"] = rel_error(out[:sub_b, :hq], ref.detach())

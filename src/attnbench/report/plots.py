@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..spec import (Workload)
+from ..spec import Workload, masks
 
 # Colour-blind-safe palette (Okabe-Ito), then tab10's remainder; assigned by the caller per impl so an
 # impl keeps its colour across every plot of a page.
@@ -246,7 +246,7 @@ def roofline_chart(points: Sequence[Point], roofs: Sequence[Roof], *, title: str
 # -- which plots: the swept axes of a run's workloads ------------------------------------------------
 
 # Axes a plot can sweep: name, the Workload fields that change together, and the title. The x value is
-# the first field. Earlier entries win ties; categorical fields (dtype, causal, pass) are never x axes.
+# the first field. Earlier entries win ties; categorical fields (dtype, mask, score_mod, pass) are never x axes.
 AXES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("seq", ("q_len", "kv_len"), "sequence length"),
     ("batch", ("batch",), "batch size"),
@@ -257,7 +257,7 @@ AXES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("q_heads", ("q_heads",), "query heads"),
     ("dim", ("head_dim",), "head dim"),
 )
-_FIELDS = ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "dtype", "causal", "direction")
+_FIELDS = ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim", "dtype", "mask", "score_mod", "direction")
 
 
 @dataclass
@@ -290,8 +290,7 @@ def _fixed_label(w: Workload, fields: tuple[str, ...]) -> str:
     if "head_dim" not in fields:
         parts.append(f"D{w.head_dim}")
     parts.append(w.dtype)
-    if w.causal:
-        parts.append("causal")
+    parts += [x for x in (masks.label(w.mask), w.score_mod) if x]
     if w.direction != "fwd":
         parts.append(w.direction)
     return " ".join(parts)

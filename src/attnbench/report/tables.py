@@ -186,8 +186,8 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
 
 
 CSV_COLUMNS = ("run_id", "workload_key", "workload", "batch", "q_heads", "kv_heads", "q_len", "kv_len",
-               "head_dim", "dtype", "causal", "pass", "impl", "params", "status", "reason", "timer", "n",
-               "median_ms", "ci_lo", "ci_hi", "tflops", "gbps", "rel_err", "backend", "stop_reason")
+               "head_dim", "dtype", "causal", "mask", "score_mod", "pass", "impl", "params", "status", "reason",
+               "timer", "n", "median_ms", "ci_lo", "ci_hi", "tflops", "gbps", "rel_err", "backend", "stop_reason")
 
 
 def csv_report(store: Store, run_id: int | str | None = None) -> str:
@@ -207,7 +207,8 @@ def csv_report(store: Store, run_id: int | str | None = None) -> str:
         out.writerow({
             "run_id": info.run_id, "workload_key": w.key, "workload": w.label, "batch": w.batch,
             "q_heads": w.q_heads, "kv_heads": w.kv_heads, "q_len": w.q_len, "kv_len": w.kv_len,
-            "head_dim": w.head_dim, "dtype": w.dtype, "causal": w.causal, "pass": w.direction, "impl": m.impl,
+            "head_dim": w.head_dim, "dtype": w.dtype, "causal": w.causal, "mask": w.mask,
+            "score_mod": w.score_mod, "pass": w.direction, "impl": m.impl,
             "params": params_key(m.params), "status": m.status, "reason": m.reason, "timer": m.timer,
             "n": len(m.samples_ms), "median_ms": _g(r.median_ms), "ci_lo": _g(r.ci[0] if r.ci else None),
             "ci_hi": _g(r.ci[1] if r.ci else None), "tflops": _g(r.tflops), "gbps": _g(r.gbps),

@@ -26,6 +26,8 @@ AXES = {
     "causal": "causal",
     "pass": "direction",
     "direction": "direction",
+    "mask": "mask",
+    "score_mod": "score_mod",
 }
 
 
@@ -35,7 +37,7 @@ def _as_list(value: Any) -> list:
 
 def _coerce(axis: str, value: Any) -> Any:
     field = AXES[axis]
-    if field in ("dtype", "direction"):
+    if field in ("dtype", "direction", "mask", "score_mod"):
         return str(value)
     if field == "causal":
         if isinstance(value, bool):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
+from . import masks
 
 DTYPES = ("fp16", "bf16", "fp32", "fp64")
 DTYPE_ALIASES = {
@@ -21,7 +22,12 @@ PASSES = ("fwd", "bwd", "fwd+bwd")
 
 @dataclass(frozen=True, order=True)
 class Workload:
-    """One attention problem. Q is (batch, q_heads, q_len, head_dim); K and V are (batch, kv_heads, kv_len, head_dim)."""
+    """One attention problem. Q is (batch, q_heads, q_len, head_dim); K and V are (batch, kv_heads, kv_len, head_dim).
+
+    `mask` is one of spec.masks' kinds (full, causal, causal-br, window:W, document:...) and `score_mod`
+    one of its score modifiers ('' for none). `causal` is kept for SDPA-style callers: it is true exactly
+    when the mask is top-left causal, and `causal=True` alone means mask 'causal'.
+    """
 
     batch: int
     q_heads: int
@@ -32,6 +38,8 @@ class Workload:
     dtype: str = "fp16"
     causal: bool = False
     direction: str = "fwd"
+    mask: str = ""
+    score_mod: str = ""
 
     def __post_init__(self) -> None:
         for name in ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim"):
@@ -48,6 +56,15 @@ class Workload:
             )
         if not isinstance(self.causal, bool):
             raise UserError(f"causal must be true or false, got {self.causal!r}")
+        if self.mask in ("", None):
+            mask = "causal" if self.causal else "full"
+        else:
+            mask = masks.canonical_mask(self.mask, self.q_len, self.kv_len)
+            if self.causal and mask != "causal":
+                raise UserError(f"causal=true contradicts mask {mask!r}: give the mask alone")
+        object.__setattr__(self, "mask", mask)
+        object.__setattr__(self, "causal", mask == "causal")
+        object.__setattr__(self, "score_mod", masks.canonical_score_mod(self.score_mod))
         if self.direction not in PASSES:
             raise UserError(f"unknown pass {self.direction!r}; choose one of {', '.join(PASSES)}")
 
@@ -60,9 +77,11 @@ class Workload:
         """A stable, readable identifier: the store and the dispatch table key on it."""
         parts = [
             f"b{self.batch}", f"hq{self.q_heads}", f"hkv{self.kv_heads}", f"sq{self.q_len}",
-            f"sk{self.kv_len}", f"d{self.head_dim}", self.dtype, "causal" if self.causal else "full",
-            self.direction,
+            f"sk{self.kv_len}", f"d{self.head_dim}", self.dtype, masks.key_token(self.mask),
         ]
+        if self.score_mod:
+            parts.append(masks.score_mod_token(self.score_mod))
+        parts.append(self.direction)
         return "_".join(parts)
 
     @property
@@ -71,8 +90,9 @@ class Workload:
         heads = f"H{self.q_heads}" if not self.gqa else f"H{self.q_heads}/{self.kv_heads}"
         seq = f"S{self.q_len}" if self.q_len == self.kv_len else f"S{self.q_len}x{self.kv_len}"
         out = f"B{self.batch} {heads} {seq} D{self.head_dim} {self.dtype}"
-        if self.causal:
-            out += " causal"
+        for extra in (masks.label(self.mask), self.score_mod):
+            if extra:
+                out += f" {extra}"
         if self.direction != "fwd":
             out += f" {self.direction}"
         return out
@@ -86,4 +106,14 @@ class Workload:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def replace(self, **changes: Any) -> "Workload":
+        """A copy with fields changed; changing `causal` alone re-derives the mask (and `mask` alone, causal)."""
+        if "causal" in changes and "mask" not in changes:
+            changes["mask"] = ""
+        elif "mask" in changes and "causal" not in changes:
+            changes["causal"] = False
         return dataclasses.replace(self, **changes)
+
+    @property
+    def mask_kind(self) -> str:
+        """'window:128' -> 'window'."""
+        return masks.kind(self.mask)

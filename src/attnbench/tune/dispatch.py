@@ -44,17 +44,26 @@ def pow2_bucket(n: int) -> int:
     return 1 << (int(n) - 1).bit_length()
 
 
-def bucket_key(dtype: str, head_dim: int, causal: bool, gqa_ratio: int, direction: str, q_len: int,
-               kv_len: int, batch: int) -> str:
+def bucket_key(dtype: str, head_dim: int, causal: bool | str, gqa_ratio: int, direction: str, q_len: int,
+               kv_len: int, batch: int, score_mod: str = "") -> str:
     """'fp16/d64/full/gqa1/fwd/q512/kv512/b32': exact dtype, head dim, mask, GQA ratio and pass;
-    power-of-two buckets (rounded up) of q_len, kv_len and batch."""
-    return (f"{dtype}/d{head_dim}/{'causal' if causal else 'full'}/gqa{gqa_ratio}/{direction}/"
+    power-of-two buckets (rounded up) of q_len, kv_len and batch. `causal` is a bool or a spec.masks
+    text (its key token names the mask: causal, causalbr, win4096, ...; documents share one 'doc')."""
+    if isinstance(causal, bool):
+        token = "causal" if causal else "full"
+    else:
+        from ..spec import masks
+
+        token = "doc" if masks.kind(causal) == "document" else masks.key_token(causal)
+    if score_mod:
+        token += "+" + score_mod.replace(":", "")
+    return (f"{dtype}/d{head_dim}/{token}/gqa{gqa_ratio}/{direction}/"
             f"q{pow2_bucket(q_len)}/kv{pow2_bucket(kv_len)}/b{pow2_bucket(batch)}")
 
 
 def workload_bucket(w) -> str:
-    return bucket_key(w.dtype, w.head_dim, w.causal, w.q_heads // w.kv_heads, w.direction, w.q_len,
-                      w.kv_len, w.batch)
+    return bucket_key(w.dtype, w.head_dim, w.mask, w.q_heads // w.kv_heads, w.direction, w.q_len,
+                      w.kv_len, w.batch, w.score_mod)
 
 
 @dataclass
