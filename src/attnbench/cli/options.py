@@ -22,6 +22,8 @@ DIM_OPT = typer.Option(None, "-d", "--dim", help="head dim, comma list")
 DTYPE_OPT = typer.Option(None, "--dtype", help="fp16, bf16, fp32, fp64; comma list")
 CAUSAL_OPT = typer.Option(None, "--causal/--no-causal", help="causal mask")
 PASS_OPT = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list")
+EXECUTOR_OPT = typer.Option("inproc", "--executor", help="where cells run: inproc (default), gpus (one worker "
+                            "process per local GPU, dask-cuda) or dask://HOST:PORT (a running Dask scheduler)")
 
 def open_store(db: Optional[str]):
     from ..store import Store
