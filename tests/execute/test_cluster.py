@@ -51,7 +51,7 @@ class _SharedGpu(DaskExecutor):
     """Two workers that report the same GPU (workers started without pinning)."""
 
     def __init__(self):
-        self.name = "fake"
+        self.name, self.one_gpu_each = "fake", True
 
     def _on_each(self, fn, arg):
         from attnbench import __version__
@@ -60,9 +60,11 @@ class _SharedGpu(DaskExecutor):
                            attnbench=__version__) for i in range(2)]
 
 
-def test_two_workers_on_one_gpu_are_refused():
+def test_two_workers_on_one_gpu_are_refused_and_so_is_one_gpu_for_all():
     with pytest.raises(UserError, match="measure on the same GPU"):
         _SharedGpu().probe(Setup(token="t"))
+    with pytest.raises(UserError, match="--device cuda:1 picks one GPU"):
+        _SharedGpu().device("cuda:1")
 
 
 def test_throughput_text():

@@ -54,14 +54,16 @@ def test_two_workers_give_the_same_rows_as_in_process(tmp_path, dask_client, int
         assert pickle.loads(pickle.dumps(ok)) == ok and ok.timer == "fake" and len(ok.samples_ms) == 3
 
 
-def test_a_worker_killed_mid_sweep_loses_nothing(tmp_path, dask_client):
+def test_a_worker_killed_mid_sweep_loses_nothing(tmp_path, dask_client, capsys):
     """The fixture kernel ends its worker process the first time it is called; the scheduler runs that
     workload again on the other worker and the sweep completes with every row."""
     impls = ["reference", "tests.fixtures.crash:crash_once"]
     config = cfg(impls)
     config.params = {"tests.fixtures.crash:crash_once": [{"marker": str(tmp_path / "died")}]}
     with Store(tmp_path / "r.db") as store:
-        rid = run_sweep(config, store, dask_client, timer=FAKE, progress=False)
+        rid = run_sweep(config, store, dask_client, timer=FAKE, progress=True)
+        bar = capsys.readouterr().err  # one bar for the sweep, each worker's count and rate beside it
+        assert "sweep" in bar and "6/6" in bar and "/s)" in bar
         assert (tmp_path / "died").exists()  # a worker did die
         assert store.run(rid).status == "complete"
         assert {s for _, s in rows(store, rid)} == {"ok"} and len(rows(store, rid)) == 6

@@ -77,9 +77,10 @@ class DaskExecutor:
 
     distributed = True
 
-    def __init__(self, client: Any, cluster: Any = None, name: str = ""):
+    def __init__(self, client: Any, cluster: Any = None, name: str = "", one_gpu_each: bool = False):
         self.client, self.cluster = client, cluster
         self.name = name or f"dask {client.scheduler.address}"
+        self.one_gpu_each = one_gpu_each  # every worker sees only its own GPU, as cuda (cuda:0)
         self._n = 0
 
     # -- starting -------------------------------------------------------------------------------
@@ -104,7 +105,7 @@ class DaskExecutor:
             cluster = LocalCUDACluster(threads_per_worker=1, dashboard_address=None)
         client = distributed.Client(cluster)
         client.wait_for_workers(n)
-        return cls(client, cluster, f"gpus ({n} local GPUs, dask-cuda)")
+        return cls(client, cluster, f"gpus ({n} local GPUs, dask-cuda)", one_gpu_each=True)
 
     @classmethod
     def connect(cls, address: str, timeout_s: float = 30.0) -> "DaskExecutor":
@@ -153,6 +154,9 @@ class DaskExecutor:
         """The device every worker measures on for --device `requested` (they must agree)."""
         from .worker import worker_device
 
+        if self.one_gpu_each and (requested or "").startswith("cuda:"):
+            raise UserError(f"--device {requested} picks one GPU; --executor gpus measures on every GPU, each worker "
+                            "on its own (give --device cuda, or none)")
         found = Counter(self._on_each(worker_device, requested))
         if len(found) > 1:
             raise UserError(f"the workers would measure on different devices ({dict(found)}); give --device")
@@ -204,6 +208,9 @@ class DaskExecutor:
 
         if fut.status == "finished":
             return Outcome(result=fut.result())
+        if fut.status == "cancelled":  # not the cell's doing: nothing is stored, and --resume runs it again
+            raise UserError("the Dask scheduler cancelled attnbench's tasks (restarted?); what arrived is stored: "
+                            "run the same command with --resume to finish")
         exc = fut.exception()
         if isinstance(exc, UserError):
             raise exc

@@ -30,9 +30,10 @@ class SweepProgress:
             self.bar.start()
             self.task = self.bar.add_task("waiting for workers", total=total, completed=already)
 
-    def record(self, worker: str, cells: int) -> None:
-        """`cells` results came back from `worker` (and are stored)."""
-        self.done[worker] = self.done.get(worker, 0) + cells
+    def record(self, worker: str | None, cells: int) -> None:
+        """`cells` results are stored: returned by `worker`, or (None) recorded here for a lost task."""
+        if worker:
+            self.done[worker] = self.done.get(worker, 0) + cells
         if self.bar:
             self.bar.update(self.task, advance=cells,
                             description=throughput_text(self.done, time.perf_counter() - self.t0))

@@ -60,7 +60,7 @@ class _Sweep:
             self.ceilings[eid] = ceilings_for(fp, self.store.get("ceilings", eid))
         return self.ceilings[eid]
 
-    def _commit(self, m: Measurement, bar: SweepProgress, worker: str) -> None:
+    def _commit(self, m: Measurement, bar: SweepProgress, worker: str | None) -> None:
         from ..measure.runner import annotate
 
         m = annotate(m, self._ceilings(m.env_id))
@@ -151,7 +151,7 @@ class _Sweep:
         def error(i: int, params: dict, reason: str) -> None:
             m = Measurement(workload=task.workload, impl=impls[i].name, status="error", reason=reason,
                             params=params, env_id=eid, device=device, timer=mode)
-            self._commit(m, bar, "lost" if out.lost else "failed")
+            self._commit(m, bar, None)
 
         if out.failed:
             for i, p in task.cells:

@@ -92,8 +92,9 @@ def _gpu_uuid(device: str) -> str:
         return ""
 
 
-def _state(setup: Setup) -> dict[str, Any]:
-    """This process's device, timer, fingerprint and typical-clock track for the sweep (built once)."""
+def session(setup: Setup) -> dict[str, Any]:
+    """This process's device, timer, impls, WorkerInfo and typical-clock track for the sweep (built once per
+    sweep; call it holding MEASURING)."""
     if _STATE.get("token") == setup.token:
         return _STATE
     from .. import __version__
@@ -119,7 +120,7 @@ def _state(setup: Setup) -> dict[str, Any]:
 def probe(setup: Setup) -> WorkerInfo:
     """Set the worker up for the sweep (device, timer, impls, fingerprint) and say what it is."""
     with MEASURING:
-        return _state(setup)["info"]
+        return session(setup)["info"]
 
 
 def worker_device(requested: str | None) -> str:
@@ -155,7 +156,7 @@ def measure_task(task: WorkloadTask) -> TaskResult:
     from ..measure.runner import _free, measure_workload
 
     with MEASURING:
-        st = _state(task.setup)
+        st = session(task.setup)
         s, info = task.setup, st["info"]
         t0 = time.perf_counter()
         cells = [(task.workload, st["impls"][i], dict(p)) for i, p in task.cells]

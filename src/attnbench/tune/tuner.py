@@ -80,15 +80,13 @@ def tune(config: TuneConfig, store, *, timer=None, fingerprint: dict[str, Any] |
 
 
 def _search_on_worker(args: tuple) -> WorkloadResult:
-    """One workload's search on a worker (the timer is built there; impls are resolved there by name)."""
-    from ..execute.worker import MEASURING
-    from ..impls import resolve_many
-    from ..measure.timing import make_timer
+    """One workload's search on a worker, with the worker's timer and impls for this tune (execute.worker)."""
+    from ..execute.worker import MEASURING, session
 
-    w, names, device, timer_name, factory, config, eid, budget, ceil = args
+    setup, w, config, budget, ceil = args
     with MEASURING:
-        timer = factory() if factory is not None else make_timer(timer_name, device)
-        return search_workload(w, resolve_many(names), device, timer, config, eid, budget, ceil)
+        st = session(setup)
+        return search_workload(w, st["impls"], st["device"], st["timer"], config, st["info"].env_id, budget, ceil)
 
 
 def _tune_on_workers(config: TuneConfig, store, ex, timer, progress) -> TuneResult:
@@ -106,8 +104,9 @@ def _tune_on_workers(config: TuneConfig, store, ex, timer, progress) -> TuneResu
     factory = timer_factory(timer)
     names = candidate_names(config.impls, config.baseline)
     impls = resolve_many(names)
-    workers = ex.probe(Setup(token=uuid.uuid4().hex[:12], impls=tuple(names), device=config.device,
-                             timer=config.timer, timer_factory=factory))
+    setup = Setup(token=uuid.uuid4().hex[:12], impls=tuple(names), device=config.device, timer=config.timer,
+                  timer_factory=factory)
+    workers = ex.probe(setup)
     envs = sorted({w.env_id for w in workers})
     if len(envs) > 1:
         raise UserError(f"tune: the workers hold {len(envs)} environments ({', '.join(envs)}); a dispatch table "
@@ -133,8 +132,8 @@ def _tune_on_workers(config: TuneConfig, store, ex, timer, progress) -> TuneResu
         budget = share if budget is None else min(budget, share)
     pending, futures = {}, []
     for i, w, key in todo:
-        args = (w, names, device, config.timer, factory, dataclasses.replace(config, workloads=[w]), eid, budget, ceil)
-        fut = ex.submit(_search_on_worker, args, "attnbench-tune")
+        fut = ex.submit(_search_on_worker, (setup, w, dataclasses.replace(config, workloads=[w]), budget, ceil),
+                        "attnbench-tune")
         pending[fut.key] = (i, w, key)
         futures.append(fut)
     try:
