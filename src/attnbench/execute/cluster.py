@@ -11,9 +11,6 @@ from typing import Any, Callable, Iterator
 from ..errors import UserError
 from .worker import Setup, WorkerInfo
 
-EXECUTOR_HELP = ("where cells run: inproc (this process; default), gpus (one worker process per local GPU, "
-                 "through dask-cuda), or dask://HOST:PORT (the workers of a running Dask scheduler)")
-
 # A task whose worker dies is run again on another worker (the scheduler's own rescheduling); a second death
 # marks it failed (KilledWorker). Clusters started here use this; a running scheduler keeps its own setting.
 ALLOWED_FAILURES = 1
