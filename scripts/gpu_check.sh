@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
-# Sections: env, tests, run, warm, flag, benchmarks (= timer, ncu, tune, dispatch, gate, compare), all (default).
+# Sections: env, tests, run, warm, flag, executor, benchmarks (= timer, ncu, tune, dispatch, gate, compare),
+# all (default).
 # `all` takes longer than one 10-minute device call: split it, e.g. `env tests run`, then `timer`,
 # then `tune dispatch gate compare`.
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
@@ -79,6 +80,27 @@ if want flag; then
   step "run side-stream" python3 -m attnbench run -b 32 -H 8 -s 2048 -d 64 \
     -i tests.fixtures.kernels:side_stream,sdpa-flash --db "$DB" -q --name timer-error
   table
+fi
+
+if want executor; then
+  # Issue 18: characterize in-process and through --executor gpus (dask-cuda, one worker process per GPU):
+  # the same rows and statuses, medians within noise (benchmarks/executor_parity.py). Then a kernel that
+  # kills its worker process: its cell must be recorded as `error` after two deaths, the rest measured.
+  # Needs dask, distributed and dask-cuda: carried as wheels (docs/methods.md, "Executors").
+  say "## --executor gpus against inproc (characterize)"
+  if python3 -c "import distributed, dask_cuda" >>"$BENCH" 2>&1; then
+    step "run characterize inproc" python3 -m attnbench run --preset characterize --db "$DB" -q \
+      --name characterize-inproc
+    step "run characterize gpus" python3 -m attnbench run --preset characterize --executor gpus --db "$DB" -q \
+      --name characterize-gpus
+    step "executor parity" python3 benchmarks/executor_parity.py --db "$DB" --out "$OUT/json"
+    sed -n '/^# executor parity/,/^verdict/p' "$BENCH" | tail -n 90 >> "$SUMMARY"
+    step "run crash gpus" python3 -m attnbench run --executor gpus -b 1 -H 8 -s 512 -d 64 \
+      -i sdpa-flash,tests.fixtures.crash:crash --db "$DB" -q --name crash-gpus
+    table
+  else
+    say "- skipped: dask, distributed or dask-cuda cannot be imported here (see $BENCH)"
+  fi
 fi
 
 for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing dispatch_overhead gate_power compare_checks; do

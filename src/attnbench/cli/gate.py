@@ -10,8 +10,8 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
-from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, MASK_OPT, PASS_OPT,
-                      SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, open_store, split_impls)
+from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, EXECUTOR_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT,
+                      MASK_OPT, PASS_OPT, SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, open_store, split_impls)
 
 
 def gate(
@@ -52,29 +52,30 @@ def gate(
     min_samples: Optional[int] = typer.Option(None, "--min-samples"),
     warmup_ms: Optional[float] = typer.Option(None, "--warmup-ms", help="warm-up by time, after the first call"),
     max_time_ms: Optional[float] = typer.Option(None, "--max-time-ms", help="time limit per measurement"),
+    executor: str = EXECUTOR_OPT,
     db: Optional[str] = DB_OPT,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """CI ratchet: measure now, compare with the baseline; exit 1 on a confirmed, significant and large
     regression (or a kernel that broke), 2 on a usage or environment error."""
+    from ..execute import open_executor
     from ..gate.orchestrate import GateOptions, RunnerMeasurer, append_step_summary, policy_from_flags, run_gate
-    from ..measure.runner import resolve_device
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
-    dev = resolve_device(device)
-    shape = (batch, heads, kv_heads, seq, kv_seq, dim, dtype, causal, direction)
-    masks = dict(mask=mask, score_mod=score_mod)
-    workloads = None
-    if preset or sweep or any(x is not None for x in (*shape, mask, score_mod)) or not baseline.exists():
-        workloads, _ = build_workloads(preset, sweep, *shape, dev, **masks)
-    policy = policy_from_flags(samples, min_samples, warmup_ms, max_time_ms)
-    opts = GateOptions(str(baseline), update=update, threshold=threshold, alpha=alpha, confirm=confirm, repeats=repeats,
-                       normalize=normalize, allow_env_mismatch=allow_env_mismatch, accept=tuple(accept or ()),
-                       reason=reason, workloads=workloads, impls=split_impls(impl) or None, timer=timer,
-                       policy=policy)
-    with open_store(db) as store:
-        measurer = RunnerMeasurer(store, dev, progress=not quiet and sys.stderr.isatty())
+    with open_executor(executor) as ex, open_store(db) as store:
+        dev = ex.device(device)
+        shape = (batch, heads, kv_heads, seq, kv_seq, dim, dtype, causal, direction)
+        masks = dict(mask=mask, score_mod=score_mod)
+        workloads = None
+        if preset or sweep or any(x is not None for x in (*shape, mask, score_mod)) or not baseline.exists():
+            workloads, _ = build_workloads(preset, sweep, *shape, dev, **masks)
+        policy = policy_from_flags(samples, min_samples, warmup_ms, max_time_ms)
+        opts = GateOptions(str(baseline), update=update, threshold=threshold, alpha=alpha, confirm=confirm,
+                           repeats=repeats, normalize=normalize, allow_env_mismatch=allow_env_mismatch,
+                           accept=tuple(accept or ()), reason=reason, workloads=workloads,
+                           impls=split_impls(impl) or None, timer=timer, policy=policy)
+        measurer = RunnerMeasurer(store, dev, progress=not quiet and sys.stderr.isatty(), executor=ex)
         result = run_gate(opts, measurer)
         measurer.record(result)
     text = result.markdown()

@@ -25,6 +25,8 @@ MASK_OPT = typer.Option(None, "--mask", help="full, causal, causal-br, window:W,
                         "document:rand:N; comma list")
 SCORE_MOD_OPT = typer.Option(None, "--score-mod", help="softcap:C or alibi; comma list (none: plain scores)")
 PASS_OPT = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list")
+EXECUTOR_OPT = typer.Option("inproc", "--executor", help="where cells run: inproc (default), gpus (one worker "
+                            "process per local GPU, dask-cuda) or dask://HOST:PORT (a running Dask scheduler)")
 
 def open_store(db: Optional[str]):
     from ..store import Store

@@ -10,9 +10,9 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
-from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, MASK_OPT, PASS_OPT,
-                      PRESET_OPT, SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, default_impls, open_store,
-                      split_impls)
+from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, EXECUTOR_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT,
+                      MASK_OPT, PASS_OPT, PRESET_OPT, SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, default_impls,
+                      open_store, split_impls)
 
 
 def run(
@@ -49,31 +49,31 @@ def run(
                                            "> 10% below the run's typical clock (kept aside in the store)"),
     resume: bool = typer.Option(False, "--resume", help="continue the newest unfinished run of this sweep"),
     name: str = typer.Option("", "--name", help="a label for the run"),
+    executor: str = EXECUTOR_OPT,
     db: Optional[str] = DB_OPT,
     fmt: str = typer.Option("md", "--format", help="md or json (the report printed at the end)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Measure every impl on every workload: correctness first, then timing; results go to the store."""
-    from ..measure.runner import RunConfig, resolve_device
-    from ..measure.runner import run as run_sweep
+    from ..execute import open_executor, run_sweep
+    from ..measure.runner import RunConfig
     from ..measure.timing import policy_from_options
     from ..report import tables as rep
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
-    dev = resolve_device(device)
-    workloads, sweep_name = build_workloads(preset, sweep, batch, heads, kv_heads, seq, kv_seq, dim, dtype,
-                                            causal, direction, dev, mask=mask,
-                                            score_mod=score_mod)
-    policy = policy_from_options(samples=samples, min_samples=min_samples, max_samples=max_samples,
-                                 warmup_ms=warmup_ms, min_time_ms=min_time_ms, max_time_ms=max_time_ms,
-                                 target_precision=target_precision)
-    config = RunConfig(workloads=workloads, impls=split_impls(impl) or default_impls(), device=dev,
-                       timer=timer, policy=policy, name=name or sweep_name, interleave=interleave,
-                       discard_throttled=discard_throttled)
-    with open_store(db) as store:
+    with open_executor(executor) as ex, open_store(db) as store:
+        dev = ex.device(device)
+        workloads, sweep_name = build_workloads(preset, sweep, batch, heads, kv_heads, seq, kv_seq, dim, dtype,
+                                                causal, direction, dev, mask=mask, score_mod=score_mod)
+        policy = policy_from_options(samples=samples, min_samples=min_samples, max_samples=max_samples,
+                                     warmup_ms=warmup_ms, min_time_ms=min_time_ms, max_time_ms=max_time_ms,
+                                     target_precision=target_precision)
+        config = RunConfig(workloads=workloads, impls=split_impls(impl) or default_impls(), device=dev,
+                           timer=timer, policy=policy, name=name or sweep_name, interleave=interleave,
+                           discard_throttled=discard_throttled)
         try:
-            run_id = run_sweep(config, store, resume=resume, progress=not quiet and sys.stderr.isatty())
+            run_id = run_sweep(config, store, ex, resume=resume, progress=not quiet and sys.stderr.isatty())
         except KeyboardInterrupt:
             typer.echo(f"attnbench: interrupted; what was measured is stored in {store.path}. "
                        "Run the same command with --resume to finish.", err=True)

@@ -9,8 +9,9 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
-from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT, MASK_OPT, PASS_OPT,
-                      PRESET_OPT, SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, open_store, split_impls)
+from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, EXECUTOR_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT,
+                      MASK_OPT, PASS_OPT, PRESET_OPT, SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, open_store,
+                      split_impls)
 
 
 def tune(
@@ -45,12 +46,13 @@ def tune(
     fmt: str = typer.Option("md", "--format", help="md or json (the report printed at the end)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
     timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, host (CPU default)"),
+    executor: str = EXECUTOR_OPT,
     db: Optional[str] = DB_OPT,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
 ) -> None:
     """The fastest correct impl per workload: correctness gate, then racing under a time budget;
     results cached per environment; -o writes a dispatch table for attnbench.attention."""
-    from ..measure.runner import resolve_device
+    from ..execute import open_executor
     from ..tune import tuner as tn
     from ..tune.capacity import capacity_json, capacity_markdown, plan_capacity
     from ..tune.report import dispatch_table, json_report, markdown
@@ -62,16 +64,19 @@ def tune(
         raise UserError(f"--objective must be latency or throughput, got {objective!r}")
     if samples < 1:
         raise UserError("--samples must be at least 1")
-    dev = resolve_device(device)
-    workloads, _ = build_workloads(preset, sweep, tn.expand_ellipsis(batch), heads, kv_heads, seq, kv_seq, dim,
-                                   dtype, causal, direction, dev, mask=mask, score_mod=score_mod)
-    racing = tn.RacingPolicy(max_samples=samples, first_samples=min(10, samples))
-    config = tn.TuneConfig(workloads=workloads, impls=tn.cli_impls(split_impls(impl)), device=dev, timer=timer,
-                           budget_s=tn.parse_duration(budget), budget_total_s=tn.parse_duration(budget_total,
-                           "--budget-total"), exhaustive=exhaustive, racing=racing, baseline=baseline, force=force,
-                           policy=tn.TimingPolicy(warmup_ms=25.0, min_samples=samples, max_samples=samples))
+    if objective == "throughput" and executor != "inproc":
+        raise UserError("--executor works with --objective latency; a capacity plan searches batches in turn")
     say = None if quiet else (lambda line: typer.echo(line, err=True))
-    with open_store(db) as store:
+    with open_executor(executor) as ex, open_store(db) as store:
+        dev = ex.device(device)
+        workloads, _ = build_workloads(preset, sweep, tn.expand_ellipsis(batch), heads, kv_heads, seq, kv_seq, dim,
+                                       dtype, causal, direction, dev, mask=mask, score_mod=score_mod)
+        racing = tn.RacingPolicy(max_samples=samples, first_samples=min(10, samples))
+        config = tn.TuneConfig(workloads=workloads, impls=tn.cli_impls(split_impls(impl)), device=dev, timer=timer,
+                               budget_s=tn.parse_duration(budget), budget_total_s=tn.parse_duration(budget_total,
+                               "--budget-total"), exhaustive=exhaustive, racing=racing, baseline=baseline,
+                               force=force, policy=tn.TimingPolicy(warmup_ms=25.0, min_samples=samples,
+                                                                   max_samples=samples))
         if objective == "throughput":
             if latency_budget is None:
                 raise UserError("--objective throughput needs --latency-budget (e.g. 2ms)")
@@ -83,7 +88,7 @@ def tune(
         else:
             if latency_budget is not None:
                 raise UserError("--latency-budget goes with --objective throughput")
-            result = tn.tune(config, store, progress=say)
+            result = tn.tune(config, store, progress=say, executor=ex)
             text = json.dumps(json_report(result), indent=2, default=str) if fmt == "json" else markdown(result)
             if output:
                 dispatch_table(result).save(output)

@@ -311,6 +311,15 @@ def _timer_note(mode: str) -> str:
     return f"timer `{mode}`" + (f": {text}" if text else "")
 
 
+def _env_mismatches(store, env_ids: list[str]) -> str:
+    """How the environments of one run's measurements differ ('' when they are one environment)."""
+    from ..analysis.device import env_mismatch
+
+    ids = list(dict.fromkeys(e for e in env_ids if e))
+    diffs = [d for e in ids[1:] for d in env_mismatch(store.environment(ids[0]), store.environment(e))]
+    return "; ".join(dict.fromkeys(diffs))
+
+
 def compare_runs(store, run_a, run_b, allow_env_mismatch: bool = False, impl: str | None = None, *,
                  threshold: float = 0.02, alpha: float = 0.05, per_token: bool = False, seed: int = 0) -> Comparison:
     """Compare two stored runs cell by cell (workload x impl), A = run_a (candidate), B = run_b (baseline).
@@ -323,6 +332,13 @@ def compare_runs(store, run_a, run_b, allow_env_mismatch: bool = False, impl: st
 
     ia, ib = store.run(run_a), store.run(run_b)
     warnings: list[str] = []
+    ma = store.measurements(ia.run_id, impl=impl)
+    mb = store.measurements(ib.run_id, impl=impl)
+    for info, ms in ((ia, ma), (ib, mb)):  # a run measured on several workers may hold several environments
+        mixed = _env_mismatches(store, [info.env_id] + [m.env_id for m in ms])
+        if mixed:
+            raise UserError(f"run {info.run_id} holds measurements from different environments ({mixed}); they "
+                            "are never pooled: compare runs of one environment")
     if ia.env_id != ib.env_id:
         diff = env_mismatch(store.environment(ia.env_id), store.environment(ib.env_id))
         if diff:
@@ -332,8 +348,6 @@ def compare_runs(store, run_a, run_b, allow_env_mismatch: bool = False, impl: st
                                 "pass --allow-env-mismatch to compare anyway")
             warnings.append(f"environments differ ({text}): part of any difference may come from the "
                             "environment, not the code")
-    ma = store.measurements(ia.run_id, impl=impl)
-    mb = store.measurements(ib.run_id, impl=impl)
     for info, ms in ((ia, ma), (ib, mb)):
         if not ms:
             raise UserError(f"run {info.run_id} has no measurements" + (f" of impl {impl!r}" if impl else ""))

@@ -119,11 +119,11 @@ def run_gate(opts: GateOptions, measurer: Measurer, *, date: str | None = None) 
     if opts.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {opts.repeats}")
     ceilings = measurer.ceilings(sorted({c.workload.dtype for c in cells}))
-    current = measurer.measure(cells, timer, policy, "gate")
+    current = _one_environment(measurer.measure(cells, timer, policy, "gate"))
     extra: list[Measurement] = []  # more rounds for the cells whose baseline is (re)written
     if base is None:
         for _ in range(opts.repeats - 1):
-            extra += measurer.measure(cells, timer, policy, "gate-baseline")
+            extra += _one_environment(measurer.measure(cells, timer, policy, "gate-baseline"), current)
     modes = {m.timer for m in current if m.ok}
     if base is not None and modes - {base.timer}:
         raise UserError(f"{path} was measured with the {base.timer!r} timer; this run used {', '.join(sorted(modes))}")
@@ -144,7 +144,8 @@ def run_gate(opts: GateOptions, measurer: Measurer, *, date: str | None = None) 
             warnings.append("--normalize: times NOT normalized: device ceilings are measured on a GPU only and "
                             f"{'this run' if not ceilings else 'the baseline'} has none")
     result = check(base, current, opts.threshold, opts.alpha, normalize, confirm=opts.confirm,
-                   remeasure=lambda cs: measurer.measure(cs, timer, policy, "gate-confirm"), warnings=warnings)
+                   remeasure=lambda cs: _one_environment(measurer.measure(cs, timer, policy, "gate-confirm"), current),
+                   warnings=warnings)
     result.baseline_path, result.created = str(path), creating
     if ceilings and base.ceilings and not creating:
         result.notes.append(_ceiling_drift(base.ceilings, ceilings))
@@ -155,7 +156,7 @@ def run_gate(opts: GateOptions, measurer: Measurer, *, date: str | None = None) 
         moving += [resolve_cell(k, sorted(set(base.cells) | set(now_ok))) for k in opts.accept]
         todo = [now_ok[k] for k in dict.fromkeys(moving) if k in now_ok]
         for _ in range(opts.repeats - 1 if todo else 0):
-            extra += measurer.measure(todo, timer, policy, "gate-baseline")
+            extra += _one_environment(measurer.measure(todo, timer, policy, "gate-baseline"), current)
     if opts.update:
         new, notes = ratchet(new, result.cells, current + extra, creating=creating, commit=commit, date=date)
         result.notes += notes
@@ -166,6 +167,16 @@ def run_gate(opts: GateOptions, measurer: Measurer, *, date: str | None = None) 
         new.save(path)
         result.notes.append(f"wrote {path}")
     return result
+
+
+def _one_environment(ms: list[Measurement], also: list[Measurement] = ()) -> list[Measurement]:
+    """The measurements `ms`, refused (UserError) when they and `also` come from more than one environment
+    (workers of different GPUs or software): a gate compares one environment with its baseline, never a pool."""
+    envs = sorted({m.env_id for m in list(ms) + list(also) if m.env_id})
+    if len(envs) > 1:
+        raise UserError(f"gate: the measurements come from {len(envs)} environments ({', '.join(envs)}); a gate "
+                        "compares one environment with its baseline: use workers of one GPU model and software")
+    return ms
 
 
 def _ceiling_drift(base: Mapping[str, Any], now: Mapping[str, Any]) -> str:
@@ -194,13 +205,41 @@ def append_step_summary(text: str, env: Mapping[str, str] | None = None) -> bool
 
 class RunnerMeasurer:
     """Measures through runner.run into the store (runs named 'gate' and 'gate-confirm'), so history
-    pages see gate runs; `record(result)` stores the verdicts under kv namespace 'gate', key run id."""
+    pages see gate runs; `record(result)` stores the verdicts under kv namespace 'gate', key run id.
+    With a distributed executor (execute.open_executor) the cells run on its workers, which must all be of
+    one environment: a gate compares one environment with its baseline."""
 
-    def __init__(self, store: Any, device: str, *, timer: Any = None, progress: bool = False):
+    def __init__(self, store: Any, device: str, *, timer: Any = None, progress: bool = False, executor: Any = None):
         self.store, self.device, self.timer, self.progress = store, device, timer, progress
+        self.executor = executor
         self.run_ids: list[int] = []
+        self._worker_env: Any = None
+
+    @property
+    def _distributed(self) -> bool:
+        return self.executor is not None and self.executor.distributed
+
+    def _workers(self) -> Any:
+        """The workers' one environment (a WorkerInfo); refused when they hold several."""
+        if self._worker_env is None:
+            import uuid
+
+            from ..execute.sweep import timer_factory
+            from ..execute.worker import Setup
+
+            infos = self.executor.probe(Setup(token=uuid.uuid4().hex[:12], device=self.device,
+                                              timer_factory=timer_factory(self.timer)))
+            envs = sorted({i.env_id for i in infos})
+            if len(envs) > 1:
+                raise UserError(f"gate: the workers hold {len(envs)} environments ({', '.join(envs)}); a gate "
+                                "compares one environment with its baseline: use workers of one GPU model and "
+                                "software stack")
+            self._worker_env = infos[0]
+        return self._worker_env
 
     def fingerprint(self) -> dict[str, Any]:
+        if self._distributed:
+            return self._workers().fingerprint
         from ..analysis import device
 
         return device.fingerprint(self.device)
@@ -211,10 +250,13 @@ class RunnerMeasurer:
         from ..analysis import device
 
         keys = [d for d in dtypes if d in ("fp16", "bf16", "fp32")] or ["fp16"]
+        if self._distributed:  # measured where the GPUs are
+            return self.executor.run_once(device.measure_ceilings, self.device, tuple(keys))
         return device.measure_ceilings(self.device, tuple(keys))
 
     def measure(self, cells: list[Cell], timer: str, policy: Any, name: str) -> list[Measurement]:
-        from ..measure.runner import (RunConfig, run)
+        from ..execute.sweep import run_sweep
+        from ..measure.runner import RunConfig
 
         # One run per set of workloads shared by some (impl, params): exactly the cells asked for.
         groups: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -230,7 +272,8 @@ class RunnerMeasurer:
         for g in groups.values():
             config = RunConfig(workloads=g["workloads"], impls=list(g["params"]), device=self.device, timer=timer,
                                policy=policy, name=name, params=g["params"])
-            run_id = run(config, self.store, timer=self.timer, progress=self.progress)
+            run_id = run_sweep(config, self.store, self.executor or "inproc", timer=self.timer,
+                               progress=self.progress)
             self.run_ids.append(run_id)
             out += self.store.measurements(run_id)
         return out

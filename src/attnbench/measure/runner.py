@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..analysis import device as devmod
 from ..analysis.roofline import ceilings_for
@@ -222,6 +222,53 @@ def measure_together(cells: list[Prepared], device: str, timer: Timer, policy: T
             else finish_cell(p, results[k], clocks, discard_throttled) for k, p in zip(keys, cells)]
 
 
+def workload_groups(cells: list[tuple[Workload, Impl, dict[str, Any]]]) -> list[list[tuple[Workload, Impl, dict]]]:
+    """The cells split by workload, in first-seen order: the unit an executor sends to one worker."""
+    groups: dict[str, list] = {}
+    for c in cells:
+        groups.setdefault(c[0].key, []).append(c)
+    return list(groups.values())
+
+
+def cell_text(cells: list[tuple[Workload, Impl, dict[str, Any]]]) -> str:
+    """What the progress bar says while these cells (one workload's) are being measured."""
+    w, impl, _ = cells[0]
+    return f"{w.label} · {impl.name}" if len(cells) == 1 else f"{w.label} · {len(cells)} impls interleaved"
+
+
+def measure_workload(cells: list[tuple[Workload, Impl, dict[str, Any]]], device: str, timer: Timer,
+                     policy: TimingPolicy, seed: int = 0, env_id: str = "", *, interleave: bool = False,
+                     clocks: ClockTrack | None = None, discard_throttled: bool = False,
+                     on_start: Callable[[list], None] | None = None) -> Iterator[Measurement]:
+    """One workload's cells, measured in this process and yielded one by one as each is taken; nothing is
+    stored here (the caller commits: the runner, or an executor's client for a worker's results).
+
+    With interleave, the cells are prepared in turn, all on the first prepared cell's inputs (so that no
+    side gets other tensors, addresses or alignment, than another), then timed together round by round.
+    `on_start(cells)` is told which cells are about to run: the progress bar, a worker's journal."""
+    opts = dict(clocks=clocks, discard_throttled=discard_throttled)
+    if not interleave:
+        for w, impl, params in cells:
+            if on_start:
+                on_start([(w, impl, params)])
+            yield measure_cell(impl, w, device, timer, policy, params, seed, env_id, **opts)
+        return
+    ready: list[Prepared] = []
+    for w, impl, params in cells:
+        if on_start:
+            on_start([(w, impl, params)])
+        p = prepare_cell(impl, w, device, timer.mode, params, seed, env_id,
+                         inputs=ready[0].inputs if ready else None)
+        if isinstance(p, Measurement):
+            yield p
+        else:
+            ready.append(p)
+    if ready:
+        if on_start:
+            on_start([(p.base["workload"], p.impl, p.base["params"]) for p in ready])
+        yield from measure_together(ready, device, timer, policy, seed, **opts)
+
+
 def annotate(m: Measurement, ceilings) -> Measurement:
     """Add the roofline placement and plausibility flag (metrics.assess) to an ok measurement's extra,
     so compare, tune and gate see an implausible figure as such."""
@@ -314,7 +361,6 @@ def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: 
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(len(cells), show)
     track = ClockTrack()
-    opts = dict(clocks=track, discard_throttled=config.discard_throttled)
 
     def emit(m: Measurement) -> None:
         m = annotate(m, ceilings)
@@ -324,38 +370,18 @@ def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: 
         bar.advance()
         _free(device)
 
-    def todo(some):
-        for w, impl, params in some:
-            if (w.key, impl.name, params_key(params)) in done:
-                bar.advance()
-            else:
-                bar.update(f"{w.label} · {impl.name}")
-                yield w, impl, params
-
-    def interleaved(group) -> None:
-        """One workload's cells timed together, all on the first prepared cell's inputs, so that no side
-        gets other tensors (addresses, alignment) than another."""
-        ready: list[Prepared] = []
-        for w, impl, params in todo(group):
-            p = prepare_cell(impl, w, device, timer.mode, params, config.seed, eid,
-                             inputs=ready[0].inputs if ready else None)
-            if isinstance(p, Measurement):
-                emit(p)
-            else:
-                ready.append(p)
-        if ready:
-            bar.update(f"{ready[0].base['workload'].label} · {len(ready)} impls interleaved")
-            for m in measure_together(ready, device, timer, config.policy, config.seed, **opts):
-                emit(m)
-
     try:
-        if config.interleave:  # one group per workload (cells are workload-major)
-            for key in dict.fromkeys(w.key for w, _, _ in cells):
-                interleaved([c for c in cells if c[0].key == key])
+        for group in workload_groups(cells):  # cells are workload-major
+            todo = [c for c in group if (c[0].key, c[1].name, params_key(c[2])) not in done]
+            for _ in range(len(group) - len(todo)):
+                bar.advance()
+            for m in measure_workload(todo, device, timer, config.policy, config.seed, eid,
+                                      interleave=config.interleave, clocks=track,
+                                      discard_throttled=config.discard_throttled,
+                                      on_start=lambda some: bar.update(cell_text(some))):
+                emit(m)
+            if config.interleave:
                 _free(device)  # the group's shared inputs are released only here
-        else:
-            for w, impl, params in todo(cells):
-                emit(measure_cell(impl, w, device, timer, config.policy, params, config.seed, eid, **opts))
     except KeyboardInterrupt:
         bar.close()
         store.finish_run(run_id, "interrupted")

@@ -56,9 +56,30 @@ def run_ceilings(store: Store, env_id: str):
 
 
 def rows_for(store: Store, run_id: int) -> list[Row]:
+    """Each measurement summarized against the ceilings of the environment it was measured in (a run on
+    several workers may hold several)."""
     env_id = store.run(run_id).env_id
-    ceilings = run_ceilings(store, env_id)
-    return [summarize(m, ceilings=ceilings) for m in store.measurements(run_id)]
+    ceilings = {env_id: run_ceilings(store, env_id)}
+    out = []
+    for m in store.measurements(run_id):
+        eid = m.env_id or env_id
+        if eid not in ceilings:
+            ceilings[eid] = run_ceilings(store, eid)
+        out.append(summarize(m, ceilings=ceilings[eid]))
+    return out
+
+
+def row_environments(store: Store, rows: list[Row]) -> dict[str, str]:
+    """env id -> a short device name ('NVIDIA H200 · 3f2a1c'), when the rows come from more than one
+    environment (a run on workers of different GPUs or software); {} when they are one."""
+    ids = list(dict.fromkeys(r.m.env_id for r in rows if r.m.env_id))
+    if len(ids) < 2:
+        return {}
+    out = {}
+    for eid in ids:
+        env = store.environment(eid) or {}
+        out[eid] = f"{env.get('gpu_name') or 'CPU ' + str(env.get('cpu_model', '?'))} · {eid[:6]}"
+    return out
 
 
 def _env_line(env: dict[str, Any] | None) -> str:
@@ -151,11 +172,14 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
     env = store.environment(info.env_id)
     rows = rows_for(store, info.run_id)
     title = f"# attnbench run {info.run_id}" + (f": {info.name}" if info.name else "")
-    out = [title, "", f"Device: {_env_line(env)}. Status: {info.status}. "
+    envs = row_environments(store, rows)
+    device = (f"{len(envs)} environments ({'; '.join(_env_line(store.environment(e)) + f' [{e}]' for e in envs)}),"
+              " never pooled: each row names its own" if envs else _env_line(env))
+    out = [title, "", f"Device: {device}. Status: {info.status}. "
                       f"{len(rows)} measurements ({sum(r.m.ok for r in rows)} ok).", ""]
-    out.append("| workload | impl | status | median ms [95% CI] | TFLOP/s | GB/s | % peak (of bound) | regime "
-               "| rel err | ran | note |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    out.append("| workload | impl | " + ("device | " if envs else "") + "status | median ms [95% CI] | TFLOP/s | "
+               "GB/s | % peak (of bound) | regime | rel err | ran | note |")
+    out.append("|---" * (12 if envs else 11) + "|")
     typical = typical_clock(rows)
     for r in rows:
         m = r.m
@@ -178,8 +202,9 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
         else:
             time_text, tf, gb, note, pct, regime = "", "", "", m.reason, "", ""
         err = f"{m.rel_err:.1e}" if m.rel_err is not None else ""
+        where = (envs.get(m.env_id, ""),) if envs else ()
         out.append("| " + " | ".join(md_cell(x) for x in (
-            m.workload.label, m.impl_label, m.status, time_text, tf, gb, pct, regime, err, m.backend, note))
+            m.workload.label, m.impl_label, *where, m.status, time_text, tf, gb, pct, regime, err, m.backend, note))
             + " |")
     out += ["", methods(rows, env, info.config, run_ceilings(store, info.env_id)), ""]
     return "\n".join(out)
@@ -224,6 +249,8 @@ def _g(x: float | None) -> str:
 def json_report(store: Store, run_id: int | str | None = None) -> dict[str, Any]:
     info = store.run(run_id)
     data = store.export_run(info.run_id)
-    data["measurements"] = [r.to_dict() for r in rows_for(store, info.run_id)]
+    rows = rows_for(store, info.run_id)
+    data["measurements"] = [r.to_dict() for r in rows]
+    data["environments"] = {e: store.environment(e) for e in dict.fromkeys(r.m.env_id for r in rows if r.m.env_id)}
     data["methods"] = {"flop_convention": metrics.CONVENTION, "timers": TIMER_TEXT}
     return data

@@ -34,8 +34,11 @@ def _ceilings(fp: dict[str, Any], store, eid: str):
 
 
 def tune(config: TuneConfig, store, *, timer=None, fingerprint: dict[str, Any] | None = None, ceilings=None,
-         progress: Callable[[str], None] | None = None) -> TuneResult:
-    """Search every workload (cached per environment, workload and candidate list unless force)."""
+         progress: Callable[[str], None] | None = None, executor=None) -> TuneResult:
+    """Search every workload (cached per environment, workload and candidate list unless force). With a
+    distributed executor (execute.open_executor), each workload's search is a task on a worker."""
+    if executor is not None and executor.distributed:
+        return _tune_on_workers(config, store, executor, timer, progress)
     from ..analysis import device as devmod
     from ..impls import resolve_many
     from ..measure.runner import resolve_device
@@ -74,6 +77,87 @@ def tune(config: TuneConfig, store, *, timer=None, fingerprint: dict[str, Any] |
                 "impls": [i.name for i in impls], "device": device}
     return TuneResult(env_id=eid, fingerprint=fp, mode=config.mode, timer=timer.mode, baseline=config.baseline,
                       workloads=tuple(out), settings=settings)
+
+
+def _search_on_worker(args: tuple) -> WorkloadResult:
+    """One workload's search on a worker, with the worker's timer and impls for this tune (execute.worker)."""
+    from ..execute.worker import MEASURING, session
+
+    setup, w, config, budget, ceil = args
+    with MEASURING:
+        st = session(setup)
+        return search_workload(w, st["impls"], st["device"], st["timer"], config, st["info"].env_id, budget, ceil)
+
+
+def _tune_on_workers(config: TuneConfig, store, ex, timer, progress) -> TuneResult:
+    """tune() with each uncached workload's search a task on a worker of one environment; results are
+    cached here as they arrive. A search that kills its worker twice leaves that workload untuned (not
+    cached) with the reason, and the sweep goes on. --budget-total is shared out over the workers."""
+    import uuid
+
+    from ..execute.sweep import timer_factory
+    from ..execute.worker import Setup
+    from ..impls import resolve_many
+
+    if not config.workloads:
+        raise UserError("nothing to tune: no workloads")
+    factory = timer_factory(timer)
+    names = candidate_names(config.impls, config.baseline)
+    impls = resolve_many(names)
+    setup = Setup(token=uuid.uuid4().hex[:12], impls=tuple(names), device=config.device, timer=config.timer,
+                  timer_factory=factory)
+    workers = ex.probe(setup)
+    envs = sorted({w.env_id for w in workers})
+    if len(envs) > 1:
+        raise UserError(f"tune: the workers hold {len(envs)} environments ({', '.join(envs)}); a dispatch table "
+                        "is for one: tune on workers of one GPU model and software stack")
+    fp, eid, device, mode = workers[0].fingerprint, envs[0], workers[0].device, workers[0].timer_mode
+    store.add_environment(eid, fp)
+    ceil = _ceilings(fp, store, eid)
+    results: dict[int, WorkloadResult] = {}
+    todo = []
+    for i, w in enumerate(config.workloads):
+        labels = [_label(impl.name, p) for impl in impls for p in _space(impl, w, device, config)]
+        key = cache_key(eid, w, labels, config, mode)
+        hit = None if config.force else store.get(CACHE_NAMESPACE, key)
+        if hit is not None:
+            results[i] = WorkloadResult.from_dict(hit, cached=True)
+            if progress:
+                progress(_progress_line(results[i]))
+        else:
+            todo.append((i, w, key))
+    budget = config.budget_s
+    if config.budget_total_s is not None and todo:
+        share = config.budget_total_s * len(workers) / len(todo)
+        budget = share if budget is None else min(budget, share)
+    pending, futures = {}, []
+    for i, w, key in todo:
+        fut = ex.submit(_search_on_worker, (setup, w, dataclasses.replace(config, workloads=[w]), budget, ceil),
+                        "attnbench-tune")
+        pending[fut.key] = (i, w, key)
+        futures.append(fut)
+    try:
+        for fut in ex.as_completed(futures):
+            i, w, key = pending.pop(fut.key)
+            out = ex.outcome(fut)
+            if out.result is not None:
+                store.put(CACHE_NAMESPACE, key, out.result.to_dict())
+                results[i] = out.result
+            else:
+                results[i] = WorkloadResult(workload=w, mode=config.mode, candidates=(), chosen=None,
+                                            stop_reason="worker-lost" if out.lost else "error", rounds=0, cost={},
+                                            speedup=None, env_id=eid, notes=(f"search: {out.lost or out.failed}",))
+            fut.release()
+            if progress:
+                progress(_progress_line(results[i]))
+    except BaseException:
+        ex.cancel([f for f in futures if not f.done()])
+        raise
+    settings = {"budget_s": config.budget_s, "budget_total_s": config.budget_total_s,
+                "racing": dataclasses.asdict(config.racing), "policy": dataclasses.asdict(config.policy),
+                "impls": names, "device": device, "executor": ex.name, "workers": len(workers)}
+    return TuneResult(env_id=eid, fingerprint=fp, mode=config.mode, timer=mode, baseline=config.baseline,
+                      workloads=tuple(results[i] for i in range(len(config.workloads))), settings=settings)
 
 
 def _progress_line(r: WorkloadResult) -> str:

@@ -1,0 +1,170 @@
+"""The worker side of an executor: one task (a workload with all its cells), measured where it lands."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..spec import Workload
+from ..store import Measurement, params_key
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every task of one sweep shares; small, so it travels with each task."""
+
+    token: str                                     # the sweep's id: worker-local state is kept per sweep
+    impls: tuple = ()                              # the config's impls: names, plugin specs or Impl objects
+    device: str | None = None                      # None: the worker's GPU if it has one, else its CPU
+    timer: str = "auto"
+    timer_factory: Callable[[], Any] | None = None  # picklable, no arguments -> a Timer (tests: FakeTimer)
+    policy: Any = None
+    seed: int = 0
+    interleave: bool = False
+    discard_throttled: bool = False
+    topic: str = ""                                # the scheduler's event topic of the journal ('': none)
+
+
+@dataclass(frozen=True)
+class WorkloadTask:
+    setup: Setup
+    workload: Workload
+    cells: tuple[tuple[int, dict], ...]            # (index into setup.impls, params)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One worker as it sees itself: where it is, which device and timer it measures with, its environment."""
+
+    name: str
+    address: str
+    host: str
+    device: str
+    timer_mode: str
+    env_id: str
+    fingerprint: dict
+    gpu_uuid: str = ""                             # the GPU it measures on ('' on a CPU)
+    visible: str = ""                              # its CUDA_VISIBLE_DEVICES ('' when unset)
+    attnbench: str = ""
+
+    @property
+    def label(self) -> str:
+        """A short name for the progress bar: the worker's name and its GPU."""
+        gpu = self.visible.split(",")[0] if self.visible else ""
+        return f"w{self.name}" + (f"/gpu{gpu}" if gpu else "")
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    measurements: tuple[Measurement, ...]
+    worker: WorkerInfo
+    wall_s: float
+
+
+# One measurement at a time per process, whatever the worker's thread count: two cells timed at once on
+# one device would measure each other.
+MEASURING = threading.Lock()
+_STATE: dict[str, Any] = {}
+
+
+def _dask_worker():
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):  # not inside a Dask worker (a direct call, in tests)
+        return None
+
+
+def _gpu_uuid(device: str) -> str:
+    if not device.startswith("cuda"):
+        return ""
+    import torch
+
+    try:
+        return str(torch.cuda.get_device_properties(torch.device(device)).uuid)
+    except Exception:  # an old torch without uuid: the check for shared GPUs is skipped
+        return ""
+
+
+def session(setup: Setup) -> dict[str, Any]:
+    """This process's device, timer, impls, WorkerInfo and typical-clock track for the sweep (built once per
+    sweep; call it holding MEASURING)."""
+    if _STATE.get("token") == setup.token:
+        return _STATE
+    from .. import __version__
+    from ..analysis import device as devmod
+    from ..impls import resolve_many
+    from ..measure.runner import ClockTrack, resolve_device
+    from ..measure.timing import make_timer
+
+    _STATE.clear()
+    device = resolve_device(setup.device)
+    timer = setup.timer_factory() if setup.timer_factory is not None else make_timer(setup.timer, device)
+    fp = devmod.fingerprint(device)
+    w = _dask_worker()
+    info = WorkerInfo(name=str(w.name) if w else "local", address=w.address if w else "", host=socket.gethostname(),
+                      device=device, timer_mode=timer.mode, env_id=devmod.env_id(fp), fingerprint=fp,
+                      gpu_uuid=_gpu_uuid(device), visible=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                      attnbench=__version__)
+    _STATE.update(token=setup.token, device=device, timer=timer, info=info, clocks=ClockTrack(),
+                  impls=resolve_many(list(setup.impls)))
+    return _STATE
+
+
+def probe(setup: Setup) -> WorkerInfo:
+    """Set the worker up for the sweep (device, timer, impls, fingerprint) and say what it is."""
+    with MEASURING:
+        return session(setup)["info"]
+
+
+def worker_device(requested: str | None) -> str:
+    """The device a worker would measure on for --device `requested`."""
+    from ..measure.runner import resolve_device
+
+    return resolve_device(requested)
+
+
+def _journal(setup: Setup) -> Callable[[list], None] | None:
+    """Tells the scheduler which cells are about to run (synchronously: the note is there even if the next
+    call kills the process), so that the client can name the cell that killed a worker."""
+    w = _dask_worker()
+    if not setup.topic or w is None:
+        return None
+    from distributed import get_client
+
+    key, client = w.get_current_task(), get_client()
+
+    def note(cells: list) -> None:
+        try:
+            client.log_event(setup.topic, {"task": key, "cells": [[c[0].key, c[1].name, params_key(c[2])]
+                                                                  for c in cells]})
+        except Exception:  # the journal is a help for attribution; measuring goes on without it
+            pass
+
+    return note
+
+
+def measure_task(task: WorkloadTask) -> TaskResult:
+    """Measure one workload's cells in this process and return the Measurements (nothing is stored here:
+    the client is the store's single writer)."""
+    from ..measure.runner import _free, measure_workload
+
+    with MEASURING:
+        st = session(task.setup)
+        s, info = task.setup, st["info"]
+        t0 = time.perf_counter()
+        cells = [(task.workload, st["impls"][i], dict(p)) for i, p in task.cells]
+        out = []
+        for m in measure_workload(cells, st["device"], st["timer"], s.policy, s.seed, info.env_id,
+                                  interleave=s.interleave, clocks=st["clocks"], discard_throttled=s.discard_throttled,
+                                  on_start=_journal(s)):
+            out.append(dataclasses.replace(m, extra=dict(m.extra, worker=f"{info.label}@{info.host}")))
+            _free(st["device"])
+        _free(st["device"])
+        return TaskResult(tuple(out), info, time.perf_counter() - t0)
