@@ -141,7 +141,8 @@ class XFormersImpl(LibraryImpl):
             if grad:
                 why += ["no backward operator"] if bw is None else list(bw.not_supported_reasons(inp))
             if why:
-                raise Unsupported(f"xformers: {fw.NAME} does not support these inputs: {'; '.join(why)}"[:400])
+                raise Unsupported(f"xformers: {fw.NAME} does not support these inputs: "
+                                  f"{'; '.join(dict.fromkeys(why))}"[:400])
             return f"xformers:{fw.NAME}" + (f"+{bw.NAME}" if grad and bw is not None else "")
         dispatch = getattr(fmha, "dispatch", None)
         if dispatch is None or not hasattr(dispatch, "_dispatch_fw"):
