@@ -6,6 +6,7 @@ import torch
 
 from attnbench.impls import Unsupported, make_inputs, registry, resolve
 from attnbench.impls.adapters import adapter_impls
+from attnbench.impls.adapters.fa2 import FlashAttn2
 from attnbench.impls.adapters.layouts import PerInputs, to_pages
 from attnbench.impls.adapters.library import module_findable, refusal
 from attnbench.measure.correctness import check
@@ -138,7 +139,7 @@ def test_library_refusals_become_unsupported_with_the_library_text(fakelibs):
     assert not refusal(RuntimeError("something else broke"))
 
 
-class CpuFa2(type(adapter_impls()["fa2"])):
+class CpuFa2(FlashAttn2):
     """fa2 allowed on the CPU, so the runner's whole cell (build, first call, check, backend) runs on fakes."""
 
     def supports(self, workload, device):
