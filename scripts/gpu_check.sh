@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
 # Sections: env, tests, run, warm, flag, executor, benchmarks (= timer, ncu, tune, dispatch, gate, compare),
-# all (default).
+# adapters, all (default). `adapters` installs .whl/nvidia_cudnn_frontend-*.whl when present (into /tmp, for its
+# own commands only) and proves cudnn-fe: correctness, compare against sdpa-cudnn, plan tuning (~4-5 min).
 # `all` takes longer than one 10-minute device call: split it, e.g. `env tests run`, then `timer`,
 # then `tune dispatch gate compare`.
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
@@ -116,6 +117,41 @@ for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing d
     fi
   fi
 done
+if want adapters; then
+  # cudnn-fe is the one adapter whose library can reach this GPU (a wheel carried in .whl/); the others are
+  # tested against fakes only (tests/impls/test_adapters*.py). Installed into a folder of its own, on the
+  # PYTHONPATH of this section's commands only, so the other sections see the machine as it was.
+  say "## adapters: cudnn-fe (nvidia-cudnn-frontend) against sdpa-cudnn"
+  ASITE=/tmp/attnbench-adapters-site
+  whl=$(ls .whl/nvidia_cudnn_frontend-*.whl 2>/dev/null | head -n 1)
+  if [ -n "$whl" ]; then
+    python3 -m pip install -q --no-deps --target "$ASITE" "$whl" >>"$BENCH" 2>&1
+    say "- pip install --target $ASITE $(basename "$whl"): exit $?"
+  else
+    say "- no .whl/nvidia_cudnn_frontend-*.whl: cudnn-fe will list as not installed and its cells be unsupported"
+  fi
+  AENV=(env PYTHONPATH="$ASITE:$PYTHONPATH")
+  "${AENV[@]}" python3 -m attnbench list 2>&1 | sed -n '/^library adapters/,/^plugins/p' | tee -a "$SUMMARY"
+  for p in characterize llm-prefill; do
+    step "run $p -i cudnn-fe,sdpa-cudnn" "${AENV[@]}" python3 -m attnbench run --preset $p -i cudnn-fe,sdpa-cudnn \
+      --db "$DB" -q --name "adapters-$p"
+    table
+  done
+  step "run benchmarks/adapters-cudnn.toml (decode, causal-br, window, alibi, fwd+bwd)" "${AENV[@]}" python3 -m attnbench \
+    run --sweep benchmarks/adapters-cudnn.toml -i cudnn-fe,sdpa-cudnn --db "$DB" -q --name adapters-masks
+  table
+  for p in characterize llm-prefill; do
+    say "### compare cudnn-fe vs sdpa-cudnn, $p"
+    "${AENV[@]}" python3 -m attnbench compare --impl cudnn-fe --impl sdpa-cudnn --preset $p --db "$DB" \
+      >>"$SUMMARY" 2>>"$BENCH"
+    say "- compare $p: exit $?"
+  done
+  say "### tune -i cudnn-fe,sdpa-cudnn (cudnn-fe's heuristic modes and plans are its params)"
+  "${AENV[@]}" python3 -m attnbench tune -i cudnn-fe,sdpa-cudnn -b 4 -H 32 --kv-heads 8 -s 2048,8192 -d 128 \
+    --dtype bf16 --causal --budget 30s --db "$DB" -q >>"$SUMMARY" 2>>"$BENCH"
+  say "- tune: exit $?"
+fi
+
 # Small JSON results into one file (the device tool returns at most 8 files).
 if [ -d "$OUT/json" ]; then
   python3 - "$OUT/json" > "$OUT/bench.json" <<'PY'

@@ -1,4 +1,4 @@
-"""`attnbench list`: every impl, and whether it can run here."""
+"""`attnbench list`: every impl, and whether it can run here; each library adapter's install state."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import typer
 def list_impls(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N"),
 ) -> None:
-    """Every impl, and whether it can run here (with the reason when not)."""
+    """Every impl, and whether it can run here (with the reason when not); for the library adapters, whether
+    the library is ready (its version), not installed (the line that installs it) or unusable (its reason)."""
     from ..impls import registry
+    from ..impls.adapters import LibraryImpl
     from ..measure.runner import resolve_device
     from ..spec import Workload
 
@@ -19,10 +21,22 @@ def list_impls(
     probe = Workload(batch=1, q_heads=8, kv_heads=8, q_len=128, kv_len=128, head_dim=64,
                      dtype="fp16" if dev.startswith("cuda") else "fp32")
     typer.echo(f"impls on {dev} (checked on {probe.label}):")
-    impls = registry()
+    impls = registry(include_absent=True)
     width = max(len(n) for n in impls)
+    adapters = {n: i for n, i in impls.items() if isinstance(i, LibraryImpl)}
     for name, impl in impls.items():
+        if name in adapters:
+            continue
         why = impl.supports(probe, dev)
         state = "yes" if why is None else f"no: {why}"
         typer.echo(f"  {name:<{width}}  {state:<40}  {impl.description}")
+    typer.echo("library adapters (optional; pip extras attnbench[fa], [flashinfer], [xformers], [cudnn]):")
+    for name, impl in adapters.items():
+        state = impl.state()
+        line = state.text()
+        if state.ready:
+            why = impl.supports(probe.replace(dtype="fp16"), dev)
+            line += "; here: " + ("yes" if why is None else f"no: {why}")
+        typer.echo(f"  {name:<{width}}  {line}")
+        typer.echo(f"  {'':<{width}}  declares {impl.declares()}")
     typer.echo("plugins: --impl package.module:function, or the 'attnbench.impls' entry point group")

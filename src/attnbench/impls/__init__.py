@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
+from .adapters import adapter_impls
 from .base import Impl, Inputs, Unsupported, make_call, make_inputs
 from .flex import FlexImpl
 from .plugins import as_impl, entry_point_impls, load_object
@@ -20,9 +21,14 @@ def builtin_impls() -> dict[str, Impl]:
     return impls
 
 
-def registry() -> dict[str, Impl]:
-    """Every impl known by name: built-ins first, then entry-point plugins (which cannot shadow them)."""
+def registry(include_absent: bool = False) -> dict[str, Impl]:
+    """Every impl known by name: built-ins first, then the library adapters whose library is installed (all
+    of them with include_absent, as `attnbench list` and name lookups use), then entry-point plugins (which
+    cannot shadow either)."""
     impls = builtin_impls()
+    for name, impl in adapter_impls().items():
+        if include_absent or impl.installed():
+            impls[name] = impl
     for name, impl in entry_point_impls().items():
         impls.setdefault(name, impl)
     return impls
@@ -55,7 +61,7 @@ def resolve(name: str | Impl, known: dict[str, Impl] | None = None) -> Impl:
     """An impl by name; an Impl object (an alias, say) is taken as it is."""
     if isinstance(name, Impl):
         return name
-    known = registry() if known is None else known
+    known = registry(include_absent=True) if known is None else known
     if name in known:
         return known[name]
     if ":" in name:
@@ -64,5 +70,5 @@ def resolve(name: str | Impl, known: dict[str, Impl] | None = None) -> Impl:
 
 
 def resolve_many(names: list[str | Impl]) -> list[Impl]:
-    known = registry()
+    known = registry(include_absent=True)
     return [resolve(n, known) for n in names]
