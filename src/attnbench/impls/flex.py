@@ -109,6 +109,8 @@ class FlexImpl(Impl):
             return f"FlexAttention needs a power-of-two head_dim >= 16, got {workload.head_dim}"
         if device.startswith("cuda") and workload.dtype == "fp64":
             return "FlexAttention's GPU kernel does not take fp64"
+        if not device.startswith("cuda") and workload.direction != "fwd":
+            return "FlexAttention has no backward on the CPU"
         return None
 
     def param_space(self, workload: Workload, device: str) -> list[dict[str, Any]]:
