@@ -111,3 +111,26 @@ def test_interleaved_graph_failure_times_the_whole_group_with_cold(tmp_path):
         ms = store.measurements(rid)
     assert [(m.status, m.timer) for m in ms] == [("ok", "cold"), ("ok", "cold")]
     assert all("graph capture failed" in m.extra["timer_choice"]["fallback"] for m in ms)
+
+
+def test_timer_accuracy_has_decode_shapes_and_judges_auto_from_5_us():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "timer_accuracy.py"
+    spec = importlib.util.spec_from_file_location("bench_timer_accuracy_decode", path)
+    ta = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ta)
+    todo = ta.cases(flex=False, decode=True)
+    assert len(todo) == 3 * len(ta.DECODE_SHAPES) and all(s in ta.DECODE_SHAPES for s, _ in todo)
+    for shape in ta.DECODE_SHAPES:
+        w = ta.workload(shape)
+        assert w.mask == "causal-br" and w.dtype == "bf16" and w.q_len in (1, 16)
+        assert 16 * 2**20 <= 2 * w.batch * w.kv_heads * w.kv_len * w.head_dim * 2 <= 300 * 2**20
+    case = {"shape": "dec B1 H32/8 kv4k", "ncu": {"ms": 0.006, "cycles": 10_000},
+            "timers": {"auto": {"chose": "graph", "ms": 0.0065}}}
+    assert ta.verdict(case)["met"] is True          # 8% high
+    case["timers"]["auto"]["ms"] = 0.0068
+    assert ta.verdict(case)["met"] is False         # 13% high
+    case["ncu"]["ms"] = 0.004
+    assert ta.verdict(case)["met"] is None          # under 5 us: not judged
