@@ -71,6 +71,18 @@ def test_a_mask_too_large_for_memory_is_refused():
     assert "GiB attn_mask" in resolve("sdpa-auto").supports(w, "cpu")
 
 
+def test_math_refuses_cells_whose_temporaries_would_not_fit():
+    from attnbench.spec import load_preset
+
+    math = resolve("sdpa-math")
+    decode = {w.key: w for w in load_preset("decode")}
+    big = decode["b32_hq32_hkv8_sq1_sk131072_d128_bf16_causalbr_fwd"]   # K and V repeated 4x: 64 GiB
+    assert sdpa.math_bytes(big) == 32 * 32 * 131072 * 4 * 2 + 2 * 32 * 32 * 131072 * 128 * 2
+    assert "GiB of temporaries" in math.supports(big, "cpu")
+    assert math.supports(decode["b32_hq32_hkv1_sq1_sk32768_d128_bf16_causalbr_fwd"], "cpu") is None
+    assert all("GiB of temporaries" in math.supports(w, "cpu") for w in load_preset("long-context"))
+
+
 def test_the_timed_call_carries_no_mask_building():
     calls = []
     w = wl("document:rand:3", 16, 16)

@@ -40,6 +40,17 @@ _OP_BACKENDS = [
 _NO_KERNEL = ("No available kernel", "No viable backend")
 MASK_BUDGET = 4 * 2**30   # bytes an attn_mask may take (the largest built-in preset needs 512 MiB)
 MASK_ALIGN = 16           # elements: mask rows padded to this, as the memory-efficient kernel wants them
+MATH_BUDGET = 64 * 2**30  # bytes of temporaries sdpa-math may need (math_bytes); above it the cell is refused
+
+
+def math_bytes(workload: Workload) -> int:
+    """An estimate of the math backend's temporaries: the float32 scores and probabilities (B*Hq*Sq*Sk
+    each; twice that with a backward pass) and, for GQA, K and V repeated once per query head (the math
+    backend expands them; the fused backends do not)."""
+    w = workload
+    scores = w.batch * w.q_heads * w.q_len * w.kv_len * 4 * (2 if w.direction == "fwd" else 4)
+    repeated = 2 * w.batch * w.q_heads * w.kv_len * w.head_dim * DTYPE_BYTES[w.dtype] if w.gqa else 0
+    return scores + repeated
 
 
 def plan(workload: Workload) -> tuple[str, bool]:
@@ -122,6 +133,10 @@ class SdpaImpl(Impl):
         if need > MASK_BUDGET:
             return (f"this mask needs a {need / 2**30:.1f} GiB attn_mask in SDPA (more than the "
                     f"{MASK_BUDGET / 2**30:.0f} GiB allowed)")
+        if self.backend_name == "MATH" and math_bytes(workload) > MATH_BUDGET:
+            what = "scores and probabilities" + (", K and V repeated per query head" if workload.gqa else "")
+            return (f"the math backend would need about {math_bytes(workload) / 2**30:.0f} GiB of temporaries "
+                    f"({what}), more than the {MATH_BUDGET / 2**30:.0f} GiB allowed")
         if self.backend_name in ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION") and not device.startswith("cuda"):
             return "needs a CUDA GPU (no CPU kernel for this backend)"
         if self.backend_name == "CUDNN_ATTENTION":
