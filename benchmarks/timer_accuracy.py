@@ -461,14 +461,14 @@ def main() -> None:
 
     lines = [f"Timer accuracy on {gpu}: each timer's median over ncu's kernel time (1.00 = ncu; without ncu, "
              f"us). ncu: {'ok' if ncu else 'missing'}{' (' + ncu_why + ')' if ncu_why else ''}", "",
-             "| case | ncu us | auto | cold | cold cycles | graph | warm | host | no-spin | do_bench | torch.utils | target |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | ncu us | auto | cold | cold cycles | graph | warm | host | no-spin | do_bench | torch.utils "
+             "| target |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in results:
         n = c.get("ncu") or {}
         mark = c["error"][:40] if c.get("error") else {True: "met", False: "MISSED", None: "n/a"}[c["verdict"].get("met")]
         cells = [f"{c['shape']} {c['impl']}", f"{n['ms'] * 1e3:.1f}" if "ms" in n else "-", auto(c),
-                 ratio(c, "cold"), cycles(c)] + [ratio(c, k) for k in ("graph", "warm", "host", "cold-nospin", "do_bench",
-                                                     "torch_benchmark")] + [mark]
+                 ratio(c, "cold"), cycles(c)] + [ratio(c, k) for k in ("graph", "warm", "host", "cold-nospin",
+                                                                        "do_bench", "torch_benchmark")] + [mark]
         lines.append("| " + " | ".join(cells) + " |")
     judged = [c["verdict"]["met"] for c in results if c["verdict"].get("met") is not None]
     rule = ("auto: 10% of ncu for kernels >= 5 us" if args.decode

@@ -55,8 +55,10 @@ def test_run_summary_counts_statuses_lists_failures_and_leads_decode_with_bandwi
         base = dict(workload=DECODE, timer="graph", device="cuda", env_id="h200")
         s.add(rid, annotate(Measurement(impl="sdpa-cudnn", status="ok", samples_ms=(0.5,) * 20,
                                         extra={"timer_choice": {"chose": "graph", "probe_ms": 0.0072}}, **base), c))
-        s.add(rid, Measurement(impl="sdpa-flash", status="unsupported", reason="torch has no sdpa-flash kernel", **base))
-        s.add(rid, Measurement(impl="mine", status="incorrect", reason="relative error 0.9 > tolerance 0.03", **base))
+        s.add(rid, Measurement(impl="sdpa-flash", status="unsupported", reason="torch has no sdpa-flash kernel",
+                               **base))
+        s.add(rid, Measurement(impl="mine", status="incorrect", reason="relative error 0.9 > tolerance 0.03",
+                               **base))
         s.finish_run(rid)
     text = mod.summary(str(tmp_path / "r.db"))
     assert text.startswith("### decode (run 1): 3 cells: 1 incorrect, 1 ok, 1 unsupported")

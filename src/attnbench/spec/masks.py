@@ -189,15 +189,13 @@ def query_offset(mask: str, q_len: int, kv_len: int) -> int:
     return kv_len - q_len if kind(mask) in ("causal-br", "window") else 0
 
 
-_offset = query_offset
-
 
 def _row_span(mask: str, i: int, q_len: int, kv_len: int, docs: tuple[int, ...] | None) -> tuple[int, int]:
     """[lo, hi) of the keys query row i sees (every kind is one contiguous span per row)."""
     k = kind(mask)
     if k == "full":
         return 0, kv_len
-    p = i + _offset(mask, q_len, kv_len)
+    p = i + query_offset(mask, q_len, kv_len)
     if k in ("causal", "causal-br"):
         return 0, max(0, min(kv_len, p + 1))
     if k == "window":
@@ -224,7 +222,7 @@ def attended_pairs(mask: str, q_len: int, kv_len: int) -> int:
     if k == "full":
         return q_len * kv_len
     if k in ("causal", "causal-br"):
-        off = _offset(mask, q_len, kv_len)
+        off = query_offset(mask, q_len, kv_len)
         # row i sees clamp(i + off + 1, 0, kv_len) keys
         total = 0
         first_full = max(0, kv_len - off - 1)       # rows from here on see every key
@@ -247,7 +245,7 @@ def keys_read(mask: str, q_len: int, kv_len: int) -> int:
     if k in ("full", "document"):
         return kv_len
     if k in ("causal", "causal-br"):
-        off = _offset(mask, q_len, kv_len)
+        off = query_offset(mask, q_len, kv_len)
         return max(0, min(kv_len, q_len - 1 + off + 1))
     covered = 0
     last = 0
@@ -277,7 +275,7 @@ def mask_matrix(mask: str, q_len: int, kv_len: int, rows: slice | None = None, d
     if k == "document":
         ids = doc_ids(mask, q_len, device)
         return (j <= i) & (ids[i] == ids[j])
-    p = i + _offset(mask, q_len, kv_len)
+    p = i + query_offset(mask, q_len, kv_len)
     keep = j <= p
     if k == "window":
         keep &= j >= p - window(mask)
@@ -289,7 +287,7 @@ def query_positions(mask: str, q_len: int, kv_len: int, rows: slice | None = Non
     import torch
 
     rows = rows or slice(0, q_len)
-    return torch.arange(q_len, device=device)[rows] + _offset(mask, q_len, kv_len)
+    return torch.arange(q_len, device=device)[rows] + query_offset(mask, q_len, kv_len)
 
 
 def apply_score_mod(scores, score_mod: str, mask: str, q_len: int, kv_len: int, rows: slice | None = None,
