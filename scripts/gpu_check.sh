@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
-# Sections: env, tests, run, warm, flag, executor, benchmarks (= timer, ncu, tune, dispatch, gate, compare),
-# adapters, all (default). `adapters` installs .whl/nvidia_cudnn_frontend-*.whl when present (into /tmp, for its
-# own commands only) and proves cudnn-fe: correctness, compare against sdpa-cudnn, plan tuning (~4-5 min).
-# `all` takes longer than one 10-minute device call: split it, e.g. `env tests run`, then `timer`,
-# then `tune dispatch gate compare`.
+# Sections: env, tests, run, warm, flag, executor, workloads, adapters, benchmarks (= timer, ncu, tune,
+# dispatch, gate, compare), all (default). `all` takes longer than one 10-minute device call: split it.
+# `adapters` installs .whl/nvidia_cudnn_frontend-*.whl when present (into /tmp, for its own commands only).
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
 # pytest-gpu.log, attnbench.db (the runs, for reports made elsewhere), bench.log.
 set -uo pipefail
@@ -102,6 +100,35 @@ if want executor; then
   else
     say "- skipped: dask, distributed or dask-cuda cannot be imported here (see $BENCH)"
   fi
+fi
+
+if want workloads; then
+  # The serving and training workloads (issue 14): each preset below with every impl; rows must be ok or
+  # unsupported with a reason. run_summary.py prints the counts by status, every incorrect/error/oom row
+  # with its reason, the unsupported reasons, and the ok rows: memory-bound ones (decode) as GB/s over the
+  # memory ceiling ("of BW"; measured by env --ceilings, run here first unless the env section ran), with
+  # the timer `auto` chose. Then timer_accuracy on decode shapes: `auto` within 10% of ncu at >= 5 us.
+  # Expected on an H200 (estimates: not yet run there): decode ~2 min, masks ~1.5 min, training ~2 min,
+  # long-context ~1.5 min, accuracy ~3 min, ceilings ~0.5 min. More than one 10-minute device call, so split:
+  #   WORKLOAD_PARTS="decode masks accuracy" scripts/gpu_check.sh workloads
+  #   WORKLOAD_PARTS="training long-context" scripts/gpu_check.sh workloads
+  say "## workloads (${WORKLOAD_PARTS:-decode masks training long-context accuracy})"
+  want env || step "env --ceilings" python3 -m attnbench env --ceilings --db "$DB"
+  for part in ${WORKLOAD_PARTS:-decode masks training long-context accuracy}; do
+    case $part in
+      accuracy)
+        step "timer_accuracy --decode" python3 benchmarks/timer_accuracy.py --decode --no-flex --budget-s 200 \
+          --out "$OUT/json"
+        sed -n '/^Timer accuracy/,/^Targets/p' "$OUT/json/timer_accuracy_decode.md" >> "$SUMMARY" 2>&1
+        continue ;;
+      long-context) opts=(--min-samples 5 --max-time-ms 1000) ;;  # 0.2-0.8 s per call at 128k
+      training) opts=(--max-time-ms 300) ;;
+      *) opts=(--max-time-ms 200) ;;
+    esac
+    step "run $part" python3 -m attnbench run --preset "$part" --db "$DB" -q --name "$part" --warmup-ms 10 \
+      "${opts[@]}"
+    python3 scripts/run_summary.py "$DB" >> "$SUMMARY" 2>&1
+  done
 fi
 
 for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing dispatch_overhead gate_power compare_checks; do

@@ -49,7 +49,11 @@ def test_run_with_masks_takes_each_impl_or_says_why_not(capsys, tmp_path):
     assert code == 0, err
     assert "| B1 H2 S32 D16 fp32 window:8 softcap:20 | reference | ok |" in out
     assert "| B1 H2 S32 D16 fp32 docs:3(rand) softcap:20 | reference | ok |" in out
-    assert out.count("| sdpa-math | unsupported |") == 2 and "does not implement the window mask" in out
+    assert out.count("| sdpa-math | unsupported |") == 2 and "SDPA cannot express softcap" in out
+    code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "sdpa-math", "--mask", "window:8",
+                         "--score-mod", "alibi")
+    assert code == 0, err
+    assert "| B1 H2 S32 D16 fp32 window:8 alibi | sdpa-math | ok |" in out
 
 
 @pytest.mark.parametrize("args, msg", [

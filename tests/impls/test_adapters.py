@@ -1,9 +1,9 @@
-import dataclasses
 import sys
 
 import pytest
 import torch
 
+from attnbench.errors import UserError
 from attnbench.impls import Unsupported, make_inputs, registry, resolve
 from attnbench.impls.adapters import adapter_impls
 from attnbench.impls.adapters.fa2 import FlashAttn2
@@ -24,13 +24,6 @@ def wl(**changes):
 
 
 BASE = wl()
-
-
-@dataclasses.dataclass(frozen=True, order=True)
-class PagedWorkload(Workload):
-    """A Workload with the KV layout field another branch adds (adapters read it with getattr)."""
-
-    layout: str = ""
 
 
 def built(name, w, params=None):
@@ -196,17 +189,18 @@ def test_per_inputs_forgets_freed_inputs():
 @pytest.mark.parametrize("q_len", [1, 5])
 def test_paged_kv_from_the_workload_layout(fakelibs, name, page, q_len):
     fakelibs()
-    w = PagedWorkload(batch=2, q_heads=4, kv_heads=2, q_len=q_len, kv_len=300, head_dim=16, dtype="bf16",
+    w = Workload(batch=2, q_heads=4, kv_heads=2, q_len=q_len, kv_len=300, head_dim=16, dtype="bf16",
                       mask="causal-br", layout=f"paged:{page}")
     impl, fn = correct(name, w)
     assert "paged" in fn.ran or "decode" in fn.ran
     assert any("pages" in n for n in fn.notes)
-    assert "no bwd pass" in impl.supports(dataclasses.replace(w, direction="bwd"), "cuda")
+    with pytest.raises(UserError, match="pass fwd only"):  # a paged cache is for inference: the workload refuses
+        w.replace(direction="bwd")
 
 
 def test_fa2_paged_page_size_refusal_is_the_libraries(fakelibs):
     fakelibs()
-    w = PagedWorkload(batch=1, q_heads=2, kv_heads=2, q_len=1, kv_len=40, head_dim=16, layout="paged:16")
+    w = Workload(batch=1, q_heads=2, kv_heads=2, q_len=1, kv_len=40, head_dim=16, layout="paged:16")
     _, fn = built("fa2", w)
     inputs = make_inputs(w, "cpu", 0)
     with pytest.raises(Unsupported, match="divisible by 256"):

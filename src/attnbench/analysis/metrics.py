@@ -11,7 +11,8 @@ CONVENTION = (
     "fwd+bwd = 3.5x forward (the flash-attention convention). Softmax, scaling and score modifiers are not "
     "counted. Bytes: the minimum traffic: forward reads Q, K, V once and writes O once; backward reads "
     "Q, K, V, O, dO and writes dQ, dK, dV; K and V count once per KV head (GQA), and only the key rows "
-    "some query sees (a sliding window over a long cache reads only the window)."
+    "some query sees (a sliding window over a long cache reads only the window); a paged KV cache adds its "
+    "block table and sequence lengths (int32), not the unused tail of each sequence's last page."
 )
 
 PASS_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
@@ -35,6 +36,9 @@ def min_bytes(w: Workload) -> float:
     keys = masks.keys_read(w.mask, w.q_len, w.kv_len)
     kv_side = w.batch * w.kv_heads * keys * w.head_dim * e      # one tensor shaped like K (or V), rows read
     if w.direction == "fwd":
+        if w.page_size:  # paged layouts are forward only
+            pages = -(-w.kv_len // w.page_size)
+            return 2 * q_side + 2 * kv_side + 4 * w.batch * (pages + 1)   # + block table, seq_lens
         return 2 * q_side + 2 * kv_side                          # Q, O; K, V
     return 4 * q_side + 4 * kv_side                              # Q, O, dO, dQ; K, V, dK, dV
 

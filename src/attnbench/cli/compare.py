@@ -32,7 +32,8 @@ def compare(
     score_mod: Optional[str] = SCORE_MOD_OPT,
     direction: Optional[str] = PASS_OPT,
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
-    timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, host (CPU default)"),
+    timer: str = typer.Option("auto", "--timer", help="auto (GPU default: graph for kernels under 20 us, else "
+                              "cold; one mode per workload), cold, warm, host (CPU default)"),
     samples: int = typer.Option(50, "--samples", help="samples per measurement"),
     min_samples: int = typer.Option(10, "--min-samples"),
     warmup_ms: float = typer.Option(25.0, "--warmup-ms", help="warm-up by time, after the first call"),

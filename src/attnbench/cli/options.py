@@ -12,7 +12,8 @@ from ..errors import UserError
 DB_OPT = typer.Option(None, "--db", help="results database (default: $ATTNBENCH_DB or ./attnbench.db)")
 
 # Shape options shared by run, compare, gate and tune (each a comma list; the product is the sweep).
-PRESET_OPT = typer.Option(None, "--preset", "-p", help="built-in sweep: characterize, llm-prefill, cpu-smoke")
+PRESET_OPT = typer.Option(None, "--preset", "-p", help="built-in sweep: characterize, llm-prefill, "
+                          "decode, masks, training, long-context, cpu-smoke")
 SWEEP_OPT = typer.Option(None, "--sweep", help="sweep file (TOML or YAML)")
 HEADS_OPT = typer.Option(None, "-H", "--heads", help="query heads, comma list")
 KV_HEADS_OPT = typer.Option(None, "--kv-heads", help="KV heads (GQA), comma list")

@@ -33,7 +33,8 @@ def run(
                                              help="impl name or package.module:function (repeatable or a "
                                                   "comma list; default: all)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
-    timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, graph, graph-warm, host (CPU default)"),
+    timer: str = typer.Option("auto", "--timer", help="auto (GPU default: graph for kernels under 20 us, else cold), "
+                              "cold, warm, graph, graph-warm, host (CPU default)"),
     samples: Optional[int] = typer.Option(None, "--samples", help="a fixed count of samples (adaptive stopping off)"),
     min_samples: int = typer.Option(10, "--min-samples"),
     max_samples: int = typer.Option(10_000, "--max-samples", help="sample limit of adaptive stopping"),

@@ -19,6 +19,8 @@ from ..impls import Impl, Inputs, Unsupported, make_call, make_inputs, resolve_m
 from ..spec import Workload
 from ..store import Measurement, Store, params_key
 from .correctness import check
+from .cuda_timers import GraphCaptureError
+from .timers import AutoTimer
 from .timing import (Timer, TimingPolicy, TimingResult, make_timer, measure, measure_interleaved, split_throttled,
                      throttled)
 
@@ -28,7 +30,7 @@ class RunConfig:
     workloads: list[Workload]
     impls: list[str | Impl]              # names, or Impl objects (impls.Alias): stored by name
     device: str | None = None            # None: the GPU if there is one, else the CPU
-    timer: str = "auto"                  # auto: cold on a GPU, host on a CPU
+    timer: str = "auto"                  # auto: graph or cold by a probe on a GPU (AutoTimer), host on a CPU
     policy: TimingPolicy = field(default_factory=TimingPolicy)
     seed: int = 0
     name: str = ""
@@ -191,31 +193,66 @@ def finish_cell(p: Prepared, timing: TimingResult, clocks: ClockTrack | None = N
         peak_mem_mb=p.peak, extra=extra, **p.base)
 
 
-def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer, policy: TimingPolicy,
+def choose_timer(auto: AutoTimer, cells: list[Prepared], mode: str | None = None, why: str = "") -> Timer:
+    """The AutoTimer's pick for cells timed together (one mode for all), recorded in each cell: its timer
+    is the mode used, extra['timer_choice'] the probe and the rule. `mode` forces a mode (a fallback)."""
+    if mode is None:
+        probes = [auto.probe(p.call) for p in cells]
+        mode, info = auto.choose(probes)
+        for p, ms in zip(cells, probes):
+            p.extra["timer_choice"] = dict(info, probe_ms=round(ms, 6))
+    for p in cells:
+        p.base["timer"] = mode
+        if why:
+            p.extra.setdefault("timer_choice", {}).update(chose=mode, fallback=why)
+        auto.release(p.call, mode)
+    return auto.timer(mode)
+
+
+def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer | AutoTimer, policy: TimingPolicy,
                  params: dict[str, Any] | None = None, seed: int = 0, env_id: str = "", *,
                  clocks: ClockTrack | None = None, discard_throttled: bool = False) -> Measurement:
-    """One (workload, impl, params) cell: every failure becomes a status with a reason."""
+    """One (workload, impl, params) cell: every failure becomes a status with a reason. With an AutoTimer
+    the cell is probed and timed by the mode it picks; a call that cannot be captured in a CUDA graph is
+    then timed with cold instead, and the fallback is recorded."""
     p = prepare_cell(impl, workload, device, timer.mode, params, seed, env_id)
     if isinstance(p, Measurement):
         return p
     try:
         with impl.context():
-            timing = measure(timer, p.call, policy)
+            chosen = choose_timer(timer, [p]) if isinstance(timer, AutoTimer) else timer
+            try:
+                timing = measure(chosen, p.call, policy)
+            except GraphCaptureError as exc:
+                if not isinstance(timer, AutoTimer):
+                    raise
+                chosen = choose_timer(timer, [p], "cold", f"graph capture failed: {_one_line(exc)}")
+                timing = measure(chosen, p.call, policy)
     except Exception as exc:
         return _failed(p.base, "timing", exc, device, compile_ms=p.compile_ms)
     return finish_cell(p, timing, clocks, discard_throttled)
 
 
-def measure_together(cells: list[Prepared], device: str, timer: Timer, policy: TimingPolicy, seed: int = 0, *,
-                     clocks: ClockTrack | None = None, discard_throttled: bool = False) -> list[Measurement]:
-    """The timing phase of one workload's prepared cells, interleaved round by round (--interleave)."""
+def measure_together(cells: list[Prepared], device: str, timer: Timer | AutoTimer, policy: TimingPolicy,
+                     seed: int = 0, *, clocks: ClockTrack | None = None,
+                     discard_throttled: bool = False) -> list[Measurement]:
+    """The timing phase of one workload's prepared cells, interleaved round by round (--interleave). With
+    an AutoTimer all cells get one mode (compared cells share a timer); if graph capture fails for any,
+    the whole group is timed again with cold."""
     keys = [f"{i}:{p.base['impl']}" for i, p in enumerate(cells)]
     errors: dict[str, BaseException] = {}
     try:
         with contextlib.ExitStack() as stack:
             for p in cells:
                 stack.enter_context(p.impl.context())
-            results = measure_interleaved(timer, dict(zip(keys, (p.call for p in cells))), policy, seed, errors)
+            chosen = choose_timer(timer, cells) if isinstance(timer, AutoTimer) else timer
+            calls = dict(zip(keys, (p.call for p in cells)))
+            results = measure_interleaved(chosen, calls, policy, seed, errors)
+            failed = next((e for e in errors.values() if isinstance(e, GraphCaptureError)), None)
+            if isinstance(timer, AutoTimer) and failed is not None:
+                errors.clear()
+                chosen = choose_timer(timer, cells, "cold", f"graph capture failed: {_one_line(failed)}")
+                results = measure_interleaved(chosen, calls, policy, seed, errors)
     except Exception as exc:
         return [_failed(p.base, "timing", exc, device, compile_ms=p.compile_ms) for p in cells]
     return [_failed(p.base, "timing", errors[k], device, compile_ms=p.compile_ms) if k in errors
@@ -326,16 +363,19 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: bool = False,
+def run(config: RunConfig, store: Store, *, timer: Timer | AutoTimer | None = None, resume: bool = False,
         progress: bool | None = None, on_measurement: Callable[[Measurement], None] | None = None) -> int:
     """Measure every cell of the config and store each as soon as it is taken. Returns the run id.
 
     With resume, the newest unfinished run of the same configuration continues, skipping stored cells.
+    `--timer auto` (the default) on a GPU picks graph or cold per cell (AutoTimer); on a CPU it is host.
     """
     device = resolve_device(config.device)
     impls = resolve_many(config.impls)
     if not config.workloads:
         raise UserError("the sweep has no workloads")
+    if timer is None and config.timer == "auto" and device.startswith("cuda"):
+        timer = AutoTimer(lambda mode: make_timer(mode, device))
     timer = timer or make_timer(config.timer, device)
     fp = devmod.fingerprint(device)
     eid = devmod.env_id(fp)

@@ -1,5 +1,5 @@
-"""The timers: host wall time, a seeded fake for tests, and `make_timer`, which picks one by mode name
-(the CUDA timers live in `cuda_timers`)."""
+"""The timers: host wall time, a seeded fake for tests, `make_timer`, which picks one by mode name (the
+CUDA timers live in `cuda_timers`), and `AutoTimer`, the GPU default's choice between `graph` and `cold`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ TIMER_TEXT = {
     "graph-warm": "device time of CUDA-graph replays of the call, back to back (warm L2)",
     "host": "host wall time of call + synchronize (what the caller waits for, including Python, "
             "dispatch and launch overhead)",
+    "auto": "the GPU default: per measurement, a probe of 5 calls with the cold timer, then the graph timer when "
+            "the probe's median is under 20 us, else cold; each measurement stores the mode it used as its "
+            "timer and the probe in extra['timer_choice'] (rows that never reached timing keep 'auto')",
     "fake": "synthetic samples from a seeded fake timer (tests only)",
 }
 
@@ -122,8 +125,58 @@ class FakeTimer:
         return out
 
 
+AUTO_GRAPH_BELOW_MS = 0.020  # graph below this cold-probe median: on an H200, cold read 1.35x ncu at 7 us and
+                             # 1.11x at 18 us, graph 1.12x and 0.97x; from 20 us cold was within 1.5% (FIELD-NOTES)
+AUTO_PROBE_CALLS = 5
+AUTO_RULE = "graph when the cold probe's median is under 20 us, else cold"
+
+
+class AutoTimer:
+    """`--timer auto` on a GPU: which timer measures a call, decided by a probe.
+
+    Not a Timer: the runner asks it. `probe(fn)` times AUTO_PROBE_CALLS calls with the `cold` timer and
+    returns their median (ms); `choose(probes)` picks `graph` (cold-cache CUDA-graph replay, which shares a
+    window's fixed 2-3 us over several calls) when the fastest probe is under `threshold_ms`, else `cold`,
+    and says why; `timer(mode)` is that timer, made once per mode by `factory(mode)` (tests pass fakes).
+    Several calls timed together (an interleaved comparison) get one mode for all, from the fastest.
+    """
+
+    mode = "auto"
+
+    def __init__(self, factory: Callable[[str], Timer], threshold_ms: float = AUTO_GRAPH_BELOW_MS,
+                 probe_calls: int = AUTO_PROBE_CALLS):
+        self.factory = factory
+        self.threshold_ms = threshold_ms
+        self.probe_calls = probe_calls
+        self._timers: dict[str, Timer] = {}
+
+    def timer(self, mode: str) -> Timer:
+        if mode not in self._timers:
+            self._timers[mode] = self.factory(mode)
+        return self._timers[mode]
+
+    def probe(self, fn: Callable[[], object]) -> float:
+        t = self.timer("cold")
+        xs = [s.device_ms for s in t.run(fn, self.probe_calls)]
+        t.sync()
+        return float(np.median(xs))
+
+    def choose(self, probes: Sequence[float]) -> tuple[str, dict[str, Any]]:
+        fastest = min(probes)
+        mode = "graph" if fastest < self.threshold_ms else "cold"
+        return mode, {"chose": mode, "rule": AUTO_RULE.replace("20 us", f"{self.threshold_ms * 1e3:g} us"),
+                      "probe_calls": self.probe_calls, "fastest_probe_ms": round(fastest, 6)}
+
+    def release(self, fn: Callable[[], object], mode: str) -> None:
+        """Forget fn in every timer but the one that will measure it."""
+        for m, t in self._timers.items():
+            if m != mode and hasattr(t, "release"):
+                t.release(fn)
+
+
 def make_timer(mode: str, device: str) -> Timer:
-    """The timer for a mode name on a device ('cpu' allows only 'host'; 'auto' picks cold or host)."""
+    """The timer for a mode name on a device ('cpu' allows only 'host'; 'auto' here is cold or host: the
+    runner's default on a GPU is an AutoTimer over these)."""
     cuda = str(device).startswith("cuda")
     if mode == "auto":
         mode = "cold" if cuda else "host"

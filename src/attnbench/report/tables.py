@@ -103,6 +103,8 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
     lines = ["## Methods", ""]
     for t in timers:
         lines.append(f"- Timer `{t}`: {TIMER_TEXT.get(t, t)}.")
+    if "auto" not in timers and any(r.m.extra.get("timer_choice") for r in ok):
+        lines.append(f"- Timers chosen by `auto`: {TIMER_TEXT['auto']}.")
     if ns:
         lines.append(f"- Samples per measurement: {min(ns)}–{max(ns)} (stop: {', '.join(stops) or 'n/a'}), "
                      "after a first call timed apart (compilation) and a warm-up by time; every raw sample "
@@ -130,11 +132,24 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
                      "the regime compares the arithmetic intensity with the ridge point "
                      "(host-bound: the host time per call exceeds the device time). A figure above 100% of "
                      "either ceiling is flagged IMPLAUSIBLE (warm cache, miscounted work or a timer error), "
-                     "never celebrated. Measure the ceilings with `attnbench env --ceilings`.")
+                     "never celebrated. Measure the ceilings with `attnbench env --ceilings`. A memory-bound "
+                     "row (decode) shows GB/s over the memory ceiling instead, marked `of BW`: its figure of "
+                     "merit is bandwidth.")
     policy = run_config.get("policy")
     if policy:
         lines.append(f"- Policy: {json.dumps(policy, sort_keys=True)}.")
     return "\n".join(lines)
+
+
+def pct_text(roof: dict[str, Any]) -> str:
+    """The '% peak' cell: % of the compute ceiling (of the roofline bound); for a memory-bound row, whose
+    figure of merit is bandwidth (decode), GB/s as % of the memory ceiling, marked 'of BW'."""
+    if roof.get("regime") == "memory-bound" and roof.get("pct_bandwidth") is not None:
+        return f"{roof['pct_bandwidth']:.0f}% of BW"
+    pct = f"{roof['pct_peak']:.0f}%" if roof.get("pct_peak") is not None else ""
+    if pct and roof.get("pct_bound") is not None:
+        pct += f" ({roof['pct_bound']:.0f}%)"
+    return pct
 
 
 def timing_note(m: Measurement, typical_mhz: float | None) -> str:
@@ -191,10 +206,12 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
                 note += f", host {fmt_ms(r.host_median_ms)} ms/call"
             if m.peak_mem_mb is not None:
                 note += f", peak {m.peak_mem_mb:.0f} MB"
+            choice = m.extra.get("timer_choice") or {}
+            if choice:
+                note += f", timer {m.timer} (auto" + (f", probe {1e3 * choice['probe_ms']:.3g} us" if
+                                                       choice.get("probe_ms") is not None else "") + ")"
             roof = r.roofline or {}
-            pct = f"{roof['pct_peak']:.0f}%" if roof.get("pct_peak") is not None else ""
-            if pct and roof.get("pct_bound") is not None:
-                pct += f" ({roof['pct_bound']:.0f}%)"
+            pct = pct_text(roof)
             regime = roof.get("regime", "")
             if roof.get("plausibility") == "implausible":
                 status_flag = "IMPLAUSIBLE: " + roof["plausibility_reason"]

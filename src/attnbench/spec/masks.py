@@ -114,6 +114,7 @@ def canonical_score_mod(text: str) -> str:
     raise UserError(f"unknown score modifier {text!r}; choose softcap:C or alibi")
 
 
+@lru_cache(maxsize=64)
 def doc_lengths(mask: str, seq_len: int) -> tuple[int, ...]:
     """The document lengths of a document mask (resolving document:rand:N)."""
     arg = mask.split(":", 1)[1]
@@ -124,6 +125,29 @@ def doc_lengths(mask: str, seq_len: int) -> tuple[int, ...]:
 
 def window(mask: str) -> int:
     return int(mask.split(":", 1)[1])
+
+
+def simplest(mask: str, q_len: int, kv_len: int) -> str:
+    """The plainest mask that keeps exactly the same pairs: 'full' when it keeps every pair (a decode row
+    under causal-br), 'causal' for one document or a window wider than the sequence, else the mask itself.
+    Impls use it to take their fastest exact path (is_causal, no mask) without changing the workload."""
+    if attended_pairs(mask, q_len, kv_len) == q_len * kv_len:
+        return "full"
+    k = kind(mask)
+    if k == "document" and len(doc_lengths(mask, q_len)) == 1:
+        return "causal"
+    if k == "window" and window(mask) >= kv_len - 1:
+        return canonical_mask("causal-br", q_len, kv_len)
+    return mask
+
+
+def doc_ids(mask: str, seq_len: int, device=None):
+    """Document index of every token of a document mask (int32, torch)."""
+    import torch
+
+    lengths = doc_lengths(mask, seq_len)
+    return torch.repeat_interleave(torch.arange(len(lengths), dtype=torch.int32),
+                                   torch.tensor(lengths)).to(device)
 
 
 def key_token(mask: str) -> str:
@@ -160,9 +184,10 @@ def label(mask: str) -> str:
     return mask
 
 
-def _offset(mask: str, q_len: int, kv_len: int) -> int:
+def query_offset(mask: str, q_len: int, kv_len: int) -> int:
     """Position of query row 0 in key coordinates: bottom-right alignment for causal-br and window."""
     return kv_len - q_len if kind(mask) in ("causal-br", "window") else 0
+
 
 
 def _row_span(mask: str, i: int, q_len: int, kv_len: int, docs: tuple[int, ...] | None) -> tuple[int, int]:
@@ -170,7 +195,7 @@ def _row_span(mask: str, i: int, q_len: int, kv_len: int, docs: tuple[int, ...] 
     k = kind(mask)
     if k == "full":
         return 0, kv_len
-    p = i + _offset(mask, q_len, kv_len)
+    p = i + query_offset(mask, q_len, kv_len)
     if k in ("causal", "causal-br"):
         return 0, max(0, min(kv_len, p + 1))
     if k == "window":
@@ -197,7 +222,7 @@ def attended_pairs(mask: str, q_len: int, kv_len: int) -> int:
     if k == "full":
         return q_len * kv_len
     if k in ("causal", "causal-br"):
-        off = _offset(mask, q_len, kv_len)
+        off = query_offset(mask, q_len, kv_len)
         # row i sees clamp(i + off + 1, 0, kv_len) keys
         total = 0
         first_full = max(0, kv_len - off - 1)       # rows from here on see every key
@@ -220,7 +245,7 @@ def keys_read(mask: str, q_len: int, kv_len: int) -> int:
     if k in ("full", "document"):
         return kv_len
     if k in ("causal", "causal-br"):
-        off = _offset(mask, q_len, kv_len)
+        off = query_offset(mask, q_len, kv_len)
         return max(0, min(kv_len, q_len - 1 + off + 1))
     covered = 0
     last = 0
@@ -236,20 +261,21 @@ def alibi_slopes(q_heads: int) -> list[float]:
     return [2.0 ** (-8.0 * (h + 1) / q_heads) for h in range(q_heads)]
 
 
-def mask_matrix(mask: str, q_len: int, kv_len: int, rows: slice | None = None, device=None):
-    """The boolean (q rows, kv_len) matrix, True where a pair is kept (torch, built without Python loops)."""
+def mask_matrix(mask: str, q_len: int, kv_len: int, rows: slice | None = None, device=None,
+                cols: slice | None = None):
+    """The boolean (q rows, key cols) matrix, True where a pair is kept (torch, built without Python loops).
+    rows and cols default to all of q_len and kv_len."""
     import torch
 
     i = torch.arange(q_len, device=device)[rows or slice(0, q_len)].unsqueeze(1)
-    j = torch.arange(kv_len, device=device).unsqueeze(0)
+    j = torch.arange(kv_len, device=device)[cols or slice(0, kv_len)].unsqueeze(0)
     k = kind(mask)
     if k == "full":
-        return torch.ones(i.shape[0], kv_len, dtype=torch.bool, device=device)
+        return torch.ones(i.shape[0], j.shape[1], dtype=torch.bool, device=device)
     if k == "document":
-        ids = torch.repeat_interleave(torch.arange(len(doc_lengths(mask, q_len)), device=device),
-                                      torch.tensor(doc_lengths(mask, q_len), device=device))
+        ids = doc_ids(mask, q_len, device)
         return (j <= i) & (ids[i] == ids[j])
-    p = i + _offset(mask, q_len, kv_len)
+    p = i + query_offset(mask, q_len, kv_len)
     keep = j <= p
     if k == "window":
         keep &= j >= p - window(mask)
@@ -261,13 +287,14 @@ def query_positions(mask: str, q_len: int, kv_len: int, rows: slice | None = Non
     import torch
 
     rows = rows or slice(0, q_len)
-    return torch.arange(q_len, device=device)[rows] + _offset(mask, q_len, kv_len)
+    return torch.arange(q_len, device=device)[rows] + query_offset(mask, q_len, kv_len)
 
 
 def apply_score_mod(scores, score_mod: str, mask: str, q_len: int, kv_len: int, rows: slice | None = None,
-                    heads_total: int | None = None):
-    """scores (B, Hq, rows, kv_len), already scaled -> modified scores (same dtype). `heads_total`: the
-    workload's query heads when `scores` holds only the first few (ALiBi's slopes depend on it)."""
+                    heads_total: int | None = None, *, cols: slice | None = None, head_offset: int = 0):
+    """scores (B, Hq, rows, cols), already scaled -> modified scores (same dtype). `heads_total`: the
+    workload's query heads when `scores` holds only some, heads head_offset.. (ALiBi's slopes depend on it);
+    cols: the key columns scores holds (default all kv_len)."""
     if not score_mod:
         return scores
     import torch
@@ -277,8 +304,8 @@ def apply_score_mod(scores, score_mod: str, mask: str, q_len: int, kv_len: int, 
         return cap * torch.tanh(scores / cap)
     # alibi
     hq = scores.shape[1]
-    slopes = alibi_slopes(heads_total or hq)[:hq]
+    slopes = alibi_slopes(heads_total or hq)[head_offset:head_offset + hq]
     slopes = torch.tensor(slopes, dtype=scores.dtype, device=scores.device).view(1, hq, 1, 1)
     qpos = query_positions(mask, q_len, kv_len, rows, scores.device).to(scores.dtype).view(1, 1, -1, 1)
-    kpos = torch.arange(kv_len, device=scores.device, dtype=scores.dtype).view(1, 1, 1, -1)
+    kpos = torch.arange(kv_len, device=scores.device, dtype=scores.dtype)[cols or slice(0, kv_len)].view(1, 1, 1, -1)
     return scores + slopes * (kpos - qpos)

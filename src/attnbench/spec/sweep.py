@@ -28,6 +28,7 @@ AXES = {
     "direction": "direction",
     "mask": "mask",
     "score_mod": "score_mod",
+    "layout": "layout",
 }
 
 
@@ -37,7 +38,7 @@ def _as_list(value: Any) -> list:
 
 def _coerce(axis: str, value: Any) -> Any:
     field = AXES[axis]
-    if field in ("dtype", "direction", "mask", "score_mod"):
+    if field in ("dtype", "direction", "mask", "score_mod", "layout"):
         return str(value)
     if field == "causal":
         if isinstance(value, bool):

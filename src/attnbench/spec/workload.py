@@ -18,6 +18,23 @@ DTYPE_ALIASES = {
 }
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
 PASSES = ("fwd", "bwd", "fwd+bwd")
+LAYOUTS = ("dense", "paged")
+
+
+def canonical_layout(text: str) -> str:
+    """'dense' or 'paged:P' (P tokens per page, a positive whole number); UserError otherwise."""
+    text = str(text or "dense").strip().lower()
+    if text == "dense":
+        return text
+    name, _, arg = text.partition(":")
+    if name == "paged":
+        try:
+            size = int(arg)
+        except ValueError:
+            size = 0
+        if size > 0:
+            return f"paged:{size}"
+    raise UserError(f"unknown layout {text!r}; choose dense or paged:P (P tokens per page, e.g. paged:16)")
 
 
 @dataclass(frozen=True, order=True)
@@ -27,6 +44,10 @@ class Workload:
     `mask` is one of spec.masks' kinds (full, causal, causal-br, window:W, document:...) and `score_mod`
     one of its score modifiers ('' for none). `causal` is kept for SDPA-style callers: it is true exactly
     when the mask is top-left causal, and `causal=True` alone means mask 'causal'.
+
+    `layout` is how K and V are stored: 'dense' (B, Hkv, S, D) tensors, or 'paged:P', a pool of pages of
+    P tokens with a block table per sequence, as vLLM and FlashInfer keep a KV cache (impls.base.PagedKV
+    says the exact shapes). A paged cache is an inference layout: forward pass only.
     """
 
     batch: int
@@ -40,6 +61,7 @@ class Workload:
     direction: str = "fwd"
     mask: str = ""
     score_mod: str = ""
+    layout: str = "dense"
 
     def __post_init__(self) -> None:
         for name in ("batch", "q_heads", "kv_heads", "q_len", "kv_len", "head_dim"):
@@ -67,6 +89,10 @@ class Workload:
         object.__setattr__(self, "score_mod", masks.canonical_score_mod(self.score_mod))
         if self.direction not in PASSES:
             raise UserError(f"unknown pass {self.direction!r}; choose one of {', '.join(PASSES)}")
+        layout = canonical_layout(self.layout)
+        if layout != "dense" and self.direction != "fwd":
+            raise UserError(f"layout {layout!r} is a KV cache for inference: pass fwd only, got {self.direction!r}")
+        object.__setattr__(self, "layout", layout)
 
     @property
     def gqa(self) -> bool:
@@ -81,6 +107,8 @@ class Workload:
         ]
         if self.score_mod:
             parts.append(masks.score_mod_token(self.score_mod))
+        if self.layout != "dense":  # dense keys stay as they were before layouts existed
+            parts.append(self.layout.replace(":", ""))
         parts.append(self.direction)
         return "_".join(parts)
 
@@ -90,7 +118,7 @@ class Workload:
         heads = f"H{self.q_heads}" if not self.gqa else f"H{self.q_heads}/{self.kv_heads}"
         seq = f"S{self.q_len}" if self.q_len == self.kv_len else f"S{self.q_len}x{self.kv_len}"
         out = f"B{self.batch} {heads} {seq} D{self.head_dim} {self.dtype}"
-        for extra in (masks.label(self.mask), self.score_mod):
+        for extra in (masks.label(self.mask), self.score_mod, "" if self.layout == "dense" else self.layout):
             if extra:
                 out += f" {extra}"
         if self.direction != "fwd":
@@ -112,6 +140,11 @@ class Workload:
         elif "mask" in changes and "causal" not in changes:
             changes["causal"] = False
         return dataclasses.replace(self, **changes)
+
+    @property
+    def page_size(self) -> int | None:
+        """Tokens per page of a paged layout (None: dense)."""
+        return int(self.layout.split(":", 1)[1]) if self.layout != "dense" else None
 
     @property
     def mask_kind(self) -> str:

