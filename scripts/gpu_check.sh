@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
-# Sections: env, tests, run, warm, flag, benchmarks (= timer, ncu, tune, dispatch, gate, compare), all (default).
-# `all` takes longer than one 10-minute device call: split it, e.g. `env tests run`, then `timer`,
-# then `tune dispatch gate compare`.
+# Sections: env, tests, run, warm, flag, benchmarks (= timer, ncu, tune, dispatch, gate, compare), triton, all
+# (default). `all` takes longer than one 10-minute device call: split it, e.g. `env tests run`, then `timer`,
+# then `tune dispatch gate compare`, then `triton` alone (about 8 minutes; TRITON_FA_ARGS=--quick for ~2).
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
 # pytest-gpu.log, attnbench.db (the runs, for reports made elsewhere), bench.log.
 set -uo pipefail
@@ -94,6 +94,15 @@ for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing d
     fi
   fi
 done
+if want triton; then
+  # Issue 16: triton-fa correct on the GPU, raced by attnbench tune, then interleaved with sdpa-flash and
+  # sdpa-cudnn (forward: characterize, llm-prefill, FA grid; fwd+bwd: training-like). It stops starting new
+  # steps after --deadline (470 s) so one device call holds it; its JSON is written after every step.
+  say "## benchmarks/triton_fa.py (triton-fa tuned vs sdpa-flash and sdpa-cudnn)"
+  step "triton_fa" python3 benchmarks/triton_fa.py --out "$OUT/json" ${TRITON_FA_ARGS:-}
+  if [ -f "$OUT/json/triton_fa.md" ]; then cat "$OUT/json/triton_fa.md" >> "$SUMMARY"
+  else grep -E "correct |SKIPPED|Error|error" "$BENCH" | tail -n 30 >> "$SUMMARY"; fi
+fi
 # Small JSON results into one file (the device tool returns at most 8 files).
 if [ -d "$OUT/json" ]; then
   python3 - "$OUT/json" > "$OUT/bench.json" <<'PY'

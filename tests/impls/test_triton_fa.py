@@ -342,3 +342,21 @@ def test_defaults_compile_for_sm90_without_spills():
     regs, stack, shared, _ = _compile_sm90(bwd.bwd_dq, dict(common, BLOCK_M=c.dq_block_m, BLOCK_N=c.dq_block_n),
                                            8, c.dq_stages)
     assert stack == 0 and shared <= C.dq_smem(128, 2, c.dq_block_m, c.dq_block_n, c.dq_stages)
+
+
+# -- on a GPU (scripts/gpu_check.sh tests) -----------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("w,params", [
+    (Workload(2, 16, 16, 1000, 1000, 64, "fp16"), {}),
+    (Workload(2, 16, 16, 2048, 2048, 128, "bf16", True), {}),
+    (Workload(2, 16, 16, 2048, 2048, 128, "bf16", True), {"tma": True}),
+    (Workload(2, 32, 8, 700, 1500, 128, "bf16", True), {}),
+    (Workload(16, 32, 8, 1, 4096, 128, "bf16", True), {}),
+    (Workload(2, 16, 16, 1024, 1024, 128, "bf16", True, "fwd+bwd"), {}),
+    (Workload(1, 32, 8, 1000, 1200, 64, "fp16", False, "fwd+bwd"), {"dq_atomic": True}),
+], ids=["d64", "d128-causal", "d128-causal-tma", "gqa-q<kv", "decode-split", "d128-bwd", "gqa-bwd-atomic"])
+def test_on_the_gpu(w, params):
+    assert IMPL.supports(w, "cuda") is None
+    res = check(IMPL.build(w, "cuda", params), w, "cuda", seed=5)
+    assert res.ok, res.reason
