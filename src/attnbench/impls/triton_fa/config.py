@@ -71,8 +71,9 @@ FWD_PARAMS = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "tma", "split_kv"
 class Config:
     """One configuration. Forward: BLOCK_M query rows x BLOCK_N keys per step, warps, pipeline stages, TMA
     descriptors, and split_kv > 0 for the split-KV (decode) kernel with that many key slices. Backward: the
-    dK/dV program keeps BWD_BLOCK_N keys and streams BWD_BLOCK_M query rows (the dQ program the reverse);
-    dq_atomic adds dQ with fp32 atomics in the dK/dV pass instead of a separate pass."""
+    dK/dV program keeps BWD_BLOCK_N keys and streams BWD_BLOCK_M query rows, with bwd_warps and bwd_stages;
+    the dQ program keeps DQ_BLOCK_M rows and streams DQ_BLOCK_N keys (bwd_warps, dq_stages); dq_atomic adds dQ
+    with fp32 atomics in the dK/dV pass instead of the separate dQ pass."""
 
     block_m: int = 128
     block_n: int = 64
@@ -175,7 +176,7 @@ def fits(cfg: Config, d: int, elem: int, direction: str) -> bool:
         if dkdv_smem(d, elem, cfg.bwd_block_m, cfg.bwd_block_n, cfg.bwd_stages, cfg.dq_atomic) > SMEM_LIMIT:
             return False
         if not cfg.dq_atomic and (dq_smem(d, elem, cfg.dq_block_m, cfg.dq_block_n, cfg.dq_stages) > SMEM_LIMIT
-                                  or fwd_values(d, cfg.dq_block_m, cfg.dq_block_n, 8) > REG_VALUES):
+                                  or fwd_values(d, cfg.dq_block_m, cfg.dq_block_n, cfg.bwd_warps) > REG_VALUES):
             return False
     return True
 
@@ -226,6 +227,19 @@ def default_config(workload, sms: int = HOPPER_SMS) -> Config:
     return cfg
 
 
+# Forward configurations to race first, per head dim (BLOCK_M, BLOCK_N, warps, stages, tma), in order. Chosen on
+# what compiles well for sm_90 (no spills, all of the loop's dots on wgmma) and on FA2's tile shapes; the race
+# decides among them. Each shape comes with the pointer kernel and with TMA descriptors.
+FWD_ORDER = {
+    64: [(128, 128, 8, 3, False), (128, 128, 8, 3, True), (128, 64, 8, 3, False), (128, 64, 8, 4, True),
+         (128, 128, 8, 2, False), (64, 64, 4, 3, False), (128, 64, 4, 3, False), (64, 128, 4, 3, False),
+         (128, 32, 8, 4, False), (128, 64, 8, 2, True), (64, 64, 4, 4, True), (128, 128, 8, 4, True)],
+    128: [(128, 64, 8, 3, False), (128, 64, 8, 3, True), (128, 128, 8, 2, False), (128, 128, 8, 2, True),
+          (128, 64, 8, 4, False), (128, 128, 8, 3, True), (128, 32, 8, 4, False), (64, 64, 4, 3, False),
+          (64, 128, 4, 2, True), (128, 64, 8, 2, False), (64, 64, 4, 4, True), (128, 32, 8, 3, True)],
+}
+
+
 def _fwd_candidates(w, base: Config, sms: int) -> list[Config]:
     d = w.head_dim
     group = w.q_heads // w.kv_heads
@@ -235,20 +249,20 @@ def _fwd_candidates(w, base: Config, sms: int) -> list[Config]:
         for splits in dict.fromkeys((max(1, auto // 2), auto, auto * 2)):
             for bn, stages in ((64, 3), (128, 3), (64, 4)):
                 out.append(dataclasses.replace(base, split_kv=splits, block_n=bn, num_warps=4, num_stages=stages))
-        out.append(dataclasses.replace(base, split_kv=0, block_m=64, block_n=64, num_warps=4, num_stages=3))
+        out.append(dataclasses.replace(base, split_kv=0, block_m=16, block_n=64, num_warps=4, num_stages=3))
         return out
-    shapes = [(128, 64, 8), (128, 128, 8), (128, 32, 8), (64, 64, 4), (64, 128, 4), (128, 64, 4)]
-    for (bm, bn, warps), stages, tma in ((s, st, t) for s in shapes for st in (2, 3, 4) for t in (False, True)):
+    for bm, bn, warps, stages, tma in FWD_ORDER.get(d, ()):
         out.append(dataclasses.replace(base, block_m=bm, block_n=bn, num_warps=warps, num_stages=stages, tma=tma,
                                        split_kv=0))
-    # Most promising first (the list is cut at MAX_CONFIGS): BLOCK_M 128 with 8 warps, then deeper
-    # pipelines, BLOCK_N near 128 * 64 / d, and the pointer kernel before TMA at equal shape.
+    # Then everything else, most promising first: BLOCK_M 128 with 8 warps, BLOCK_N near 128 * 64 / d, deeper
+    # pipelines, the pointer kernel before TMA at equal shape.
     target_n = max(32, min(128, 128 * 64 // d))
-
-    def rank(c: Config):
-        return (c.block_m != 128 or c.num_warps != 8, abs(c.block_n - target_n), -c.num_stages, c.tma)
-
-    return sorted(out, key=rank)
+    rest = [dataclasses.replace(base, block_m=bm, block_n=bn, num_warps=warps, num_stages=stages, tma=tma, split_kv=0)
+            for bm, bn, warps in ((128, 64, 8), (128, 128, 8), (128, 32, 8), (64, 64, 4), (64, 128, 4), (64, 32, 4),
+                                  (64, 64, 8), (128, 64, 4))
+            for stages in (2, 3, 4) for tma in (False, True)]
+    rest.sort(key=lambda c: (c.block_m != 128 or c.num_warps != 8, abs(c.block_n - target_n), -c.num_stages, c.tma))
+    return out + rest
 
 
 def _bwd_candidates(w, base: Config) -> list[Config]:

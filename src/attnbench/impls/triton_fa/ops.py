@@ -9,9 +9,11 @@ import math
 import torch
 import triton
 
+from ..base import Unsupported
 from .config import Config, MaskSpec
 
 LOG2E = 1.4426950408889634
+SPLIT_ROWS = 128  # most query rows (GROUP * q_len) the split-KV kernel packs into one block
 _MODULES = ("kernels_fwd", "kernels_bwd")
 
 
@@ -62,13 +64,30 @@ def _tma_ok(*tensors: torch.Tensor) -> bool:
     return True
 
 
+class _Scratch:
+    """triton's allocator for the descriptors' scratch memory, on the device of the launch at hand."""
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+
+    def __call__(self, size: int, alignment: int, stream):
+        return torch.empty(size, dtype=torch.int8, device=self.device)
+
+
+_SCRATCH = _Scratch()
+
+
 def _ensure_allocator(device: torch.device) -> None:
-    """Device-side tensor descriptors need scratch memory from triton's allocator; set one unless the
+    """Device-side tensor descriptors need scratch memory from triton's allocator: install ours unless the
     caller set their own."""
     from triton.runtime import _allocation
 
-    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
-        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
+    current = _allocation._allocator.get()
+    if isinstance(current, _allocation.NullAllocator):
+        triton.set_allocator(_SCRATCH)
+        current = _SCRATCH
+    if current is _SCRATCH:
+        _SCRATCH.device = device
 
 
 def _upcast(dtype: torch.dtype) -> bool:
@@ -98,6 +117,9 @@ def _forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool)
                   qk_scale=scale * LOG2E, HEAD_DIM=d, CAUSAL=mask.causal, HAS_WINDOW=mask.window is not None,
                   UPCAST=_upcast(q.dtype))
     if cfg.split_kv:
+        if (hq // hkv) * sq > SPLIT_ROWS:
+            raise Unsupported(f"split_kv packs a KV head's query rows into one block: GROUP * q_len = "
+                              f"{(hq // hkv) * sq} > {SPLIT_ROWS}")
         block_m = max(16, triton.next_power_of_2((hq // hkv) * sq))
         split_len, splits = split_layout(sk, cfg.split_kv, cfg.block_n)
         part = torch.empty((b * hq, splits, sq, d), dtype=torch.float32, device=q.device)
@@ -140,7 +162,8 @@ def _backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float):
                                                          HEAD_DIM=d, BLOCK_M=pre_m, num_warps=4)
     dk = torch.empty((b, hkv, sk, d), dtype=k.dtype, device=k.device)
     dv = torch.empty((b, hkv, sk, d), dtype=v.dtype, device=v.device)
-    # The dK/dV program keeps BWD_BLOCK_N keys and streams BWD_BLOCK_M query rows; the dQ program the reverse.
+    # The dK/dV program keeps BWD_BLOCK_N keys and streams BWD_BLOCK_M query rows; the dQ program keeps
+    # DQ_BLOCK_M rows and streams DQ_BLOCK_N keys.
     stream, resident = cfg.bwd_block_m, cfg.bwd_block_n
     if cfg.dq_atomic:
         dq_acc = torch.zeros((b * hq, sq, d), dtype=torch.float32, device=q.device)
@@ -154,10 +177,10 @@ def _backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float):
         dq = dq_acc.view(b, hq, sq, d).to(q.dtype)
     else:
         dq = torch.empty((b, hq, sq, d), dtype=q.dtype, device=q.device)
-        bwd.bwd_dq[(triton.cdiv(sq, resident), b * hq)](
+        bwd.bwd_dq[(triton.cdiv(sq, cfg.dq_block_m), b * hq)](
             q, k, v, do, lse, delta, dq, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
-            *dq.stride()[:3], BLOCK_M=resident, BLOCK_N=stream, num_warps=cfg.bwd_warps,
-            num_stages=cfg.bwd_stages, **common)
+            *dq.stride()[:3], BLOCK_M=cfg.dq_block_m, BLOCK_N=cfg.dq_block_n, num_warps=cfg.bwd_warps,
+            num_stages=cfg.dq_stages, **common)
     return dq, dk, dv
 
 
