@@ -271,7 +271,12 @@ def test_smem_estimate_matches_triton_on_sm90():
                                         (128, 128, 128, 3, 229376), (256, 128, 64, 3, 262144)):
         assert C.fwd_smem(d, 2, bm, bn, stages) - C.SMEM_SLACK == measured
     assert C.fwd_smem(256, 2, 128, 64, 3) > C.SMEM_LIMIT  # pruned: it cannot launch
-    assert C.dkdv_smem(128, 2, 64, 128, 2, False) >= 131584 and C.dkdv_smem(128, 2, 64, 128, 2, True) >= 164352
+    # dK/dV (d, BWD_BLOCK_M, BWD_BLOCK_N, stages, dq_atomic): the estimate is an upper bound within 1.5 KB.
+    for d, bm, bn, stages, atomic, measured in ((64, 32, 128, 2, False, 49408), (64, 32, 128, 2, True, 73984),
+                                                (128, 16, 128, 2, True, 123008), (128, 64, 128, 2, False, 131584),
+                                                (128, 16, 64, 2, True, 73856), (128, 32, 64, 2, False, 65792)):
+        assert 0 <= C.dkdv_smem(d, 2, bm, bn, stages, atomic) - measured <= 1536, (d, bm, bn, atomic)
+    assert C.dq_smem(128, 2, 128, 64, 2) - C.SMEM_SLACK == 131072
 
 
 def test_params_are_validated():

@@ -126,7 +126,7 @@ class Config:
 SMEM_LIMIT = 227 * 1024   # bytes of shared memory one block may use on sm_90 (H100, H200)
 SMEM_SLACK = 1024         # barriers and TMA bookkeeping
 REG_VALUES = 160          # fp32 values held per thread beyond which spills appear (see fwd_values)
-BWD_REG_VALUES = 112      # the same for the dK/dV kernel, which keeps two accumulators
+BWD_REG_VALUES = 160      # the same for the dK/dV kernel (dkdv_values), a guard only: see BWD_ORDER
 
 
 def fwd_smem(d: int, elem: int, block_m: int, block_n: int, stages: int) -> int:
@@ -139,10 +139,11 @@ def fwd_smem(d: int, elem: int, block_m: int, block_n: int, stages: int) -> int:
 
 def dkdv_smem(d: int, elem: int, block_m: int, block_n: int, stages: int, dq_atomic: bool) -> int:
     """dK/dV: K and V of the program's BLOCK_N keys, a Q and a dO tile and the rows' lse and delta per
-    stage, and with dq_atomic an fp32 (BLOCK_M, d) tile staged for the atomics; an upper bound of what triton
-    3.6 allocates on sm_90 (within 1.5 KB)."""
+    stage; with dq_atomic also K again (in the layout dQ = dS K reads it) and the fp32 (BLOCK_M, d) dQ tile
+    staged for the atomics. An upper bound, within 1.5 KB, of what triton 3.6 allocated on sm_90 over 144
+    compiles (d 64 and 128)."""
     out = elem * d * 2 * (block_n + stages * block_m) + 8 * stages * block_m + SMEM_SLACK
-    return out + (4 * block_m * d if dq_atomic else 0)
+    return out + (elem * block_n * d + 4 * block_m * d if dq_atomic else 0)
 
 
 def dq_smem(d: int, elem: int, block_m: int, block_n: int, stages: int) -> int:
@@ -159,7 +160,10 @@ def fwd_values(d: int, block_m: int, block_n: int, warps: int) -> float:
 
 
 def dkdv_values(d: int, block_m: int, block_n: int, warps: int) -> float:
-    """The dK/dV kernel's: two (BLOCK_N, d) accumulators and two (BLOCK_N, BLOCK_M) tiles (scores, dP)."""
+    """The dK/dV kernel's: two (BLOCK_N, d) accumulators and two (BLOCK_N, BLOCK_M) tiles (scores, dP). Above
+    160 every compile spilled; at or below it, spilling depended on the tile shape and the pipeline depth
+    more than on this count (at d 64, 64 x 64 with 2 stages spilled while 32 x 128 did not), so the candidate
+    lists are ordered from compiles rather than from this estimate."""
     return (2 * block_n * d + 2 * block_n * block_m) / (32 * warps)
 
 
@@ -265,15 +269,24 @@ def _fwd_candidates(w, base: Config, sms: int) -> list[Config]:
     return out + rest
 
 
+# Backward configurations to race, per head dim (BWD_BLOCK_M, BWD_BLOCK_N, warps, stages, dq_atomic), in order:
+# each compiled for sm_90 (triton 3.6, causal, bf16) without spilling; the dK/dV kernel holds two accumulators,
+# and larger tiles or deeper pipelines than these spilled (64 x 128 at d 128 spilled at every depth).
+BWD_ORDER = {
+    64: [(32, 128, 8, 2, False), (16, 128, 8, 2, False), (32, 64, 8, 2, False), (64, 128, 8, 1, False),
+         (16, 128, 8, 3, False), (32, 128, 8, 2, True), (16, 64, 8, 3, False), (64, 64, 8, 1, False),
+         (16, 128, 8, 2, True), (32, 128, 8, 1, False)],
+    128: [(32, 64, 8, 2, False), (16, 128, 8, 2, False), (16, 64, 8, 2, False), (32, 128, 8, 1, False),
+          (16, 64, 8, 3, False), (64, 64, 8, 1, False), (16, 128, 8, 2, True), (16, 64, 8, 2, True),
+          (16, 128, 8, 1, False), (32, 64, 8, 1, False)],
+}
+
+
 def _bwd_candidates(w, base: Config) -> list[Config]:
-    out = []
-    for bm, bn in ((32, 128), (64, 128), (32, 64), (64, 64), (16, 64), (16, 128)):
-        for stages in (2, 1, 3):
-            for atomic in (False, True):
-                out.append(dataclasses.replace(base, bwd_block_m=bm, bwd_block_n=bn, bwd_warps=8, bwd_stages=stages,
-                                               dq_atomic=atomic))
-    return sorted(out, key=lambda c: (c.dq_atomic, c.bwd_stages == 1, c.bwd_stages, -c.bwd_block_n,
-                                      -c.bwd_block_m))
+    order = BWD_ORDER.get(w.head_dim) or [(bm, bn, 8, st, False) for bn in (64, 32) for bm in (32, 16)
+                                           for st in (2, 1)]
+    return [dataclasses.replace(base, bwd_block_m=bm, bwd_block_n=bn, bwd_warps=warps, bwd_stages=stages,
+                                dq_atomic=atomic) for bm, bn, warps, stages, atomic in order]
 
 
 def param_space(workload, sms: int = HOPPER_SMS, limit: int = MAX_CONFIGS) -> list[dict[str, Any]]:
