@@ -80,6 +80,24 @@ def test_registered_and_cpu_reasons(monkeypatch):
     assert "head_dim in 16, 32, 64, 128, 256" in IMPL.supports(W(head_dim=48), "cpu")
 
 
+def test_mask_and_other_fields_of_a_workload(monkeypatch):
+    """A Workload with a `mask` field (and score_mod, layout) is read through workload_mask()."""
+    import types
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    base = dict(W().to_dict(), score_mod="", layout="dense")
+    cases = {"window:64": None, "causal-br": None, "document:3+5": "document masks are not supported by triton-fa yet"}
+    for mask, want in cases.items():
+        w = types.SimpleNamespace(**base, mask=mask)
+        assert C.workload_mask(w) == mask
+        why = IMPL.supports(w, "cpu")
+        assert why == want if want else why.startswith("triton-fa needs a CUDA GPU")
+    assert IMPL.supports(types.SimpleNamespace(**dict(base, score_mod="softcap:30"), mask="full"), "cpu") == \
+        "triton-fa does not apply score modifiers (softcap:30)"
+    assert "not layout 'ragged'" in IMPL.supports(types.SimpleNamespace(**dict(base, layout="ragged"), mask="full"),
+                                                  "cpu")
+
+
 def test_without_triton_supports_says_so(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setitem(sys.modules, "triton", None)  # import triton now raises ImportError

@@ -62,6 +62,11 @@ class TritonFAImpl(Impl):
         why = mask_problem(workload_mask(w))
         if why:
             return why
+        # Fields a Workload may carry (spec's masks): score modifiers and other layouts are not implemented.
+        if getattr(w, "score_mod", ""):
+            return f"triton-fa does not apply score modifiers ({w.score_mod})"
+        if getattr(w, "layout", "dense") not in ("dense", ""):
+            return f"triton-fa takes dense (batch, heads, seq, dim) tensors, not layout {w.layout!r}"
         why = triton_problem()
         if why:
             return why
