@@ -1,7 +1,7 @@
 """triton-fa on the GPU (issue 16): correct, tuned by attnbench's racing, and compared with torch's flash (FA2)
 and cuDNN backends.
 
-Usage: python benchmarks/triton_fa.py --out DIR [--quick] [--deadline 470]
+Usage: python benchmarks/triton_fa.py --out DIR [--quick] [--deadline 470] [--part fwd|bwd]
        TRITON_INTERPRET=1 python benchmarks/triton_fa.py --dry-run   (the plumbing on a CPU, tiny shapes)
 
 In one process, each step printed with a timestamp (a timeout still shows where it was), results written to
@@ -197,8 +197,9 @@ def _class_key(w):
     return (w.head_dim, w.dtype, w.causal, w.q_heads, w.kv_heads, w.direction)
 
 
-def race(named, configs: int, budget_s: float, baseline: str, store) -> dict:
-    """attnbench tune per class of workloads (one param list per class); returns key -> result summary."""
+def race(named, configs: int, budget_s: float, baseline: str, store, deadline: float) -> dict:
+    """attnbench tune per class of workloads (one param list per class); returns key -> result summary. A class
+    that would start after `deadline` (seconds since start) is skipped: its shapes keep the default config."""
     from attnbench.impls.triton_fa.config import param_space
     from attnbench.tune.tuner import TuneConfig, tune
 
@@ -207,6 +208,11 @@ def race(named, configs: int, budget_s: float, baseline: str, store) -> dict:
         classes.setdefault(_class_key(w), []).append(w)
     out = {}
     for key, ws in classes.items():
+        if time.perf_counter() - T0 > deadline:
+            log(f"SKIPPED tune class {key}: past the deadline; its shapes use the default config")
+            for w in ws:
+                out[w.key] = {"workload": w.label, "best_params": None, "skipped": "deadline"}
+            continue
         space = param_space(ws[0], limit=configs)
         cfg = TuneConfig(workloads=ws, impls=["triton-fa"], device=DEVICE, params={"triton-fa": space},
                          budget_s=budget_s, baseline=baseline, force=True)
@@ -340,8 +346,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one shape per suite (a smoke run, ~1-2 min)")
     ap.add_argument("--configs", type=int, default=8, help="configs raced per shape (param_space's first N)")
     ap.add_argument("--budget", type=float, default=5.0, help="racing budget per shape, seconds")
-    ap.add_argument("--deadline", type=float, default=470.0, help="skip steps that start after this many seconds")
+    ap.add_argument("--deadline", type=float, default=470.0,
+                    help="skip steps that start after this many seconds (forward racing classes after 45%% of it, "
+                         "backward racing classes after 85%%)")
     ap.add_argument("--dry-run", action="store_true", help="CPU + TRITON_INTERPRET=1, tiny shapes: the plumbing only")
+    ap.add_argument("--part", choices=("all", "fwd", "bwd"), default="all",
+                    help="the forward steps (2, 3) or the backward ones (4) only, to split the work over two calls")
     args = ap.parse_args()
     global DEVICE, DRY
     if args.dry_run:
@@ -384,11 +394,11 @@ def main() -> None:
     md.append(f"correctness: {len(data['correctness']) - len(bad)}/{len(data['correctness'])} cases ok"
               + (f"; FAILED: {', '.join(bad)}" if bad else ""))
     with Store(":memory:") as store:
-        if due("forward racing"):
-            data["tune_fwd"] = race(tune_set, args.configs, args.budget, "sdpa-flash", store)
+        if args.part != "bwd" and due("forward racing"):
+            data["tune_fwd"] = race(tune_set, args.configs, args.budget, "sdpa-flash", store, args.deadline * 0.45)
             save()
         tuned_ws = [w for _, w in tune_set]
-        if due("forward comparison"):
+        if args.part != "bwd" and due("forward comparison"):
             table = {}
             for _, w in comp_set:
                 table[w.key], data.setdefault("tuned_from", {})[w.label] = nearest_params(
@@ -398,11 +408,12 @@ def main() -> None:
             save()
             md += ["", "## forward (cold timer; speedup = other's median / triton-fa's)", "",
                    table_md(data["compare_fwd"]), ""] + verdicts(data["compare_fwd"], bwd=False)
-        train = training(args.quick)
-        if due("backward racing"):
-            data["tune_bwd"] = race(train, max(4, args.configs - 2), args.budget, "sdpa-flash", store)
+        train = training(args.quick) if args.part != "fwd" else []
+        if train and due("backward racing"):
+            data["tune_bwd"] = race(train, max(4, args.configs - 2), args.budget, "sdpa-flash", store,
+                                    args.deadline * 0.85)
             save()
-        if due("backward comparison"):
+        if train and due("backward comparison"):
             table = {w.key: (data.get("tune_bwd", {}).get(w.key, {}).get("best_params") or {}) for _, w in train}
             log(f"compare fwd+bwd: {len(train)} shapes")
             data["compare_bwd"] = compare(train, table, store, policy)
