@@ -208,7 +208,8 @@ def auto_splits(batch: int, kv_heads: int, kv_len: int, block_n: int, sms: int =
 def default_config(workload, sms: int = HOPPER_SMS) -> Config:
     """A sensible Hopper configuration per head dim (the same for fp16 and bf16, causal or not): BLOCK_M 128
     with 8 warps (two warpgroups of 64 rows for wgmma); BLOCK_N and the stages as large as registers and shared
-    memory allow; split-KV for decode. Every default compiles on sm_90 without spilling (tests check it)."""
+    memory allow; split-KV for decode. Every default compiled for sm_90 without spilling (d 32-256, ahead of time
+    here; the tests recheck d 128)."""
     w = workload
     d = w.head_dim
     if d <= 32:
@@ -231,9 +232,9 @@ def default_config(workload, sms: int = HOPPER_SMS) -> Config:
     return cfg
 
 
-# Forward configurations to race first, per head dim (BLOCK_M, BLOCK_N, warps, stages, tma), in order. Chosen on
-# what compiles well for sm_90 (no spills, all of the loop's dots on wgmma) and on FA2's tile shapes; the race
-# decides among them. Each shape comes with the pointer kernel and with TMA descriptors.
+# Forward configurations to race first, per head dim (BLOCK_M, BLOCK_N, warps, stages, tma), in order: chosen from
+# sm_90 compiles (triton 3.6: registers, spills, wgmma) and FA2's tile shapes; the race decides among them. The
+# leading shapes come with the pointer kernel and with TMA descriptors.
 FWD_ORDER = {
     64: [(128, 128, 8, 3, False), (128, 128, 8, 3, True), (128, 64, 8, 3, False), (128, 64, 8, 4, True),
          (128, 128, 8, 2, False), (64, 64, 4, 3, False), (128, 64, 4, 3, False), (64, 128, 4, 3, False),
