@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
-# Sections: env, tests, run, warm, flag, executor, workloads, adapters, benchmarks (= timer, ncu, tune,
-# dispatch, gate, compare), all (default). `all` takes longer than one 10-minute device call: split it.
-# `adapters` installs .whl/nvidia_cudnn_frontend-*.whl when present (into /tmp, for its own commands only).
+# Sections: env, tests, run, warm, flag, executor, workloads, adapters, triton, benchmarks (= timer, ncu,
+# tune, dispatch, gate, compare), all (default). `all` takes longer than one 10-minute device call: split it.
+# `adapters` installs .whl/nvidia_cudnn_frontend-*.whl when present (into /tmp, for its own commands only);
+# `triton` takes about 8 minutes alone (TRITON_FA_ARGS=--quick for ~2).
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
 # pytest-gpu.log, attnbench.db (the runs, for reports made elsewhere), bench.log.
 set -uo pipefail
@@ -179,6 +180,16 @@ if want adapters; then
   say "- tune: exit $?"
 fi
 
+
+if want triton; then
+  # Issue 16: triton-fa correct on the GPU, raced by attnbench tune, then interleaved with sdpa-flash and
+  # sdpa-cudnn (forward: characterize, llm-prefill, FA grid; fwd+bwd: training-like). It stops starting new
+  # steps after --deadline (470 s) so one device call holds it; its JSON is written after every step.
+  say "## benchmarks/triton_fa.py (triton-fa tuned vs sdpa-flash and sdpa-cudnn)"
+  step "triton_fa" python3 benchmarks/triton_fa.py --out "$OUT/json" ${TRITON_FA_ARGS:-}
+  if [ -f "$OUT/json/triton_fa.md" ]; then cat "$OUT/json/triton_fa.md" >> "$SUMMARY"
+  else grep -E "correct |SKIPPED|Error|error" "$BENCH" | tail -n 30 >> "$SUMMARY"; fi
+fi
 # Small JSON results into one file (the device tool returns at most 8 files).
 if [ -d "$OUT/json" ]; then
   python3 - "$OUT/json" > "$OUT/bench.json" <<'PY'

@@ -9,6 +9,7 @@ from .flex import FlexImpl
 from .plugins import as_impl, entry_point_impls, load_object
 from .reference import ReferenceImpl
 from .sdpa import BACKENDS, SdpaImpl
+from .triton_fa import TritonFAImpl
 
 __all__ = ["Alias", "Impl", "Inputs", "Unsupported", "make_call", "make_inputs", "registry", "resolve",
            "resolve_many"]
@@ -18,6 +19,7 @@ def builtin_impls() -> dict[str, Impl]:
     impls: dict[str, Impl] = {name: SdpaImpl(name) for name in BACKENDS}
     impls["flex"] = FlexImpl()
     impls["reference"] = ReferenceImpl()
+    impls["triton-fa"] = TritonFAImpl()
     return impls
 
 

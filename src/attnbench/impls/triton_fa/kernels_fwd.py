@@ -1,0 +1,222 @@
+"""triton-fa's forward kernels: the FA2 row-block kernel, a split-KV (flash-decoding) kernel and its combine."""
+
+import triton
+import triton.language as tl
+
+# Whether triton.jit chose the interpreter when this module was imported.
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
+# Scores and the log-sum-exp live in base 2: qk_scale = sm_scale * log2(e), so exp2 replaces exp.
+# A query row i sees key j when (not CAUSAL or j <= i + SHIFT) and (not HAS_WINDOW or j >= i + SHIFT - WINDOW)
+# and j < SK: SHIFT = 0 is top-left causal, SHIFT = SK - SQ bottom-right (config.mask_spec).
+
+
+@triton.jit
+def mma(a, b, acc, UPCAST: tl.constexpr):
+    """tl.dot; UPCAST (interpreter, bf16 only): in fp32, since the interpreter's bf16 dot multiplies raw bits.
+    bf16 -> fp32 is exact, so the products are the same."""
+    if UPCAST:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    else:
+        out = tl.dot(a, b, acc)
+    return out
+
+
+@triton.jit
+def key_blocks(m0, SK, SHIFT, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+               HAS_WINDOW: tl.constexpr):
+    """Key range of query rows m0..m0+BLOCK_M-1 as lo <= mid_lo <= mid_hi <= hi: every row sees every key of
+    [mid_lo, mid_hi) (no mask needed; whole blocks inside SK); [lo, mid_lo) and [mid_hi, hi) need the mask;
+    keys outside [lo, hi) are seen by no row. Divisions only of non-negative values (C and numpy differ)."""
+    hi = SK
+    mid_hi = (SK // BLOCK_N) * BLOCK_N
+    lo = 0
+    mid_lo = 0
+    if CAUSAL:
+        hi = tl.minimum(hi, tl.maximum(m0 + BLOCK_M + SHIFT, 0))
+        mid_hi = tl.minimum(mid_hi, (tl.maximum(m0 + SHIFT + 1, 0) // BLOCK_N) * BLOCK_N)
+    if HAS_WINDOW:
+        lo = (tl.maximum(m0 + SHIFT - WINDOW, 0) // BLOCK_N) * BLOCK_N
+        mid_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 + SHIFT - WINDOW, 0), BLOCK_N) * BLOCK_N
+    lo = tl.minimum(lo, hi)
+    mid_lo = tl.minimum(tl.maximum(mid_lo, lo), hi)
+    mid_hi = tl.minimum(tl.maximum(mid_hi, mid_lo), hi)
+    return lo, mid_lo, mid_hi, hi
+
+
+@triton.jit
+def visible(rows, cols, SK, SHIFT, WINDOW, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """The mask of one tile: rows (queries) on axis 0, cols (keys) on axis 1."""
+    keep = cols[None, :] < SK
+    if CAUSAL:
+        keep = keep & (cols[None, :] <= rows[:, None] + SHIFT)
+    if HAS_WINDOW:
+        keep = keep & (cols[None, :] >= rows[:, None] + SHIFT - WINDOW)
+    return keep
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, rows, offs_n, offs_d, lo, hi,
+               SK, SHIFT, WINDOW, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+               BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
+    """Online softmax over key blocks [lo, hi). Only MASKED ranges pay for the mask and the bounds checks."""
+    for start_n in tl.range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        if USE_TMA:
+            k = k_desc.load([start_n, 0])
+        elif MASKED:
+            k = tl.load(K + cols[:, None] * skn + offs_d[None, :], mask=cols[:, None] < SK, other=0.0)
+        else:
+            k = tl.load(K + cols[:, None] * skn + offs_d[None, :])
+        s = mma(q, tl.trans(k), None, UPCAST)
+        if MASKED:
+            s = tl.where(visible(rows, cols, SK, SHIFT, WINDOW, CAUSAL, HAS_WINDOW), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        if MASKED:  # a row that has seen no key yet keeps m = -inf; subtract 0 instead (exp2(-inf) = 0)
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_use = m_new
+        p = tl.exp2(s * qk_scale - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if USE_TMA:
+            v = v_desc.load([start_n, 0])
+        elif MASKED:
+            v = tl.load(V + cols[:, None] * svn + offs_d[None, :], mask=cols[:, None] < SK, other=0.0)
+        else:
+            v = tl.load(V + cols[:, None] * svn + offs_d[None, :])
+        acc = mma(p.to(v.dtype), v, acc, UPCAST)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def attn_fwd(Q, K, V, O, LSE, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
+             HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale,
+             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+             HAS_WINDOW: tl.constexpr, USE_TMA: tl.constexpr, STORE_LSE: tl.constexpr, UPCAST: tl.constexpr):
+    """One program: BLOCK_M query rows of one (batch, query head); grid (cdiv(SQ, BLOCK_M), B * HQ).
+    The KV head is query head // GROUP (GQA/MQA without repeating K and V)."""
+    pid_m = tl.program_id(0)
+    if CAUSAL:  # the row blocks with the most keys start first, so the short ones fill the tail
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // HQ).to(tl.int64)
+    off_h = (pid_bh % HQ).to(tl.int64)
+    off_hk = off_h // GROUP
+    q_base = Q + off_b * sqb + off_h * sqh
+    k_base = K + off_b * skb + off_hk * skh
+    v_base = V + off_b * svb + off_hk * svh
+    o_base = O + off_b * sob + off_h * soh
+    m0 = pid_m * BLOCK_M
+    rows = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    if USE_TMA:  # device-side descriptors, one per (batch, head) slice: TMA checks the bounds of that slice
+        q_desc = tl.make_tensor_descriptor(q_base, shape=[SQ, HEAD_DIM], strides=[sqm, 1],
+                                           block_shape=[BLOCK_M, HEAD_DIM])
+        k_desc = tl.make_tensor_descriptor(k_base, shape=[SK, HEAD_DIM], strides=[skn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        v_desc = tl.make_tensor_descriptor(v_base, shape=[SK, HEAD_DIM], strides=[svn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        q = q_desc.load([m0, 0])
+    else:
+        k_desc = k_base
+        v_desc = v_base
+        q = tl.load(q_base + rows[:, None] * sqm + offs_d[None, :], mask=rows[:, None] < SQ, other=0.0)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    lo, mid_lo, mid_hi, hi = key_blocks(m0, SK, SHIFT, WINDOW, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
+    if HAS_WINDOW:
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, offs_n, offs_d,
+                                   lo, mid_lo, SK, SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, BLOCK_N,
+                                   USE_TMA, UPCAST)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, offs_n, offs_d,
+                               mid_lo, mid_hi, SK, SHIFT, WINDOW, qk_scale, False, CAUSAL, HAS_WINDOW, BLOCK_N,
+                               USE_TMA, UPCAST)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, offs_n, offs_d,
+                               mid_hi, hi, SK, SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, BLOCK_N,
+                               USE_TMA, UPCAST)
+    # A row that saw no key (bottom-right masks with SQ > SK) gets 0 and lse = +inf, so its backward is 0.
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = (acc * (1.0 / l_safe)[:, None]).to(O.dtype.element_ty)
+    if STORE_LSE:
+        lse = tl.where(empty, float("inf"), m_i + tl.log2(l_safe))
+        tl.store(LSE + pid_bh.to(tl.int64) * SQ + rows, lse, mask=rows < SQ)
+    if USE_TMA:
+        o_desc = tl.make_tensor_descriptor(o_base, shape=[SQ, HEAD_DIM], strides=[som, 1],
+                                           block_shape=[BLOCK_M, HEAD_DIM])
+        o_desc.store([m0, 0], out)
+    else:
+        tl.store(o_base + rows[:, None] * som + offs_d[None, :], out, mask=rows[:, None] < SQ)
+
+
+@triton.jit
+def attn_fwd_split(Q, K, V, OP, LP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
+                   HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale, SPLIT_LEN, NUM_SPLITS,
+                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                   HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr):
+    """Split-KV forward for few query rows (decode): one program takes every query row of one KV head's group
+    (GROUP heads x SQ positions packed into BLOCK_M rows) over one SPLIT_LEN slice of the keys, and writes that
+    slice's normalised output and its lse in fp32; attn_combine merges the slices. Grid (NUM_SPLITS, B * HKV)."""
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    hkv = HQ // GROUP
+    off_b = (pid_bh // hkv).to(tl.int64)
+    off_hk = (pid_bh % hkv).to(tl.int64)
+    r = tl.arange(0, BLOCK_M)
+    head = off_hk * GROUP + r // SQ
+    pos = r % SQ
+    valid = r < GROUP * SQ
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + off_b * sqb + head[:, None] * sqh + pos[:, None] * sqm + offs_d[None, :],
+                mask=valid[:, None], other=0.0)
+    k_base = K + off_b * skb + off_hk * skh
+    v_base = V + off_b * svb + off_hk * svh
+    lo = pid_s * SPLIT_LEN
+    hi = tl.minimum(lo + SPLIT_LEN, SK)
+    if CAUSAL:  # the last position sees up to SQ - 1 + SHIFT
+        hi = tl.minimum(hi, tl.maximum(SQ + SHIFT, 0))
+    if HAS_WINDOW:  # the first position sees from SHIFT - WINDOW
+        lo = tl.maximum(lo, (tl.maximum(SHIFT - WINDOW, 0) // BLOCK_N) * BLOCK_N)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    # `hi` stands for SK in the masks: keys past this slice belong to the next program.
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_base, v_base, skn, svn, pos, offs_n, offs_d,
+                               lo, hi, hi, SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, BLOCK_N, False, UPCAST)
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    bh = off_b * HQ + head
+    row = (bh * NUM_SPLITS + pid_s) * SQ + pos
+    tl.store(LP + row, tl.where(empty, float("-inf"), m_i + tl.log2(l_safe)), mask=valid)
+    tl.store(OP + row[:, None] * HEAD_DIM + offs_d[None, :], acc * (1.0 / l_safe)[:, None], mask=valid[:, None])
+
+
+@triton.jit
+def attn_combine(OP, LP, O, LSE, sob, soh, som, HQ, SQ, NUM_SPLITS,
+                 HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, STORE_LSE: tl.constexpr):
+    """Merge the split-KV partials of one query row (grid B * HQ * SQ): weights exp2(lse_s - max lse)."""
+    pid = tl.program_id(0)
+    bh = (pid // SQ).to(tl.int64)
+    pos = pid % SQ
+    s = tl.arange(0, SPLITS)
+    offs_d = tl.arange(0, HEAD_DIM)
+    valid = s < NUM_SPLITS
+    row = (bh * NUM_SPLITS + s) * SQ + pos
+    lse = tl.load(LP + row, mask=valid, other=float("-inf"))
+    m = tl.max(lse, 0)
+    m_use = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp2(lse - m_use)
+    total = tl.sum(w, 0)
+    part = tl.load(OP + row[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0)
+    out = tl.sum(part * w[:, None], 0) / tl.where(total == 0.0, 1.0, total)
+    off_b = bh // HQ
+    off_h = bh % HQ
+    tl.store(O + off_b * sob + off_h * soh + pos * som + offs_d, out.to(O.dtype.element_ty))
+    if STORE_LSE:
+        tl.store(LSE + bh * SQ + pos, tl.where(total == 0.0, float("inf"), m_use + tl.log2(total)))

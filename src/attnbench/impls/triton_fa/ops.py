@@ -1,0 +1,207 @@
+"""triton-fa's launchers (forward, split-KV forward, backward) and the autograd Function that joins them."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+
+import torch
+import triton
+
+from ..base import Unsupported
+from .config import Config, MaskSpec
+
+LOG2E = 1.4426950408889634
+SPLIT_ROWS = 128  # most query rows (GROUP * q_len) the split-KV kernel packs into one block
+_MODULES = ("kernels_fwd", "kernels_bwd")
+
+
+def kernels():
+    """The kernel modules (forward, backward). Interpreter or compiler is fixed per process: triton.jit
+    chooses at decoration, triton.language's own functions included (impl.interpreter_problem)."""
+    return [importlib.import_module(f"{__package__}.{name}") for name in _MODULES]
+
+
+def _interpreting() -> bool:
+    return bool(triton.knobs.runtime.interpret)
+
+
+@contextlib.contextmanager
+def _interpreter_scalars():
+    """Triton 3.6's interpreter turns a scalar into an index with int() of a one-element array, which numpy
+    >= 2.4 refuses, so range() over a kernel argument fails (later Triton squeezes the array first). For the
+    duration of a launch in the interpreter, take the element instead."""
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+    try:
+        yield
+    finally:
+        interpreter._patch_lang_tensor = original
+
+
+def _launching():
+    return _interpreter_scalars() if _interpreting() else contextlib.nullcontext()
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _tma_ok(*tensors: torch.Tensor) -> bool:
+    """TMA descriptors need 16-byte aligned bases and row strides for every (batch, head) slice."""
+    for t in tensors:
+        e = t.element_size()
+        if t.data_ptr() % 16 or any((s * e) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+class _Scratch:
+    """triton's allocator for the descriptors' scratch memory, on the device of the launch at hand."""
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+
+    def __call__(self, size: int, alignment: int, stream):
+        return torch.empty(size, dtype=torch.int8, device=self.device)
+
+
+_SCRATCH = _Scratch()
+
+
+def _ensure_allocator(device: torch.device) -> None:
+    """Device-side tensor descriptors need scratch memory from triton's allocator: install ours unless the
+    caller set their own."""
+    from triton.runtime import _allocation
+
+    current = _allocation._allocator.get()
+    if isinstance(current, _allocation.NullAllocator):
+        triton.set_allocator(_SCRATCH)
+        current = _SCRATCH
+    if current is _SCRATCH:
+        _SCRATCH.device = device
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return _interpreting() and dtype == torch.bfloat16
+
+
+def split_layout(kv_len: int, splits: int, block_n: int) -> tuple[int, int]:
+    """(keys per split, a multiple of block_n; number of splits actually used)."""
+    split_len = triton.cdiv(triton.cdiv(kv_len, max(1, splits)), block_n) * block_n
+    return split_len, triton.cdiv(kv_len, split_len)
+
+
+def forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool):
+    """(out, lse): out like q; lse (B*HQ, SQ) fp32 in base 2 (+inf for rows that see no key), or None."""
+    with _launching():
+        return _forward(q, k, v, mask, cfg, scale, need_lse)
+
+
+def _forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool):
+    fwd, _ = kernels()
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    b, hq, sq, d = q.shape
+    hkv, sk = k.shape[1], k.shape[2]
+    out = torch.empty((b, hq, sq, d), dtype=q.dtype, device=q.device)
+    lse = torch.empty((b * hq, sq), dtype=torch.float32, device=q.device) if need_lse else out
+    common = dict(HQ=hq, GROUP=hq // hkv, SQ=sq, SK=sk, SHIFT=mask.shift, WINDOW=mask.window or 0,
+                  qk_scale=scale * LOG2E, HEAD_DIM=d, CAUSAL=mask.causal, HAS_WINDOW=mask.window is not None,
+                  UPCAST=_upcast(q.dtype))
+    if cfg.split_kv:
+        if (hq // hkv) * sq > SPLIT_ROWS:
+            raise Unsupported(f"split_kv packs a KV head's query rows into one block: GROUP * q_len = "
+                              f"{(hq // hkv) * sq} > {SPLIT_ROWS}")
+        block_m = max(16, triton.next_power_of_2((hq // hkv) * sq))
+        split_len, splits = split_layout(sk, cfg.split_kv, cfg.block_n)
+        part = torch.empty((b * hq, splits, sq, d), dtype=torch.float32, device=q.device)
+        part_lse = torch.empty((b * hq, splits, sq), dtype=torch.float32, device=q.device)
+        fwd.attn_fwd_split[(splits, b * hkv)](
+            q, k, v, part, part_lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            SPLIT_LEN=split_len, NUM_SPLITS=splits, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common)
+        fwd.attn_combine[(b * hq * sq,)](
+            part, part_lse, out, lse, *out.stride()[:3], hq, sq, splits, HEAD_DIM=d,
+            SPLITS=triton.next_power_of_2(splits), STORE_LSE=need_lse, num_warps=4)
+        return out, (lse if need_lse else None)
+    tma = cfg.tma and _tma_ok(q, k, v, out)
+    if tma:
+        _ensure_allocator(q.device)
+    grid = (triton.cdiv(sq, cfg.block_m), b * hq)
+    fwd.attn_fwd[grid](q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+                       BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=tma, STORE_LSE=need_lse,
+                       num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common)
+    return out, (lse if need_lse else None)
+
+
+def backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float):
+    """(dq, dk, dv), shaped like q, k, v."""
+    with _launching():
+        return _backward(do, q, k, v, out, lse, mask, cfg, scale)
+
+
+def _backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float):
+    _, bwd = kernels()
+    do = _last_dim_contiguous(do)
+    b, hq, sq, d = q.shape
+    hkv, sk = k.shape[1], k.shape[2]
+    common = dict(HQ=hq, GROUP=hq // hkv, SQ=sq, SK=sk, SHIFT=mask.shift, WINDOW=mask.window or 0,
+                  qk_scale=scale * LOG2E, sm_scale=scale, HEAD_DIM=d, CAUSAL=mask.causal,
+                  HAS_WINDOW=mask.window is not None, UPCAST=_upcast(q.dtype))
+    delta = torch.empty((b * hq, sq), dtype=torch.float32, device=q.device)
+    pre_m = 64
+    bwd.bwd_preprocess[(triton.cdiv(sq, pre_m), b * hq)](out, do, delta, *out.stride()[:3], *do.stride()[:3], hq, sq,
+                                                         HEAD_DIM=d, BLOCK_M=pre_m, num_warps=4)
+    dk = torch.empty((b, hkv, sk, d), dtype=k.dtype, device=k.device)
+    dv = torch.empty((b, hkv, sk, d), dtype=v.dtype, device=v.device)
+    # The dK/dV program keeps BWD_BLOCK_N keys and streams BWD_BLOCK_M query rows; the dQ program keeps
+    # DQ_BLOCK_M rows and streams DQ_BLOCK_N keys.
+    stream, resident = cfg.bwd_block_m, cfg.bwd_block_n
+    if cfg.dq_atomic:
+        dq_acc = torch.zeros((b * hq, sq, d), dtype=torch.float32, device=q.device)
+    else:
+        dq_acc = delta  # unused by the kernel
+    bwd.bwd_dkdv[(triton.cdiv(sk, resident), b * hkv)](
+        q, k, v, do, lse, delta, dk, dv, dq_acc, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], BLOCK_M=stream, BLOCK_N=resident,
+        DQ_ATOMIC=cfg.dq_atomic, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages, **common)
+    if cfg.dq_atomic:
+        dq = dq_acc.view(b, hq, sq, d).to(q.dtype)
+    else:
+        dq = torch.empty((b, hq, sq, d), dtype=q.dtype, device=q.device)
+        bwd.bwd_dq[(triton.cdiv(sq, cfg.dq_block_m), b * hq)](
+            q, k, v, do, lse, delta, dq, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
+            *dq.stride()[:3], BLOCK_M=cfg.dq_block_m, BLOCK_N=cfg.dq_block_n, num_warps=cfg.bwd_warps,
+            num_stages=cfg.dq_stages, **common)
+    return dq, dk, dv
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, cfg, scale):
+        out, lse = forward(q, k, v, mask, cfg, scale, need_lse=True)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mask, ctx.cfg, ctx.scale = mask, cfg, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = backward(do, q, k, v, out, lse, ctx.mask, ctx.cfg, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def attention(q, k, v, mask: MaskSpec, cfg: Config, scale: float | None = None):
+    """softmax(q k^T * scale + mask) v for q (B, HQ, SQ, D), k and v (B, HKV, SK, D); differentiable."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return _Attention.apply(q, k, v, mask, cfg, scale)
+    return forward(q, k, v, mask, cfg, scale, need_lse=False)[0]

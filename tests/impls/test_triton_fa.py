@@ -1,0 +1,380 @@
+"""triton-fa: masks, parameters and resource estimates; forward and gradients in Triton's CPU interpreter against
+float64 attention; the default configs compiled ahead of time for sm_90 (no GPU needed)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnbench.errors import UserError
+from attnbench.impls import registry
+from attnbench.impls.reference import attention_math
+from attnbench.impls.triton_fa import config as C
+from attnbench.impls.triton_fa.impl import TritonFAImpl
+from attnbench.measure.correctness import check, tolerance
+from attnbench.spec import Workload
+
+triton = pytest.importorskip("triton", reason="triton is in the test extra; the impl's supports() says so without it")
+
+IMPL = TritonFAImpl()
+ROOT = Path(__file__).resolve().parents[2]
+MARK = "TRITON_FA_CASES "
+
+# Triton chooses interpreter or compiler when triton.language is first imported, so the interpreter cases run
+# in one child process started with TRITON_INTERPRET=1 (this process keeps the compiler, for the sm_90 test).
+CASES = {}
+
+
+def case(name):
+    def register(fn):
+        CASES[name] = fn
+        return fn
+    return register
+
+
+def _child_main() -> None:
+    """In the child: run every case; print name -> {ok, error} as one JSON line."""
+    assert IMPL.supports(W(), "cpu") is None, IMPL.supports(W(), "cpu")
+    results = {}
+    for name, fn in CASES.items():
+        try:
+            fn()
+            results[name] = {"ok": True}
+        except Exception as exc:  # an assertion or a kernel failure: reported by the parent's test
+            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    print(MARK + json.dumps(results), flush=True)
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([str(ROOT)] + sys.path))
+    code = "from tests.impls.test_triton_fa import _child_main; _child_main()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)), None)
+    if line is None:
+        pytest.fail(f"the interpreter child failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+    return json.loads(line[len(MARK):])
+
+
+def W(**kw):
+    base = dict(batch=1, q_heads=2, kv_heads=2, q_len=40, kv_len=40, head_dim=32, dtype="fp16")
+    base.update(kw)
+    return Workload(**base)
+
+
+# -- registration and supports() ---------------------------------------------------------------
+
+def test_registered_and_cpu_reasons(monkeypatch):
+    assert isinstance(registry()["triton-fa"], TritonFAImpl)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert "needs a CUDA GPU, or Triton's CPU interpreter (TRITON_INTERPRET=1" in IMPL.supports(W(), "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # too late: this process imported triton without it
+    assert IMPL.supports(W(), "cpu") == ("TRITON_INTERPRET=1 was set after triton was imported; set it before "
+                                         "starting Python")
+    assert IMPL.supports(W(dtype="fp32"), "cpu") == "triton-fa runs fp16 and bf16, not fp32"
+    assert "head_dim in 16, 32, 64, 128, 256" in IMPL.supports(W(head_dim=48), "cpu")
+
+
+def test_mask_and_other_fields_of_a_workload(monkeypatch):
+    """The Workload's mask, score modifier and layout decide what triton-fa takes."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cases = {"window:64": None, "causal-br": None, "document:30+10": "document"}
+    for mask, want in cases.items():
+        w = W(mask=mask, q_len=40, kv_len=40 if mask.startswith("document") else 100)
+        assert C.workload_mask(w) == w.mask
+        why = IMPL.supports(w, "cpu")
+        assert want in why if want else why.startswith("triton-fa needs a CUDA GPU")
+    assert "softcap" in IMPL.supports(W(score_mod="softcap:30"), "cpu")
+    assert "paged" in IMPL.supports(W(q_len=1, kv_len=64, mask="causal-br", layout="paged:16"), "cpu")
+
+
+def test_without_triton_supports_says_so(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setitem(sys.modules, "triton", None)  # import triton now raises ImportError
+    why = IMPL.supports(W(), "cpu")
+    assert why.startswith("triton is not importable (ModuleNotFoundError") and "pip install triton" in why
+
+
+# -- masks --------------------------------------------------------------------------------------
+
+def test_mask_spec_maps_every_kind():
+    assert C.mask_spec("full", 8, 12) == C.MaskSpec()
+    assert C.mask_spec("causal", 8, 12) == C.MaskSpec(causal=True, shift=0)
+    assert C.mask_spec("causal-br", 8, 12) == C.MaskSpec(causal=True, shift=4)
+    assert C.mask_spec("window:5", 8, 12) == C.MaskSpec(causal=True, shift=4, window=5)
+    assert C.mask_problem("document:0,0,1") == "document masks are not supported by triton-fa yet"
+    assert "non-negative integer" in C.mask_problem("window:-1")
+    with pytest.raises(UserError, match="unknown mask kind 'diagonal'"):
+        C.mask_spec("diagonal", 8, 8)
+    assert C.workload_mask(W(causal=True)) == "causal" and C.workload_mask(W()) == "full"
+
+
+def masked_reference(q, k, v, spec: C.MaskSpec):
+    """float64 attention with an explicit boolean mask (rows that see no key give 0)."""
+    q, k, v = (t.to(torch.float64) for t in (q, k, v))
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    i = torch.arange(q.shape[2])[:, None]
+    j = torch.arange(k.shape[2])[None, :]
+    keep = torch.ones_like(i + j, dtype=torch.bool)
+    if spec.causal:
+        keep &= j <= i + spec.shift
+    if spec.window is not None:
+        keep &= j >= i + spec.shift - spec.window
+    p = torch.softmax(s.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
+    return p @ v
+
+
+def rel(a, b):
+    return float((a.to(torch.float64) - b).norm() / b.norm())
+
+
+# -- correctness in the interpreter ---------------------------------------------------------------
+
+FORWARD = {
+    "full": W(),                                                          # SQ, SK not multiples of the blocks
+    "causal-bf16": W(causal=True, dtype="bf16"),                          # top-left causal, bf16
+    "mqa-causal": W(q_heads=4, kv_heads=1, q_len=24, kv_len=56, causal=True),  # MQA, q_len < kv_len
+    "gqa-long-q": W(q_heads=4, kv_heads=2, q_len=56, kv_len=24, head_dim=64),  # GQA, q_len > kv_len
+    "decode": W(batch=2, q_heads=8, kv_heads=2, q_len=1, kv_len=300, causal=True),  # the split-KV kernel
+    "decode-rows": W(batch=1, q_heads=8, kv_heads=2, q_len=1, kv_len=300, causal=True),  # row-block kernel
+}
+
+
+def _forward_case(name, w):
+    @case(f"forward-{name}")
+    def run():
+        params = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1, "split_kv": 0}
+        if name == "decode":
+            params = {"BLOCK_N": 32, "split_kv": 4}
+        res = check(IMPL.build(w, "cpu", params), w, "cpu", seed=1)
+        assert res.ok, res.reason
+        assert res.rel_err < tolerance(w.dtype) / 4, res.rel_err
+
+
+for _name, _w in FORWARD.items():
+    _forward_case(_name, _w)
+
+
+GRADIENTS = {
+    "causal": W(causal=True, direction="fwd+bwd"),
+    "gqa-bf16-causal": W(q_heads=4, kv_heads=2, q_len=24, kv_len=40, dtype="bf16", causal=True, direction="fwd+bwd"),
+    "mqa-full-bwd": W(q_heads=2, kv_heads=1, q_len=36, kv_len=20, direction="bwd"),
+}
+
+
+def _gradient_case(name, w):
+    @case(f"gradients-{name}")
+    def run():
+        params = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1, "BWD_BLOCK_M": 16,
+                  "BWD_BLOCK_N": 32, "DQ_BLOCK_M": 32, "DQ_BLOCK_N": 16}
+        res = check(IMPL.build(w, "cpu", params), w, "cpu", seed=2)
+        assert res.ok, res.reason
+        assert set(res.details) == {"out", "dq", "dk", "dv"}, res.details
+
+
+for _name, _w in GRADIENTS.items():
+    _gradient_case(_name, _w)
+
+
+MASKS = {
+    "br-short-q": ("causal-br", 24, 56, {}),
+    "br-long-q": ("causal-br", 56, 24, {}),             # the first 32 rows see no key: output 0, gradient 0
+    "window": ("window:10", 50, 70, {}),
+    "window-tma": ("window:10", 70, 50, {"tma": True}),  # tensor descriptors (TMA on Hopper)
+    "window-atomic-dq": ("window:7", 40, 40, {"dq_atomic": True}),  # dQ by atomics in the dK/dV pass
+    "br-split": ("causal-br", 3, 200, {"split_kv": 3}),  # decode with bottom-right causal, split-KV
+    "window-split": ("window:40", 2, 200, {"split_kv": 5}),
+    "full-tma": ("full", 33, 47, {"tma": True}),
+}
+
+
+def _mask_case(name, args):
+    case(f"mask-{name}")(lambda: _mask_check(*args))
+
+
+def _mask_check(mask, sq, sk, cfg):
+    from attnbench.impls.triton_fa import ops
+
+    torch.manual_seed(3)
+    spec = C.mask_spec(mask, sq, sk)
+    base = C.Config(block_m=16, block_n=16, num_warps=4, num_stages=1, bwd_block_m=16, bwd_block_n=32,
+                    dq_block_m=32, dq_block_n=16)
+    config = base.with_params({"BLOCK_N": 32, **cfg} if "split_kv" in cfg else cfg)
+    q = torch.randn(1, 4, sq, 32).half()
+    k, v = torch.randn(2, 1, 2, sk, 32).half()
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    out = ops.attention(qg, kg, vg, spec, config)
+    q6, k6, v6 = (t.to(torch.float64).requires_grad_() for t in (q, k, v))
+    ref = masked_reference(q6, k6, v6, spec)
+    assert rel(out, ref.detach()) < 2e-3
+    if mask == "causal-br":  # the same mask through attnbench's reference (bottom-right: a row offset)
+        if sq <= sk:
+            assert rel(out, attention_math(q6, k6, v6, True, q_offset=sk - sq).detach()) < 2e-3
+        else:
+            assert torch.count_nonzero(out[:, :, :sq - sk]) == 0
+    grad = torch.randn_like(q)
+    got = torch.autograd.grad(out, (qg, kg, vg), grad)
+    want = torch.autograd.grad(ref, (q6, k6, v6), grad.to(torch.float64))
+    for name, a, b in zip(("dq", "dk", "dv"), got, want):
+        assert a.shape == b.shape, name
+        assert rel(a, b) < 8e-3, (name, rel(a, b))
+
+
+for _name, _args in MASKS.items():
+    _mask_case(_name, _args)
+
+
+@case("a-wrong-mask-is-caught")
+def _wrong_mask():
+    """The checks can fail: the kernel with the window dropped is far from the windowed reference."""
+    from attnbench.impls.triton_fa import ops
+
+    torch.manual_seed(4)
+    q, k, v = torch.randn(3, 1, 2, 48, 32).half()
+    spec = C.mask_spec("window:8", 48, 48)
+    wrong = ops.attention(q, k, v, C.mask_spec("causal-br", 48, 48), C.Config(block_m=16, block_n=16))
+    assert rel(wrong, masked_reference(q, k, v, spec)) > 0.1
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_in_the_interpreter(interpreted, name):
+    assert name in interpreted, f"the child did not run {name}"
+    result = interpreted[name]
+    assert result["ok"], result.get("error")
+
+
+# -- parameters and resource estimates -------------------------------------------------------------
+
+@pytest.mark.parametrize("w", [
+    Workload(4, 16, 16, 2048, 2048, 128, "bf16", True),
+    Workload(32, 8, 8, 512, 512, 64, "fp16"),
+    Workload(1, 32, 8, 16384, 16384, 128, "bf16", True, "fwd+bwd"),
+    Workload(16, 32, 8, 1, 4096, 128, "bf16", True),
+    Workload(2, 8, 8, 1024, 1024, 256, "bf16"),
+], ids=["d128-causal", "d64", "d128-train", "decode", "d256"])
+def test_param_space_is_pruned_and_capped(w):
+    space = C.param_space(w)
+    assert 1 <= len(space) <= C.MAX_CONFIGS
+    base = C.default_config(w)
+    assert space[0] == {k: v for k, v in base.params().items() if k in space[0]}  # the default comes first
+    assert len({tuple(sorted(p.items())) for p in space}) == len(space)
+    for params in space:
+        cfg = base.with_params(params)
+        assert C.fits(cfg, w.head_dim, 2, w.direction)
+        if w.direction == "fwd":
+            assert set(params) == set(C.FWD_PARAMS)
+            assert C.fwd_smem(w.head_dim, 2, cfg.block_m, cfg.block_n, cfg.num_stages) <= C.SMEM_LIMIT
+        else:
+            assert "BWD_BLOCK_N" in params and "BLOCK_M" not in params
+    if C.is_decode(w.q_heads // w.kv_heads, w.q_len, w.kv_len):
+        assert base.split_kv >= 1 and any(p["split_kv"] == 0 for p in space)
+    assert IMPL.param_space(w, "cpu") == [{}]
+
+
+def test_smem_estimate_matches_triton_on_sm90():
+    # Shared bytes triton 3.6 allocated on sm_90 for the pointer forward kernel (compiled ahead of time).
+    for d, bm, bn, stages, measured in ((128, 128, 64, 3, 131072), (64, 128, 128, 2, 81920),
+                                        (128, 128, 128, 3, 229376), (256, 128, 64, 3, 262144)):
+        assert C.fwd_smem(d, 2, bm, bn, stages) - C.SMEM_SLACK == measured
+    assert C.fwd_smem(256, 2, 128, 64, 3) > C.SMEM_LIMIT  # pruned: it cannot launch
+    # dK/dV (d, BWD_BLOCK_M, BWD_BLOCK_N, stages, dq_atomic): the estimate is an upper bound within 1.5 KB.
+    for d, bm, bn, stages, atomic, measured in ((64, 32, 128, 2, False, 49408), (64, 32, 128, 2, True, 73984),
+                                                (128, 16, 128, 2, True, 123008), (128, 64, 128, 2, False, 131584),
+                                                (128, 16, 64, 2, True, 73856), (128, 32, 64, 2, False, 65792)):
+        assert 0 <= C.dkdv_smem(d, 2, bm, bn, stages, atomic) - measured <= 1536, (d, bm, bn, atomic)
+    assert C.dq_smem(128, 2, 128, 64, 2) - C.SMEM_SLACK == 131072
+
+
+def test_params_are_validated():
+    with pytest.raises(UserError, match="unknown parameter"):
+        C.Config().with_params({"BLOCK_K": 64})
+    with pytest.raises(UserError, match="power of two"):
+        C.Config().with_params({"BLOCK_M": 96})
+    with pytest.raises(UserError, match="num_warps"):
+        C.Config().with_params({"num_warps": 3})
+    assert C.Config().with_params({"tma": True}).tma
+
+
+# -- the real compiler, ahead of time for sm_90 -----------------------------------------------------
+
+def _compile_sm90(fn, constexprs, warps, stages, dtype="bf16"):
+    """Compile a kernel for sm_90 here, specialised as triton's launcher does for contiguous inputs with
+    d >= 64 (pointers and strides divisible by 16); returns (registers, spilled bytes, shared bytes, wgmma
+    instructions in the PTX)."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    pointers = {"Q", "K", "V", "O", "LSE", "DO", "DELTA", "DK", "DV", "DQ", "OP", "LP"}
+    sig, attrs = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in pointers:
+            sig[name] = "*" + ("fp32" if name in ("LSE", "DELTA", "OP", "LP") else dtype)
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            sig[name] = "fp32" if name in ("qk_scale", "sm_scale") else "i32"
+            if name.startswith("s") and name not in ("sm_scale",):  # strides: sqb, skn, ...
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    kernel = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": warps, "num_stages": stages})
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    regs, stack = (int(re.search(rf"{key}:(\d+)", usage).group(1)) for key in ("REG", "STACK"))
+    return regs, stack, kernel.metadata.shared, kernel.asm["ptx"].count("wgmma.mma_async")
+
+
+def test_defaults_compile_for_sm90_without_spills():
+    from attnbench.impls.triton_fa import ops
+
+    fwd, bwd = ops.kernels()
+    assert not fwd.INTERPRETED, "run the suite without TRITON_INTERPRET (the interpreter cases start their own)"
+    w = Workload(1, 16, 16, 4096, 4096, 128, "bf16", True, "fwd+bwd")
+    c = C.default_config(w)
+    common = dict(HEAD_DIM=128, CAUSAL=True, HAS_WINDOW=False, UPCAST=False)
+    for tma in (False, True):
+        regs, stack, shared, wgmma = _compile_sm90(
+            fwd.attn_fwd, dict(common, BLOCK_M=c.block_m, BLOCK_N=c.block_n, USE_TMA=tma, STORE_LSE=True),
+            c.num_warps, c.num_stages)
+        assert stack == 0 and wgmma > 0, (tma, regs, stack)
+        assert shared <= C.fwd_smem(128, 2, c.block_m, c.block_n, c.num_stages)
+    regs, stack, shared, _ = _compile_sm90(
+        bwd.bwd_dkdv, dict(common, BLOCK_M=c.bwd_block_m, BLOCK_N=c.bwd_block_n, DQ_ATOMIC=False),
+        c.bwd_warps, c.bwd_stages)
+    assert stack == 0 and shared <= C.dkdv_smem(128, 2, c.bwd_block_m, c.bwd_block_n, c.bwd_stages, False)
+    regs, stack, shared, _ = _compile_sm90(bwd.bwd_dq, dict(common, BLOCK_M=c.dq_block_m, BLOCK_N=c.dq_block_n),
+                                           8, c.dq_stages)
+    assert stack == 0 and shared <= C.dq_smem(128, 2, c.dq_block_m, c.dq_block_n, c.dq_stages)
+
+
+# -- on a GPU (scripts/gpu_check.sh tests) -----------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("w,params", [
+    (Workload(2, 16, 16, 1000, 1000, 64, "fp16"), {}),
+    (Workload(2, 16, 16, 2048, 2048, 128, "bf16", True), {}),
+    (Workload(2, 16, 16, 2048, 2048, 128, "bf16", True), {"tma": True}),
+    (Workload(2, 32, 8, 700, 1500, 128, "bf16", True), {}),
+    (Workload(16, 32, 8, 1, 4096, 128, "bf16", True), {}),
+    (Workload(2, 16, 16, 1024, 1024, 128, "bf16", True, "fwd+bwd"), {}),
+    (Workload(1, 32, 8, 1000, 1200, 64, "fp16", False, "fwd+bwd"), {"dq_atomic": True}),
+], ids=["d64", "d128-causal", "d128-causal-tma", "gqa-q<kv", "decode-split", "d128-bwd", "gqa-bwd-atomic"])
+def test_on_the_gpu(w, params):
+    assert IMPL.supports(w, "cuda") is None
+    res = check(IMPL.build(w, "cuda", params), w, "cuda", seed=5)
+    assert res.ok, res.reason
