@@ -47,6 +47,10 @@ def tune(
     timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, host (CPU default)"),
     db: Optional[str] = DB_OPT,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
+    from_model: Optional[str] = typer.Option(None, "--from-model", help="the attention workloads of a transformers "
+                                             "model (config.json, model folder or model id in the local cache; never "
+                                             "downloads) at --batch and --seq: prefill and decode (--pass fwd+bwd: "
+                                             "the training prefill)"),
 ) -> None:
     """The fastest correct impl per workload: correctness gate, then racing under a time budget;
     results cached per environment; -o writes a dispatch table for attnbench.attention."""
@@ -63,14 +67,26 @@ def tune(
     if samples < 1:
         raise UserError("--samples must be at least 1")
     dev = resolve_device(device)
-    workloads, _ = build_workloads(preset, sweep, tn.expand_ellipsis(batch), heads, kv_heads, seq, kv_seq, dim,
-                                   dtype, causal, direction, dev, mask=mask, score_mod=score_mod)
+    say = None if quiet else (lambda line: typer.echo(line, err=True))
+    if from_model is not None:
+        from ..integrations.hf_workloads import workloads_from_options
+
+        shape_flags = {"--preset": preset, "--sweep": sweep, "--heads": heads, "--kv-heads": kv_heads,
+                       "--kv-seq": kv_seq, "--dim": dim, "--causal": causal, "--mask": mask, "--score-mod": score_mod}
+        given = [flag for flag, value in shape_flags.items() if value is not None]
+        if given:
+            raise UserError(f"--from-model takes the shapes from the model; drop {', '.join(given)}")
+        workloads = workloads_from_options(from_model, tn.expand_ellipsis(batch), seq, dtype, direction)
+        if say:
+            say(f"{from_model}: {len(workloads)} attention workloads: " + "; ".join(w.label for w in workloads))
+    else:
+        workloads, _ = build_workloads(preset, sweep, tn.expand_ellipsis(batch), heads, kv_heads, seq, kv_seq, dim,
+                                       dtype, causal, direction, dev, mask=mask, score_mod=score_mod)
     racing = tn.RacingPolicy(max_samples=samples, first_samples=min(10, samples))
     config = tn.TuneConfig(workloads=workloads, impls=tn.cli_impls(split_impls(impl)), device=dev, timer=timer,
                            budget_s=tn.parse_duration(budget), budget_total_s=tn.parse_duration(budget_total,
                            "--budget-total"), exhaustive=exhaustive, racing=racing, baseline=baseline, force=force,
                            policy=tn.TimingPolicy(warmup_ms=25.0, min_samples=samples, max_samples=samples))
-    say = None if quiet else (lambda line: typer.echo(line, err=True))
     with open_store(db) as store:
         if objective == "throughput":
             if latency_budget is None:
