@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
-# Sections: env, tests, run, warm, flag, benchmarks (= timer, ncu, tune, dispatch, gate, compare), all (default).
+# Sections: env, tests, run, warm, flag, benchmarks (= timer, ncu, tune, dispatch, gate, compare), hf, all (default).
 # `all` takes longer than one 10-minute device call: split it, e.g. `env tests run`, then `timer`,
 # then `tune dispatch gate compare`.
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
@@ -94,6 +94,13 @@ for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing d
     fi
   fi
 done
+if want hf; then
+  # transformers models (Llama-style, Qwen2-style with sliding windows; random weights, bf16, 2048 tokens)
+  # through the tuned dispatch (issue 17): tune --from-model, then compare --model against sdpa. ~4 min.
+  say "## benchmarks/hf_models.py"
+  step "hf_models" python3 benchmarks/hf_models.py --out "$OUT/json"
+  [ -f "$OUT/json/hf_models.md" ] && cat "$OUT/json/hf_models.md" >> "$SUMMARY"
+fi
 # Small JSON results into one file (the device tool returns at most 8 files).
 if [ -d "$OUT/json" ]; then
   python3 - "$OUT/json" > "$OUT/bench.json" <<'PY'
