@@ -329,6 +329,9 @@ def test_mask_keyword_picks_the_bucket_and_falls_back_to_an_explicit_mask():
         torch.testing.assert_close(dispatch.attention(q, k, v, mask=mask, table=t), want, rtol=1e-4, atol=1e-5)
         assert dispatch.explain(q, k, v, mask=mask, table=t).startswith("sdpa fallback: no entry for bucket")
     assert CALLS == {"window:7": 1, "causal-br": 1}
+    q, k, v = qkv(hkv=2)  # grouped-query heads with an explicit mask: K and V repeated, the result the same
+    want = attention_math(q.double(), k.double(), v.double(), "window:5").float()
+    torch.testing.assert_close(dispatch.attention(q, k, v, mask="window:5", table=t), want, rtol=1e-4, atol=1e-5)
     # dropout with a mask: the explicit mask, every call
     q, k, v = qkv()
     torch.manual_seed(3)

@@ -19,7 +19,8 @@ bucket, a table from another environment (env id differs: warned once), inputs t
 (attn_mask, dropout, non-4D, mixed devices or dtypes, custom scale, v's shape unlike k's), and a
 winner that fails to build or raises (warned once; that shape then stays on SDPA). A `mask=` the
 fallback meets becomes an explicit boolean attn_mask (built once per shape; none when it keeps every
-pair, is_causal when it is SDPA's causal one). Built callables are cached per exact shape key, so the
+pair, is_causal when it is SDPA's causal one; grouped-query K and V repeated beside a mask, which SDPA
+takes with enable_gqa only in its math kernel). Built callables are cached per exact shape key, so the
 per-call cost is one tuple and one dict lookup.
 """
 
@@ -205,12 +206,23 @@ def _mask_fallback(F, mask: str, scale, enable_gqa, dropout_p: float = 0.0):
                 inner = _sdpa_fallback(F, False, scale, enable_gqa, dropout_p=dropout_p)
             elif q_len == kv_len and bool((keep == masks.mask_matrix("causal", q_len, kv_len, device=q.device)).all()):
                 inner = _sdpa_fallback(F, True, scale, enable_gqa, dropout_p=dropout_p)
+            elif enable_gqa and q.shape[-3] != k.shape[-3]:
+                # SDPA takes enable_gqa with a mask only in its math kernel; with the KV heads repeated, as
+                # transformers' SDPA path does, the memory-efficient kernel takes the mask.
+                inner = _repeat_kv(_sdpa_fallback(F, False, scale, False, keep, dropout_p), q.shape[-3] // k.shape[-3])
             else:
                 inner = _sdpa_fallback(F, False, scale, enable_gqa, keep, dropout_p)
             state["fn"] = inner
         return inner(q, k, v)
 
     return fn
+
+
+def _repeat_kv(fn, groups: int):
+    def call(q, k, v):
+        return fn(q, k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3))
+
+    return call
 
 
 def _resolve_mask(mask, is_causal, q, k) -> str:
