@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -124,6 +125,7 @@ def attention_layers(config) -> list[AttentionLayer]:
     return layers
 
 
+@lru_cache(maxsize=1024)  # called on every attention call of a model: parse the mask text once per shape
 def layer_mask(q_len: int, kv_len: int, sliding_window: int | None) -> str:
     """The spec.masks text of a causal layer's attention over kv_len keys, the last query at the last key."""
     text = f"window:{sliding_window - 1}" if sliding_window is not None and kv_len > sliding_window else "causal-br"
