@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
-# Sections: env, tests, run, warm, flag, executor, workloads, adapters, triton, benchmarks (= timer, ncu,
+# Sections: env, tests, run, warm, flag, executor, workloads, adapters, triton, hf, benchmarks (= timer, ncu,
 # tune, dispatch, gate, compare), all (default). `all` takes longer than one 10-minute device call: split it.
 # `adapters` installs .whl/nvidia_cudnn_frontend-*.whl when present (into /tmp, for its own commands only);
 # `triton` takes about 8 minutes alone (TRITON_FA_ARGS=--quick for ~2).
@@ -190,6 +190,15 @@ if want triton; then
   if [ -f "$OUT/json/triton_fa.md" ]; then cat "$OUT/json/triton_fa.md" >> "$SUMMARY"
   else grep -E "correct |SKIPPED|Error|error" "$BENCH" | tail -n 30 >> "$SUMMARY"; fi
 fi
+
+if want hf; then
+  # transformers models (Llama-style, Qwen2-style with sliding windows; random weights, bf16, 2048 tokens)
+  # through the tuned dispatch (issue 17): tune --from-model, then compare --model against sdpa. ~4 min.
+  say "## benchmarks/hf_models.py"
+  step "hf_models" python3 benchmarks/hf_models.py --out "$OUT/json"
+  [ -f "$OUT/json/hf_models.md" ] && cat "$OUT/json/hf_models.md" >> "$SUMMARY"
+fi
+
 # Small JSON results into one file (the device tool returns at most 8 files).
 if [ -d "$OUT/json" ]; then
   python3 - "$OUT/json" > "$OUT/bench.json" <<'PY'

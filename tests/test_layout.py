@@ -10,7 +10,7 @@ ROOT = Path(attnbench.__file__).resolve().parent
 # Lowest first; a subpackage may import its own layer's top-level modules and any lower layer, never a
 # subpackage of its own layer or a higher one.
 LAYERS = [{"spec"}, {"analysis", "impls"}, {"store"}, {"measure"}, {"execute"}, {"report"}, {"compare", "tune", "gate"},
-          {"cli"}]
+          {"integrations"}, {"cli"}]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 
 

@@ -290,3 +290,72 @@ def test_flex_winner_on_gpu_compiles_per_shape_and_matches_sdpa():
             out = dispatch.attention(q, k, v, is_causal=True, table=t)
         assert dispatch.explain(q, k, v, is_causal=True, table=t).startswith("flex")
         torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=2e-3, rtol=2e-3)
+
+
+def masked_spy(q, k, v, is_causal=False, enable_gqa=False, mask=None, **_):
+    """Exact attention for the masks of a model's layers; counts its calls by mask."""
+    from attnbench.spec import masks
+
+    CALLS[mask or ("causal" if is_causal else "full")] += 1
+    keep = masks.mask_matrix(mask or ("causal" if is_causal else "full"), q.shape[-2], k.shape[-2])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, enable_gqa=enable_gqa)
+
+
+masked_spy.mask_kinds = ("full", "causal", "causal-br", "window")
+MASKED_SPY = "tests.tune.test_dispatch:masked_spy"
+
+
+def test_mask_keyword_picks_the_bucket_and_falls_back_to_an_explicit_mask():
+    from attnbench.impls.reference import attention_math
+    from attnbench.spec import masks
+
+    win = W.replace(mask="window:7")
+    decode = W.replace(q_len=1, mask="causal-br")
+    t = table_for(win, decode, impl=MASKED_SPY)
+    CALLS.clear()
+    q, k, v = qkv()
+    ref = attention_math(q.double(), k.double(), v.double(), "window:7").float()
+    torch.testing.assert_close(dispatch.attention(q, k, v, mask="window:7", table=t), ref)
+    assert CALLS == {"window:7": 1}
+    assert dispatch.explain(q, k, v, mask="window:7", table=t).startswith(MASKED_SPY + " (bucket fp32/d32/win7/")
+    q1 = q[:, :, -1:]
+    torch.testing.assert_close(dispatch.attention(q1, k, v, mask="causal-br", table=t),
+                               F.scaled_dot_product_attention(q1, k, v))  # one query at the end sees every key
+    assert CALLS == {"window:7": 1, "causal-br": 1}
+    # no entry: SDPA with the mask made explicit; as cheap as SDPA allows where the mask is a plain one
+    for mask, sq, sk in (("window:3", 64, 64), ("causal-br", 16, 64), ("window:7", 1, 64), ("causal-br", 64, 64)):
+        q, k, v = qkv(s=sq, sk=sk, seed=sq)
+        want = attention_math(q.double(), k.double(), v.double(), masks.canonical_mask(mask, sq, sk)).float()
+        torch.testing.assert_close(dispatch.attention(q, k, v, mask=mask, table=t), want, rtol=1e-4, atol=1e-5)
+        assert dispatch.explain(q, k, v, mask=mask, table=t).startswith("sdpa fallback: no entry for bucket")
+    assert CALLS == {"window:7": 1, "causal-br": 1}
+    q, k, v = qkv(hkv=2)  # grouped-query heads with an explicit mask: K and V repeated, the result the same
+    want = attention_math(q.double(), k.double(), v.double(), "window:5").float()
+    torch.testing.assert_close(dispatch.attention(q, k, v, mask="window:5", table=t), want, rtol=1e-4, atol=1e-5)
+    # dropout with a mask: the explicit mask, every call
+    q, k, v = qkv()
+    torch.manual_seed(3)
+    a = dispatch.attention(q, k, v, dropout_p=0.3, mask="window:7", table=t)
+    torch.manual_seed(3)
+    keep = masks.mask_matrix("window:7", 64, 64)
+    torch.testing.assert_close(a, F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=0.3))
+    with pytest.raises(UserError, match="give is_causal=True or mask"):
+        dispatch.attention(q, k, v, is_causal=True, mask="window:7", table=t)
+    with pytest.raises(UserError, match="give attn_mask or mask"):
+        dispatch.attention(q, k, v, attn_mask=keep, mask="window:7", table=t)
+    with pytest.raises(UserError, match="unknown mask"):
+        dispatch.attention(q, k, v, mask="diagonal", table=t)
+    # mask="causal" is is_causal=True: the same bucket
+    assert dispatch.explain(q, k, v, mask="causal", table=t) == dispatch.explain(q, k, v, is_causal=True, table=t)
+
+
+def test_flex_mask_mods_keep_what_spec_masks_keep():
+    from attnbench.spec import masks
+
+    for mask, sq, sk in (("causal", 16, 16), ("causal-br", 5, 16), ("window:3", 16, 16), ("window:4", 1, 16)):
+        mod = dispatch._flex_mask_mod(mask, sq, sk)
+        got = mod(0, 0, torch.arange(sq)[:, None], torch.arange(sk)[None, :])
+        assert torch.equal(got, masks.mask_matrix(masks.canonical_mask(mask, sq, sk), sq, sk)), mask
+    assert dispatch._flex_mask_mod("full", 4, 4) is None
+    with pytest.raises(ValueError, match="no FlexAttention mask_mod"):
+        dispatch._flex_mask_mod("document:2+2", 4, 4)

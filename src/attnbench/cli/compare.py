@@ -47,8 +47,15 @@ def compare(
     calls_per_day: Optional[float] = typer.Option(None, "--calls-per-day", help="calls per day, for the cost section"),
     db: Optional[str] = DB_OPT,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    model: Optional[str] = typer.Option(None, "--model", help="a transformers model end to end (config.json, model "
+                                        "folder or cached model id; random weights): attn_implementation attnbench "
+                                        "(A, with --table) vs sdpa (B), at -b x -s; timer host unless --timer"),
+    table: Optional[str] = typer.Option(None, "--table", help="with --model: the dispatch table "
+                                        "(default $ATTNBENCH_DISPATCH)"),
+    train: bool = typer.Option(False, "--train", help="with --model: time a training step (forward + backward) too"),
 ) -> None:
-    """Is A faster than B? Two impls measured now (--impl A --impl B) or two stored runs (RUN_A RUN_B).
+    """Is A faster than B? Two impls measured now (--impl A --impl B), two stored runs (RUN_A RUN_B), or a
+    transformers model with attnbench's dispatch against SDPA (--model CONFIG --table T).
 
     Exit code 0 whatever the verdict: compare informs, `gate` decides.
     """
@@ -57,6 +64,22 @@ def compare(
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
+    if model is not None:
+        others = {"--impl": impl, "RUN_IDS": run_ids, "--preset": preset, "--sweep": sweep, "--heads": heads,
+                  "--kv-heads": kv_heads, "--kv-seq": kv_seq, "--dim": dim, "--causal": causal, "--mask": mask,
+                  "--score-mod": score_mod, "--pass": direction, "--per-token": per_token or None,
+                  "--cost-per-hour": cost_per_hour, "--calls-per-day": calls_per_day}
+        try:
+            result = _compare_model(model, table, batch, seq, dtype, device, timer, train, samples, min_samples,
+                                    warmup_ms, max_time_ms, threshold, quiet, [k for k, v in others.items() if v])
+        except KeyboardInterrupt:
+            typer.echo("attnbench: interrupted; compare --model keeps its samples in memory only: nothing was saved.",
+                       err=True)
+            raise typer.Exit(130)
+        typer.echo(json.dumps(to_json(result), indent=2, default=str) if fmt == "json" else to_markdown(result))
+        return
+    if table is not None or train:
+        raise UserError("--table and --train go with --model")
     impls, runs_given = split_impls(impl), list(run_ids or [])
     if (len(impls), len(runs_given)) not in ((2, 0), (0, 2)):
         raise UserError("give exactly two --impl (measure now) or exactly two run ids (stored runs), "
@@ -92,3 +115,30 @@ def compare(
         typer.echo(json.dumps(to_json(result), indent=2, default=str))
     else:
         typer.echo(to_markdown(result))
+
+
+def _compare_model(model, table, batch, seq, dtype, device, timer, train, samples, min_samples, warmup_ms, max_time_ms,
+                   threshold, quiet, conflicts):
+    """compare --model: the options checked, then integrations.hf_compare.compare_model."""
+    import os
+
+    from ..integrations.hf_compare import compare_model
+    from ..integrations.hf_workloads import int_list
+    from ..measure.runner import resolve_device
+    from ..measure.timing import TimingPolicy
+
+    if conflicts:
+        raise UserError(f"--model compares the whole model at -b and -s; drop {', '.join(conflicts)}")
+    table = table or os.environ.get("ATTNBENCH_DISPATCH")
+    if not table:
+        raise UserError("--model needs --table: a dispatch table (attnbench tune --from-model MODEL -o TABLE)")
+    if dtype is not None and "," in dtype:
+        raise UserError(f"--dtype: give one value with --model, got {dtype!r}")
+    if samples < 1 or min_samples < 1:
+        raise UserError("--samples and --min-samples must be at least 1")
+    policy = TimingPolicy(warmup_ms=warmup_ms, min_samples=min(min_samples, samples), max_samples=samples,
+                          max_time_ms=max_time_ms)
+    say = None if quiet else (lambda line: typer.echo(line, err=True))
+    return compare_model(model, table, batches=int_list(batch or "1", "--batch"), seqs=int_list(seq or "512", "--seq"),
+                         dtype=dtype, device=resolve_device(device), train=train, timer=timer, policy=policy,
+                         threshold=threshold, progress=say)

@@ -49,6 +49,10 @@ def tune(
     executor: str = EXECUTOR_OPT,
     db: Optional[str] = DB_OPT,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress lines"),
+    from_model: Optional[str] = typer.Option(None, "--from-model", help="the attention workloads of a transformers "
+                                             "model (config.json, model folder or model id in the local cache; never "
+                                             "downloads) at --batch and --seq: prefill and decode (--pass fwd+bwd: "
+                                             "the training prefill)"),
 ) -> None:
     """The fastest correct impl per workload: correctness gate, then racing under a time budget;
     results cached per environment; -o writes a dispatch table for attnbench.attention."""
@@ -56,7 +60,6 @@ def tune(
     from ..tune import tuner as tn
     from ..tune.capacity import capacity_json, capacity_markdown, plan_capacity
     from ..tune.report import dispatch_table, json_report, markdown
-
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
@@ -69,8 +72,21 @@ def tune(
     say = None if quiet else (lambda line: typer.echo(line, err=True))
     with open_executor(executor) as ex, open_store(db) as store:
         dev = ex.device(device)
-        workloads, _ = build_workloads(preset, sweep, tn.expand_ellipsis(batch), heads, kv_heads, seq, kv_seq, dim,
-                                       dtype, causal, direction, dev, mask=mask, score_mod=score_mod)
+        if from_model is not None:
+            from ..integrations.hf_workloads import workloads_from_options
+
+            shape_flags = {"--preset": preset, "--sweep": sweep, "--heads": heads, "--kv-heads": kv_heads,
+                           "--kv-seq": kv_seq, "--dim": dim, "--causal": causal, "--mask": mask,
+                           "--score-mod": score_mod}
+            given = [flag for flag, value in shape_flags.items() if value is not None]
+            if given:
+                raise UserError(f"--from-model takes the shapes from the model; drop {', '.join(given)}")
+            workloads = workloads_from_options(from_model, tn.expand_ellipsis(batch), seq, dtype, direction)
+            if say:
+                say(f"{from_model}: {len(workloads)} attention workloads: " + "; ".join(w.label for w in workloads))
+        else:
+            workloads, _ = build_workloads(preset, sweep, tn.expand_ellipsis(batch), heads, kv_heads, seq, kv_seq,
+                                           dim, dtype, causal, direction, dev, mask=mask, score_mod=score_mod)
         racing = tn.RacingPolicy(max_samples=samples, first_samples=min(10, samples))
         config = tn.TuneConfig(workloads=workloads, impls=tn.cli_impls(split_impls(impl)), device=dev, timer=timer,
                                budget_s=tn.parse_duration(budget), budget_total_s=tn.parse_duration(budget_total,

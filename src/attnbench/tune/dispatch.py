@@ -5,16 +5,23 @@ The dispatch table (written by `attnbench tune -o dispatch.json`) is versioned J
      with winner impl + params, runner-up, medians and CIs, speedup over the baseline with its CI,
      and the workload it was measured on.
 
-Buckets (`bucket_key`): dtype, head_dim, causal, GQA ratio (q_heads // kv_heads) and pass are exact;
+Buckets (`bucket_key`): dtype, head_dim, mask, GQA ratio (q_heads // kv_heads) and pass are exact;
 q_len, kv_len and batch are rounded *up* to a power of two (n in (2^(k-1), 2^k] -> 2^k, so 512 -> 512,
 513 -> 1024). A call's pass is "fwd" when autograd will not record it (grad mode off, or no input
 requires grad), else "fwd+bwd"; tuned "bwd" workloads are kept in the table but never dispatched to.
 
+The mask is `is_causal` (SDPA's top-left causal) or, as a keyword beyond SDPA's signature, `mask=`: a
+spec.masks text such as 'causal-br' (bottom-right: decoding over a KV cache) or 'window:W' (bottom-right
+causal with a left window of W keys, flash-attention's window_size=(W, 0)); it picks the bucket's mask.
+
 Falls back to torch.nn.functional.scaled_dot_product_attention (same arguments) for: no entry for the
 bucket, a table from another environment (env id differs: warned once), inputs the impls do not take
 (attn_mask, dropout, non-4D, mixed devices or dtypes, custom scale, v's shape unlike k's), and a
-winner that fails to build or raises (warned once; that shape then stays on SDPA). Built callables are
-cached per exact shape key, so the per-call cost is one tuple and one dict lookup.
+winner that fails to build or raises (warned once; that shape then stays on SDPA). A `mask=` the
+fallback meets becomes an explicit boolean attn_mask (built once per shape; none when it keeps every
+pair, is_causal when it is SDPA's causal one; grouped-query K and V repeated beside a mask, which SDPA
+takes with enable_gqa only in its math kernel). Built callables are cached per exact shape key, so the
+per-call cost is one tuple and one dict lookup.
 """
 
 from __future__ import annotations
@@ -182,6 +189,53 @@ def load_table(path: str | os.PathLike, reload: bool = False) -> DispatchTable:
 # Runtime
 # ---------------------------------------------------------------------------------------------
 
+def _mask_fallback(F, mask: str, scale, enable_gqa, dropout_p: float = 0.0):
+    """SDPA with a spec.masks mask made explicit for the first call's lengths and device (built then, so
+    a shape that a winner serves never builds it): no attn_mask when the mask keeps every pair (one query
+    at the end of a cache), is_causal when it is SDPA's own causal mask, else the boolean matrix."""
+    state: dict[str, Callable] = {}
+
+    def fn(q, k, v):
+        inner = state.get("fn")
+        if inner is None:
+            from ..spec import masks
+
+            q_len, kv_len = q.shape[-2], k.shape[-2]
+            keep = masks.mask_matrix(mask, q_len, kv_len, device=q.device)
+            if bool(keep.all()):
+                inner = _sdpa_fallback(F, False, scale, enable_gqa, dropout_p=dropout_p)
+            elif q_len == kv_len and bool((keep == masks.mask_matrix("causal", q_len, kv_len, device=q.device)).all()):
+                inner = _sdpa_fallback(F, True, scale, enable_gqa, dropout_p=dropout_p)
+            elif enable_gqa and q.shape[-3] != k.shape[-3]:
+                # SDPA takes enable_gqa with a mask only in its math kernel; with the KV heads repeated, as
+                # transformers' SDPA path does, the memory-efficient kernel takes the mask.
+                inner = _repeat_kv(_sdpa_fallback(F, False, scale, False, keep, dropout_p), q.shape[-3] // k.shape[-3])
+            else:
+                inner = _sdpa_fallback(F, False, scale, enable_gqa, keep, dropout_p)
+            state["fn"] = inner
+        return inner(q, k, v)
+
+    return fn
+
+
+def _repeat_kv(fn, groups: int):
+    def call(q, k, v):
+        return fn(q, k.repeat_interleave(groups, dim=-3), v.repeat_interleave(groups, dim=-3))
+
+    return call
+
+
+def _resolve_mask(mask, is_causal, q, k) -> str:
+    """The spec.masks text of a call: `mask=` (validated for these lengths) or SDPA's is_causal."""
+    if mask is None:
+        return "causal" if is_causal else "full"
+    if is_causal:
+        raise UserError("attnbench.attention: give is_causal=True or mask=..., not both")
+    from ..spec import masks
+
+    return masks.canonical_mask(mask, q.shape[-2], k.shape[-2])
+
+
 def _sdpa_fallback(F, is_causal: bool, scale, enable_gqa, attn_mask=None, dropout_p: float = 0.0):
     kwargs: dict[str, Any] = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal,
                               "scale": scale}
@@ -194,6 +248,34 @@ def _sdpa_fallback(F, is_causal: bool, scale, enable_gqa, attn_mask=None, dropou
     return fn
 
 
+FLEX_MASKS = ("full", "causal", "causal-br", "window")  # mask kinds _build_flex states as a mask_mod
+
+
+def _flex_mask_mod(mask: str, q_len: int, kv_len: int):
+    """FlexAttention's mask_mod for a spec.masks mask (None: every pair is kept). Bottom-right kinds put
+    query i at key position i + kv_len - q_len, as spec.masks says."""
+    from ..spec import masks
+
+    kind = masks.kind(mask)
+    if kind == "full":
+        return None
+    if kind not in FLEX_MASKS:
+        raise ValueError(f"no FlexAttention mask_mod for {mask!r} in dispatch")
+    off = 0 if kind == "causal" else kv_len - q_len
+    if kind == "window":
+        width = masks.window(mask)
+
+        def window_mod(b, h, q_idx, kv_idx):
+            return (q_idx + off >= kv_idx) & (q_idx + off - kv_idx <= width)
+
+        return window_mod
+
+    def causal_mod(b, h, q_idx, kv_idx):
+        return q_idx + off >= kv_idx
+
+    return causal_mod
+
+
 def _build_flex(workload, device: str, params: dict[str, Any]):
     """FlexAttention for dispatch: like FlexImpl.build but without torch._dynamo.reset(), which would
     throw away the caller's compiled functions. One compile per shape, on its first call, with the
@@ -202,12 +284,11 @@ def _build_flex(workload, device: str, params: dict[str, Any]):
     import torch
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    from ..impls.flex import _causal
-
     w = workload
     block_mask = None
-    if w.causal:
-        block_mask = create_block_mask(_causal, B=None, H=None, Q_LEN=w.q_len, KV_LEN=w.kv_len, device=device)
+    mask_mod = _flex_mask_mod(w.mask, w.q_len, w.kv_len)
+    if mask_mod is not None:
+        block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=w.q_len, KV_LEN=w.kv_len, device=device)
     compiled = torch.compile(flex_attention, dynamic=False, fullgraph=True)
     kwargs: dict[str, Any] = {"block_mask": block_mask, "enable_gqa": w.gqa}
     if params:
@@ -291,18 +372,28 @@ class Dispatcher:
         self._lock = threading.Lock()
 
     # -- the hot path ----------------------------------------------------------------------------
-    def __call__(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None):
+    def __call__(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None,
+                 mask=None):
         if attn_mask is not None or dropout_p:
-            if enable_gqa is None:
-                enable_gqa = q.dim() == 4 and k.dim() == 4 and q.shape[1] != k.shape[1]
-            return _sdpa_fallback(self._F, is_causal, scale, enable_gqa, attn_mask, dropout_p)(q, k, v)
+            return self._unbucketed(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask)
         grad = self._grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-               is_causal, scale, enable_gqa, grad)
+               is_causal, scale, enable_gqa, grad, mask)
         fn = self._fns.get(key)
         if fn is None:
             fn = self._resolve(key, q, k, v)
         return fn(q, k, v)
+
+    def _unbucketed(self, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask):
+        """attn_mask or dropout: SDPA, with a `mask=` made explicit (built per call: a rare path)."""
+        if enable_gqa is None:
+            enable_gqa = q.dim() == 4 and k.dim() == 4 and q.shape[1] != k.shape[1]
+        if mask is None:
+            return _sdpa_fallback(self._F, is_causal, scale, enable_gqa, attn_mask, dropout_p)(q, k, v)
+        if attn_mask is not None:
+            raise UserError("attnbench.attention: give attn_mask or mask=..., not both")
+        text = _resolve_mask(mask, is_causal, q, k)
+        return _mask_fallback(self._F, text, scale, enable_gqa, dropout_p)(q, k, v)
 
     # -- the slow path, once per exact key --------------------------------------------------------
     def _warn(self, message: str) -> None:
@@ -327,7 +418,7 @@ class Dispatcher:
 
     def _decide(self, key: tuple, q, k, v) -> tuple[Any, str]:
         """(entry, workload) or (None, reason for the fallback)."""
-        qs, ks, vs, qd, kd, vd, qdev, kdev, vdev, is_causal, scale, enable_gqa, grad = key
+        qs, ks, vs, qd, kd, vd, qdev, kdev, vdev, is_causal, scale, enable_gqa, grad, mask = key
         if self.table is None:
             return None, "no dispatch table"
         if len(qs) != 4 or len(ks) != 4 or len(vs) != 4:
@@ -354,7 +445,7 @@ class Dispatcher:
         from ..spec import Workload
 
         w = Workload(batch=qs[0], q_heads=hq, kv_heads=hkv, q_len=qs[2], kv_len=ks[2], head_dim=qs[3],
-                     dtype=dtype, causal=bool(is_causal), direction="fwd+bwd" if grad else "fwd")
+                     dtype=dtype, mask=mask, direction="fwd+bwd" if grad else "fwd")
         entry = self.table.lookup(workload_bucket(w))
         if entry is None:
             return None, f"no entry for bucket {workload_bucket(w)}"
@@ -364,8 +455,12 @@ class Dispatcher:
         is_causal, scale, enable_gqa = key[9], key[10], key[11]
         gqa = enable_gqa if enable_gqa is not None else (q.dim() == 4 and k.dim() == 4
                                                          and q.shape[1] != k.shape[1])
-        fallback = _sdpa_fallback(self._F, is_causal, scale, gqa)
-        found, why = self._decide(key, q, k, v)
+        mask = _resolve_mask(key[13], is_causal, q, k)
+        if mask in ("full", "causal"):
+            fallback = _sdpa_fallback(self._F, mask == "causal", scale, gqa)
+        else:
+            fallback = _mask_fallback(self._F, mask, scale, gqa)
+        found, why = self._decide(key[:13] + (mask,), q, k, v)
         fn = fallback
         if found is not None:
             entry, w = found
@@ -391,11 +486,12 @@ class Dispatcher:
         why = impl.supports(w, device)
         if why:
             raise RuntimeError(f"unsupported here: {why}")
-        if impl.family == "flex":
+        if impl.family == "flex" and w.mask_kind in FLEX_MASKS:
             return _build_flex(w, device, entry.params)
-        if impl.family == "sdpa" and getattr(impl, "backend_name", None) and not entry.params:
+        if (impl.family == "sdpa" and getattr(impl, "backend_name", None) and not entry.params
+                and w.mask in ("full", "causal")):
             return _build_sdpa_backend(w, impl.backend_name)
-        return impl.build(w, device, entry.params)
+        return impl.build(w, device, entry.params)  # the impl states any other mask itself
 
     def _guarded(self, key: tuple, fn: Callable, fallback: Callable, entry: Entry) -> Callable:
         def call(q, k, v):
@@ -411,13 +507,14 @@ class Dispatcher:
 
         return call
 
-    def explain(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None) -> str:
+    def explain(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None,
+                mask=None) -> str:
         """Which callable a call with these arguments uses, and why (builds it if needed)."""
         if attn_mask is not None or dropout_p:
             return "sdpa fallback: attn_mask or dropout given"
         grad = self._torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-               is_causal, scale, enable_gqa, grad)
+               is_causal, scale, enable_gqa, grad, mask)
         if key not in self._fns:
             self._resolve(key, q, k, v)
         return self._why[key]
@@ -453,19 +550,21 @@ def _dispatcher(table) -> Dispatcher:
 
 
 def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None, *,
-              table=None):
+              table=None, mask=None):
     """scaled_dot_product_attention's signature; runs the tuned winner for the input's bucket.
 
     table: a dispatch table path or a loaded DispatchTable (default: $ATTNBENCH_DISPATCH, else plain
-    SDPA). enable_gqa=None infers grouped-query attention from the head counts.
+    SDPA). enable_gqa=None infers grouped-query attention from the head counts. mask: instead of
+    is_causal, a spec.masks text ('causal-br', 'window:W', ...), aligned bottom-right as decoding and
+    flash-attention's sliding windows are; without a table entry it becomes an explicit SDPA mask.
     """
     d = _FAST.get(table)
     if d is None:
         d = _dispatcher(table)
-    return d(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    return d(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask)
 
 
 def explain(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None, *,
-            table=None) -> str:
+            table=None, mask=None) -> str:
     """What `attention` with the same arguments runs, in words."""
-    return _dispatcher(table).explain(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    return _dispatcher(table).explain(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask)

@@ -1,0 +1,219 @@
+"""The attention workloads a transformers model produces: its config (read locally), its layers, their masks.
+
+A transformers sliding window of `sliding_window` keys (a query sees itself and the sliding_window - 1 keys
+before it: masking_utils.sliding_window_overlay) is spec.masks' `window:W` with W = sliding_window - 1,
+as transformers itself passes window_size=(sliding_window - 1, ...) to flash-attention. A layer's mask is
+bottom-right aligned, as a model's attention over a KV cache is: `causal` for prefill (q_len == kv_len),
+`causal-br` for decoding; a window only where it hides a key (kv_len > sliding_window), else the causal
+mask it equals.
+
+Phases (`model_workloads`): prefill is q_len = kv_len = seq; decode is one query over a cache holding seq
+tokens, the new one included. A sliding layer's cache (transformers' DynamicSlidingWindowLayer, what
+generate() builds from the config) keeps only its last sliding_window - 1 tokens, so its decode step sees
+min(seq, sliding_window) keys, every one of them in the window: causal-br.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import UserError
+from ..spec import Workload
+from ..spec import masks as maskmod
+from ..spec.workload import DTYPE_ALIASES
+
+MISSING = "transformers is not installed: pip install 'attnbench[hf]'"
+PHASES = ("prefill", "decode")
+
+
+def require_transformers():
+    """The transformers module, or a one-line UserError saying how to install it."""
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(MISSING) from None
+    return transformers
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def load_config(source: Any):
+    """A transformers config from a config.json path, a model folder, or a model id already in the local
+    Hugging Face cache; a config object is returned as it is. Never downloads (local_files_only=True)."""
+    if not isinstance(source, (str, os.PathLike)):
+        if hasattr(source, "model_type") and hasattr(source, "to_dict"):
+            return source
+        raise UserError(f"not a transformers config, path or model id: {source!r}")
+    tf = require_transformers()
+    text = os.fspath(source)
+    path = Path(text)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UserError(f"{path} is a folder without a config.json")
+    if path.exists():
+        try:
+            return tf.AutoConfig.from_pretrained(str(path), local_files_only=True)
+        except Exception as exc:  # transformers raises ValueError, OSError, KeyError or JSON errors here
+            raise UserError(f"cannot read a transformers config from {path}: {_first_line(exc)}") from None
+    if text.endswith(".json"):
+        raise UserError(f"config file not found: {path}")
+    try:
+        return tf.AutoConfig.from_pretrained(text, local_files_only=True)
+    except Exception:
+        raise UserError(f"{text!r} is neither a config.json, a model folder, nor a model id in the local Hugging "
+                        "Face cache (attnbench reads with local_files_only=True and never downloads)") from None
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One attention layer's shape. sliding_window: transformers' (keys a query sees, itself included);
+    None for full causal attention."""
+
+    index: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    sliding_window: int | None = None
+
+
+def text_config(config):
+    """The decoder's config (a multimodal model's text part)."""
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def attention_layers(config) -> list[AttentionLayer]:
+    """Every attention layer of the model, in order. Layer types follow transformers' cache
+    (cache_utils.get_layer_types_and_kwargs): `layer_types` when the config has them, else all sliding
+    when it has a sliding_window, else all full. Other layer types (chunked, linear) are refused."""
+    cfg = text_config(config)
+    kind = getattr(cfg, "model_type", "?")
+    try:
+        n = int(cfg.num_hidden_layers)
+        hq = int(cfg.num_attention_heads)
+    except (AttributeError, TypeError, ValueError):
+        raise UserError(f"config of model_type {kind!r} has no num_hidden_layers / num_attention_heads: "
+                        "not a decoder attnbench can read") from None
+    hkv = int(getattr(cfg, "num_key_value_heads", None) or hq)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // hq
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if types is None:
+        if window is not None:
+            types = ["sliding_attention"] * n
+        elif getattr(cfg, "attention_chunk_size", None) is not None:
+            types = ["chunked_attention"] * n
+        else:
+            types = ["full_attention"] * n
+    layers = []
+    for i, t in enumerate(list(types)[:n]):
+        if t == "full_attention":
+            layers.append(AttentionLayer(i, hq, hkv, int(head_dim)))
+        elif t == "sliding_attention":
+            if not window:
+                raise UserError(f"layer {i} of {kind!r} is a sliding layer but the config has no sliding_window")
+            layers.append(AttentionLayer(i, hq, hkv, int(head_dim), int(window)))
+        else:
+            raise UserError(f"layer {i} of {kind!r} is {t!r}: attnbench maps only full_attention and "
+                            "sliding_attention layers onto masks")
+    return layers
+
+
+@lru_cache(maxsize=1024)  # called on every attention call of a model: parse the mask text once per shape
+def layer_mask(q_len: int, kv_len: int, sliding_window: int | None) -> str:
+    """The spec.masks text of a causal layer's attention over kv_len keys, the last query at the last key."""
+    text = f"window:{sliding_window - 1}" if sliding_window is not None and kv_len > sliding_window else "causal-br"
+    return maskmod.canonical_mask(text, q_len, kv_len)
+
+
+def config_dtype(config, dtype: str | None = None) -> str:
+    """`dtype` if given, else the config's dtype (torch_dtype in older configs), as a Workload dtype."""
+    given = dtype
+    if given is None:
+        cfg = text_config(config)
+        given = getattr(cfg, "dtype", None) or getattr(config, "dtype", None)
+        if given is None:
+            raise UserError("the config gives no dtype: pass --dtype (fp16, bf16, fp32)")
+    name = DTYPE_ALIASES.get(str(given).replace("torch.", "").lower())
+    if name is None:
+        raise UserError(f"dtype {given!r} is not one attnbench measures; pass --dtype (fp16, bf16, fp32)")
+    return name
+
+
+def layer_workload(layer: AttentionLayer, phase: str, batch: int, seq: int, dtype: str,
+                   direction: str = "fwd") -> Workload:
+    """The workload one layer runs in one phase (see the module docstring for the phases)."""
+    if phase == "prefill":
+        q_len = kv_len = seq
+    elif phase == "decode":
+        q_len, kv_len = 1, seq if layer.sliding_window is None else min(seq, layer.sliding_window)
+    else:
+        raise UserError(f"unknown phase {phase!r}; choose {', '.join(PHASES)}")
+    return Workload(batch=batch, q_heads=layer.q_heads, kv_heads=layer.kv_heads, q_len=q_len, kv_len=kv_len,
+                    head_dim=layer.head_dim, dtype=dtype, mask=layer_mask(q_len, kv_len, layer.sliding_window),
+                    direction=direction)
+
+
+def model_workloads(config, batches: Iterable[int], seqs: Iterable[int], dtype: str | None = None,
+                    direction: str = "fwd") -> list[Workload]:
+    """The distinct attention workloads of a model for these batch sizes and sequence lengths: prefill,
+    then (for the forward pass only: training does not decode) decode, in layer order, de-duplicated."""
+    layers = attention_layers(config)
+    dt = config_dtype(config, dtype)
+    batches, seqs = [int(b) for b in batches], [int(s) for s in seqs]
+    if not batches or not seqs:
+        raise UserError("collecting a model's workloads needs at least one batch size and one sequence length")
+    phases = PHASES if direction == "fwd" else ("prefill",)
+    out = [layer_workload(layer, phase, b, s, dt, direction)
+           for phase in phases for b in batches for s in seqs for layer in layers]
+    return list(dict.fromkeys(out))
+
+
+def describe(config) -> str:
+    """'llama: 4 layers, H32/8 D64' (+ the sliding layers and their window)."""
+    layers = attention_layers(config)
+    first = layers[0]
+    heads = f"H{first.q_heads}" + (f"/{first.kv_heads}" if first.kv_heads != first.q_heads else "")
+    text = f"{getattr(text_config(config), 'model_type', 'model')}: {len(layers)} layers, {heads} D{first.head_dim}"
+    sliding = [la for la in layers if la.sliding_window is not None]
+    if sliding:
+        text += f", {len(sliding)} sliding (window {sliding[0].sliding_window})"
+    return text
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    from ..spec import parse_list
+
+    try:
+        values = [int(x) for x in parse_list(text)]
+    except ValueError:
+        raise UserError(f"{flag}: expected whole numbers, got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise UserError(f"{flag}: must be positive, got {text!r}")
+    return values
+
+
+def workloads_from_options(source, batch: str | None, seq: str | None, dtype: str | None = None,
+                           direction: str | None = None) -> list[Workload]:
+    """`tune --from-model`: the model's workloads from the comma-list options (batch default 1; seq required;
+    one dtype, default the config's; passes fwd (prefill and decode, the default) and fwd+bwd (prefill))."""
+    from ..spec import parse_list
+
+    if seq is None:
+        raise UserError("--from-model needs --seq: the sequence lengths to collect the model's workloads at")
+    if dtype is not None and "," in dtype:
+        raise UserError(f"--dtype: give one value with --from-model, got {dtype!r}")
+    passes = parse_list(direction) or ["fwd"]
+    for p in passes:
+        if p not in ("fwd", "fwd+bwd"):
+            raise UserError(f"--pass with --from-model is fwd (prefill and decode) or fwd+bwd (prefill), got {p!r}")
+    config = load_config(source)
+    batches, seqs = int_list(batch or "1", "--batch"), int_list(seq, "--seq")
+    out = [w for p in passes for w in model_workloads(config, batches, seqs, dtype, p)]
+    return list(dict.fromkeys(out))

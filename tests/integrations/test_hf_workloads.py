@@ -1,0 +1,139 @@
+"""hf_workloads: configs read locally, layers and their masks, the workloads a model produces (checked
+against what a model really sends to attention)."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from attnbench.errors import UserError
+from attnbench.integrations import hf_workloads as hw
+from attnbench.spec import Workload
+from attnbench.tune import dispatch
+
+from . import tiny
+
+
+def W(b, q, kv, mask, d=16, dtype="fp32", direction="fwd"):
+    return Workload(batch=b, q_heads=4, kv_heads=2, q_len=q, kv_len=kv, head_dim=d, dtype=dtype, mask=mask,
+                    direction=direction)
+
+
+def test_load_config_from_a_file_a_folder_or_the_cache_never_downloading(tmp_path, monkeypatch):
+    tiny.llama().save_pretrained(tmp_path / "m")
+    for source in (tmp_path / "m", tmp_path / "m" / "config.json", str(tmp_path / "m")):
+        cfg = hw.load_config(source)
+        assert cfg.model_type == "llama" and cfg.num_attention_heads == 4
+    cfg = tiny.mistral()
+    assert hw.load_config(cfg) is cfg
+    with pytest.raises(UserError, match="config file not found"):
+        hw.load_config(tmp_path / "nope.json")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="folder without a config.json"):
+        hw.load_config(tmp_path / "empty")
+    (tmp_path / "bad.json").write_text(json.dumps({"hidden_size": 8}))
+    with pytest.raises(UserError, match="cannot read a transformers config"):
+        hw.load_config(tmp_path / "bad.json")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty cache: the id cannot be there
+    with pytest.raises(UserError, match="local_files_only=True and never downloads"):
+        hw.load_config("someone/not-a-cached-model")
+
+
+def test_missing_transformers_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)
+    with pytest.raises(UserError, match=r"transformers is not installed: pip install 'attnbench\[hf\]'"):
+        hw.require_transformers()
+    with pytest.raises(UserError, match="not installed"):
+        hw.load_config("x/config.json")
+
+
+def test_layers_of_llama_mistral_and_a_hybrid_qwen2():
+    assert hw.attention_layers(tiny.llama()) == [hw.AttentionLayer(0, 4, 2, 16), hw.AttentionLayer(1, 4, 2, 16)]
+    assert [la.sliding_window for la in hw.attention_layers(tiny.mistral(window=8))] == [8, 8]
+    assert [la.sliding_window for la in hw.attention_layers(tiny.qwen2(window=8))] == [None, 8]
+    assert [la.head_dim for la in hw.attention_layers(tiny.llama(head_dim=32))] == [32, 32]
+    odd = tiny.llama()
+    odd.layer_types = ["full_attention", "chunked_attention"]
+    with pytest.raises(UserError, match="layer 1 of 'llama' is 'chunked_attention'"):
+        hw.attention_layers(odd)
+    assert hw.describe(tiny.qwen2(window=8)) == "qwen2: 2 layers, H4/2 D16, 1 sliding (window 8)"
+
+
+def test_layer_masks_follow_transformers_windows():
+    # transformers' window of 8 keys (the query included) is window:7; it matters only past 8 keys
+    assert hw.layer_mask(20, 20, None) == "causal"
+    assert hw.layer_mask(1, 20, None) == "causal-br"
+    assert hw.layer_mask(20, 20, 8) == "window:7"
+    assert hw.layer_mask(8, 8, 8) == "causal" and hw.layer_mask(9, 9, 8) == "window:7"
+    assert hw.layer_mask(1, 8, 8) == "causal-br" and hw.layer_mask(1, 9, 8) == "window:7"
+    from transformers.masking_utils import sdpa_mask, sliding_window_causal_mask_function
+
+    from attnbench.spec import masks
+
+    for q, kv in ((12, 12), (1, 12), (1, 5)):
+        theirs = sdpa_mask(1, q, kv, q_offset=kv - q, mask_function=sliding_window_causal_mask_function(8),
+                           allow_is_causal_skip=False)[0, 0]
+        assert torch.equal(theirs, masks.mask_matrix(hw.layer_mask(q, kv, 8), q, kv))
+
+
+def test_model_workloads_exact_list():
+    got = hw.model_workloads(tiny.qwen2(window=16), [1, 2], [32])
+    assert got == [W(1, 32, 32, "causal"), W(1, 32, 32, "window:15"), W(2, 32, 32, "causal"),
+                   W(2, 32, 32, "window:15"), W(1, 1, 32, "causal-br"), W(1, 1, 16, "causal-br"),
+                   W(2, 1, 32, "causal-br"), W(2, 1, 16, "causal-br")]
+    # the same shapes in both layers of a Llama: de-duplicated; the dtype from the config or given
+    assert hw.model_workloads(tiny.llama(), [4], [64, 8]) == [W(4, 64, 64, "causal"), W(4, 8, 8, "causal"),
+                                                              W(4, 1, 64, "causal-br"), W(4, 1, 8, "causal-br")]
+    assert {w.dtype for w in hw.model_workloads(tiny.llama(dtype="bfloat16"), [1], [8])} == {"bf16"}
+    assert {w.dtype for w in hw.model_workloads(tiny.llama(), [1], [8], dtype="fp16")} == {"fp16"}
+    # a training pass does not decode
+    assert hw.model_workloads(tiny.mistral(window=4), [1], [8], direction="fwd+bwd") == [
+        W(1, 8, 8, "window:3", direction="fwd+bwd")]
+
+
+def test_options_and_dtype_errors():
+    cfg = tiny.llama(dtype=None)
+    with pytest.raises(UserError, match="config gives no dtype: pass --dtype"):
+        hw.model_workloads(cfg, [1], [8])
+    with pytest.raises(UserError, match="not one attnbench measures"):
+        hw.config_dtype(cfg, "int8")
+    with pytest.raises(UserError, match="needs --seq"):
+        hw.workloads_from_options(tiny.llama(), "1", None)
+    with pytest.raises(UserError, match="--dtype: give one value"):
+        hw.workloads_from_options(tiny.llama(), "1", "8", "fp16,bf16")
+    with pytest.raises(UserError, match="--pass with --from-model"):
+        hw.workloads_from_options(tiny.llama(), "1", "8", None, "fwd,bwd")
+    both = hw.workloads_from_options(tiny.llama(), "1", "8", None, "fwd,fwd+bwd")
+    assert both == hw.model_workloads(tiny.llama(), [1], [8]) + hw.model_workloads(tiny.llama(), [1], [8],
+                                                                                  direction="fwd+bwd")
+    with pytest.raises(UserError, match="--batch: expected whole numbers"):
+        hw.workloads_from_options(tiny.llama(), "one", "8")
+    assert hw.workloads_from_options(tiny.llama(), None, "8,16", "bf16") == hw.model_workloads(
+        tiny.llama(), [1], [8, 16], "bf16")
+
+
+@pytest.mark.parametrize("make", [tiny.llama, tiny.mistral, tiny.qwen2], ids=["llama", "mistral", "qwen2"])
+def test_collected_workloads_are_what_the_model_sends_to_attention(make, monkeypatch):
+    """A prefill of S tokens and two decode steps through generate() (the cache it builds from the config)
+    reach attention exactly as the workloads collected for S (prefill) and S+1, S+2 (decode) say."""
+    from attnbench.integrations import transformers as hf
+
+    seen = Counter()
+    real = dispatch.attention
+
+    def spy(q, k, v, **kw):
+        seen[Workload(batch=q.shape[0], q_heads=q.shape[1], kv_heads=k.shape[1], q_len=q.shape[2],
+                      kv_len=k.shape[2], head_dim=q.shape[3], dtype="fp32", mask=kw["mask"])] += 1
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(dispatch, "attention", spy)
+    hf.register()
+    m = tiny.model(make(window=20) if make is not tiny.llama else make(), attn="attnbench")
+    ids = tiny.tokens(batch=2, seq=24)
+    with torch.no_grad():
+        m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    prefill = {w for w in hw.model_workloads(m.config, [2], [24], "fp32") if w.q_len > 1}
+    decode = {w for w in hw.model_workloads(m.config, [2], [25, 26], "fp32") if w.q_len == 1}
+    assert set(seen) == prefill | decode
+    assert len(prefill) == (2 if make is tiny.qwen2 else 1)  # qwen2: a full and a sliding layer
