@@ -44,6 +44,7 @@ class TimingResult:
     precision: float | None = None   # relative 95% CI half-width of the median at the stop
     sampling_ms: float = 0.0         # wall time spent in sample batches
     batches: int = 0
+    batch_sizes: list[int] = field(default_factory=list)  # samples per batch, in order (sums to len(samples_ms))
     info: dict[str, Any] = field(default_factory=dict)  # timer facts: sleep, graph nodes, GPU conditions
 
 
