@@ -6,7 +6,9 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
+import itertools
 import json
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from ..errors import UserError
 from ..impls import Impl, Inputs, Unsupported, make_call, make_inputs, resolve_many
 from ..spec import Workload
 from ..store import Measurement, Store, params_key
+from . import repeats
 from .correctness import check
 from .timing import (Timer, TimingPolicy, TimingResult, make_timer, measure, measure_interleaved, split_throttled,
                      throttled)
@@ -35,6 +38,7 @@ class RunConfig:
     params: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # impl -> param sets to run
     interleave: bool = False             # time a workload's impls round by round (measure_interleaved)
     discard_throttled: bool = False      # drop samples whose clock fell > 10% below the run's typical
+    repeats: int = 1                     # the sweep measured this many times, repeat-major (measure.repeats)
 
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -47,6 +51,8 @@ class RunConfig:
             "params": self.params,
         }
         d.update({k: True for k in ("interleave", "discard_throttled") if getattr(self, k)})  # old hashes hold
+        if self.repeats != 1:
+            d["repeats"] = self.repeats
         return d
 
     def hash(self) -> str:
@@ -177,6 +183,7 @@ def finish_cell(p: Prepared, timing: TimingResult, clocks: ClockTrack | None = N
     typical = clocks.typical(timing.clocks_mhz) if clocks is not None else None
     if clocks is not None:
         clocks.add(timing.clocks_mhz)
+    sizes = list(timing.batch_sizes)
     if typical:
         extra["typical_mhz"] = typical
         if throttled(timing.clocks_mhz, typical):
@@ -184,11 +191,25 @@ def finish_cell(p: Prepared, timing: TimingResult, clocks: ClockTrack | None = N
             if discard_throttled:
                 timing, dropped = split_throttled(timing, typical)
                 extra["discarded_throttled"] = dropped
+                sizes = _without(sizes, dropped.get("indices", []))
     return Measurement(
         status="ok", samples_ms=tuple(timing.samples_ms), host_ms=tuple(timing.host_ms),
-        clocks_mhz=tuple(timing.clocks_mhz), stop_reason=timing.stop_reason, compile_ms=p.compile_ms,
+        clocks_mhz=tuple(timing.clocks_mhz), batch_sizes=tuple(sizes) if sum(sizes) == len(timing.samples_ms)
+        else (), stop_reason=timing.stop_reason, compile_ms=p.compile_ms,
         warmup_ms=timing.warmup_ms, rel_err=p.check.rel_err, tolerance=p.check.tolerance, backend=p.backend,
         peak_mem_mb=p.peak, extra=extra, **p.base)
+
+
+def _without(sizes: list[int], dropped: list[int]) -> list[int]:
+    """Batch sizes after the samples at `dropped` (indices into the samples) were set aside; a batch may
+    become empty and is kept as 0, so batch k stays round k of an interleaved measurement."""
+    import bisect
+
+    ends = list(itertools.accumulate(sizes))
+    out = list(sizes)
+    for i in dropped:
+        out[bisect.bisect_right(ends, i)] -= 1
+    return out
 
 
 def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer, policy: TimingPolicy,
@@ -283,12 +304,19 @@ def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: 
         progress: bool | None = None, on_measurement: Callable[[Measurement], None] | None = None) -> int:
     """Measure every cell of the config and store each as soon as it is taken. Returns the run id.
 
-    With resume, the newest unfinished run of the same configuration continues, skipping stored cells.
+    With `config.repeats` N > 1 the sweep is measured N times, repeat-major: every cell once, then every
+    cell again (later passes in a shuffled order, seeded), each pass with fresh builds, inputs (seed + pass)
+    and interleaving order; a cell's repeats are merged into its one measurement (measure.repeats), which
+    is stored again after each pass. A cell that is not ok is not measured again.
+    With resume, the newest unfinished run of the same configuration continues, skipping stored cells
+    (and, with repeats, the repeats they already hold).
     """
     device = resolve_device(config.device)
     impls = resolve_many(config.impls)
     if not config.workloads:
         raise UserError("the sweep has no workloads")
+    if config.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {config.repeats}")
     timer = timer or make_timer(config.timer, device)
     fp = devmod.fingerprint(device)
     eid = devmod.env_id(fp)
@@ -296,12 +324,12 @@ def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: 
     ceilings = ceilings_for(fp, store.get("ceilings", eid))
     chash = config.hash()
     run_id = None
-    done: set[tuple[str, str, str]] = set()
+    stored: dict[tuple[str, str, str], Measurement] = {}
     if resume:
         previous = store.resumable_run(chash)
         if previous is not None:
             run_id = previous.run_id
-            done = store.cells(run_id)
+            stored = {m.cell: m for m in store.measurements(run_id)}
             store.reopen_run(run_id)
     if run_id is None:
         cfg = config.to_dict()
@@ -312,50 +340,69 @@ def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: 
     cells = [(w, impl, p) for w in config.workloads for impl in impls
              for p in config.params.get(impl.name, [{}])]
     show = sys.stderr.isatty() if progress is None else progress
-    bar = _Progress(len(cells), show)
+    total = config.repeats
+    bar = _Progress(len(cells) * total, show)
     track = ClockTrack()
     opts = dict(clocks=track, discard_throttled=config.discard_throttled)
 
-    def emit(m: Measurement) -> None:
+    def key(cell) -> tuple[str, str, str]:
+        w, impl, params = cell
+        return (w.key, impl.name, params_key(params))
+
+    def emit(m: Measurement, rep: int) -> None:
+        if total > 1:
+            m = repeats.merge(stored.get(m.cell), m, rep, config.seed + rep)
         m = annotate(m, ceilings)
+        stored[m.cell] = m
         store.add(run_id, m)
         if on_measurement:
             on_measurement(m)
         bar.advance()
         _free(device)
 
-    def todo(some):
-        for w, impl, params in some:
-            if (w.key, impl.name, params_key(params)) in done:
+    def todo(some, rep: int):
+        """The cells that still need pass `rep`: not stored yet (first pass), or ok with `rep` repeats."""
+        for cell in some:
+            m = stored.get(key(cell))
+            if repeats.repeats_done(m) != rep or (m is not None and not m.ok):
                 bar.advance()
             else:
-                bar.update(f"{w.label} · {impl.name}")
-                yield w, impl, params
+                bar.update(f"{cell[0].label} · {cell[1].name}" + (f" · repeat {rep + 1}/{total}" if total > 1 else ""))
+                yield cell
 
-    def interleaved(group) -> None:
+    def interleaved(group, rep: int) -> None:
         """One workload's cells timed together, all on the first prepared cell's inputs, so that no side
         gets other tensors (addresses, alignment) than another."""
         ready: list[Prepared] = []
-        for w, impl, params in todo(group):
-            p = prepare_cell(impl, w, device, timer.mode, params, config.seed, eid,
+        for w, impl, params in todo(group, rep):
+            p = prepare_cell(impl, w, device, timer.mode, params, config.seed + rep, eid,
                              inputs=ready[0].inputs if ready else None)
             if isinstance(p, Measurement):
-                emit(p)
+                emit(p, rep)
             else:
                 ready.append(p)
         if ready:
             bar.update(f"{ready[0].base['workload'].label} · {len(ready)} impls interleaved")
-            for m in measure_together(ready, device, timer, config.policy, config.seed, **opts):
-                emit(m)
+            for m in measure_together(ready, device, timer, config.policy, config.seed + rep, **opts):
+                emit(m, rep)
 
     try:
-        if config.interleave:  # one group per workload (cells are workload-major)
-            for key in dict.fromkeys(w.key for w, _, _ in cells):
-                interleaved([c for c in cells if c[0].key == key])
-                _free(device)  # the group's shared inputs are released only here
-        else:
-            for w, impl, params in todo(cells):
-                emit(measure_cell(impl, w, device, timer, config.policy, params, config.seed, eid, **opts))
+        for rep in range(total):
+            order = random.Random(config.seed + rep)
+            if config.interleave:  # one group per workload (cells are workload-major)
+                groups = list(dict.fromkeys(w.key for w, _, _ in cells))
+                if rep:
+                    order.shuffle(groups)
+                for wkey in groups:
+                    interleaved([c for c in cells if c[0].key == wkey], rep)
+                    _free(device)  # the group's shared inputs are released only here
+            else:
+                now = list(cells)
+                if rep:
+                    order.shuffle(now)
+                for w, impl, params in todo(now, rep):
+                    emit(measure_cell(impl, w, device, timer, config.policy, params, config.seed + rep, eid,
+                                      **opts), rep)
     except KeyboardInterrupt:
         bar.close()
         store.finish_run(run_id, "interrupted")
