@@ -5,6 +5,7 @@ text, and `attnbench compare` end to end on the CPU."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -151,6 +152,17 @@ def test_aa_suites_of_bursty_interleaved_rounds_rarely_get_a_verdict_and_real_wi
         r = C.compare_measurements([ma], [mb]).rows[0]
         assert r.verdict == "faster" and r.speedup_ci[0] > 1.0
     assert false <= 2
+
+
+def test_too_few_rounds_for_holm_over_many_rows_is_said():
+    pairs = [interleaved_pair(i, w=w, rounds=9) for i, w in enumerate(shapes(20))]
+    c = C.compare_measurements([a for a, _ in pairs], [b for _, b in pairs])
+    assert any("with 9 rounds the signed-rank test cannot go below p = 0.0039" in n
+               and "compare --rounds 10" in n for n in c.notes)
+    assert c.counts["faster"] == c.counts["slower"] == 0
+    pairs = [interleaved_pair(i, w=w, rounds=10) for i, w in enumerate(shapes(20))]
+    assert not any("cannot go below" in n for n in C.compare_measurements([a for a, _ in pairs],
+                                                                         [b for _, b in pairs]).notes)
 
 
 def test_suite_geomean_is_bootstrapped_over_rounds():
@@ -431,6 +443,19 @@ def test_cli_compare_two_stored_runs(tmp_path, capsys):
     assert "A = run 1 (sdpa-math) (candidate) vs B = run 2 (sdpa-math) (baseline)" in out
     assert "| B1 H2 S64 D32 fp32 |" in out and "threshold 50%" in out
     assert "| 24 batches |" in out and "rounds cannot be paired" in out  # 3 repeats x 8 batches a side
+
+
+def test_cli_compare_rounds(tmp_path, capsys):
+    db = str(tmp_path / "c.db")
+    code, out, err = cli(["compare", "-i", "sdpa-math", "-i", "sdpa-math", *CPU_FLAGS, "--rounds", "4", "--db", db],
+                         capsys)
+    assert code == 0, err
+    # At least 4 batches a side (more if a slow sample capped a batch on this shared CPU): too few rounds.
+    k = int(re.search(r"\| (\d+) rounds \|", out).group(1))
+    assert 4 <= k < 8 and f"| inconclusive: {k} rounds |" in out
+    code, out, err = cli(["compare", "-i", "sdpa-math", "-i", "sdpa-math", *CPU_FLAGS, "--rounds", "9", "--db", db],
+                         capsys)
+    assert code == 2 and "--rounds must be between 1 and --samples (8)" in err
 
 
 @pytest.mark.parametrize("args", [

@@ -108,6 +108,10 @@ def test_fixed_counts_are_spread_over_min_batches():
     assert r.stop_reason == "fixed" and r.batch_sizes == [5] * MIN_BATCHES and r.batches == MIN_BATCHES
     r = measure(FakeTimer(), noop, TimingPolicy(warmup_ms=0.0, min_samples=5, max_samples=5))
     assert r.batch_sizes == [1] * 5  # fewer samples than MIN_BATCHES: one per batch
+    r = measure(FakeTimer(median_ms=0.1), noop, TimingPolicy(warmup_ms=1.0, max_samples=60, min_batches=20))
+    assert r.batch_sizes == [3] * 20  # compare --rounds 20
+    with pytest.raises(ValueError, match="min_batches"):
+        TimingPolicy(min_batches=0)
 
 
 def test_bursty_noise_needs_more_batches_to_converge_not_larger_ones():

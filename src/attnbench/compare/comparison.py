@@ -15,6 +15,7 @@ into contiguous blocks.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -323,7 +324,7 @@ def compare_measurements(a: Sequence[Measurement], b: Sequence[Measurement], thr
         a_name=a_name or _single_name(a, "A"), b_name=b_name or _single_name(b, "B"),
         mode="per-token" if per_token else "time", threshold=threshold, alpha=alpha, rows=tuple(rows),
         excluded=tuple(excluded), unmatched=tuple(unmatched), geomean_speedup=g, geomean_ci=g_ci, counts=counts,
-        different_workloads=different, notes=tuple(_timer_note(t) for t in modes) + _pairing_notes(rows))
+        different_workloads=different, notes=tuple(_timer_note(t) for t in modes) + _pairing_notes(rows, alpha))
 
 
 def _session(m: Measurement) -> str | None:
@@ -342,7 +343,7 @@ def _pairing(a: Measurement, b: Measurement) -> str:
     return BATCHES
 
 
-def _pairing_notes(rows: Sequence[Row]) -> tuple[str, ...]:
+def _pairing_notes(rows: Sequence[Row], alpha: float | None = None) -> tuple[str, ...]:
     notes = []
     n = {kind: sum(r.pairing == kind for r in rows) for kind in (PAIRED, BATCHES, BLOCKS)}
     if n[BATCHES]:
@@ -358,7 +359,15 @@ def _pairing_notes(rows: Sequence[Row]) -> tuple[str, ...]:
     few = [r for r in rows if r.rounds < MIN_ROUNDS]
     if few:
         notes.append(f"{_rows(len(few))} with fewer than {MIN_ROUNDS} rounds: no verdict (inconclusive), whatever "
-                     "the interval says; take more samples (--samples) for more rounds")
+                     "the interval says; measure more rounds (compare --rounds)")
+    paired = [r for r in rows if r.pairing == PAIRED and r.rounds >= MIN_ROUNDS]
+    if paired and alpha is not None:
+        k = min(r.rounds for r in paired)
+        if 2.0 ** (1 - k) * len(rows) >= alpha:
+            need = math.floor(1 + math.log2(len(rows) / alpha)) + 1
+            notes.append(f"with {k} rounds the signed-rank test cannot go below p = {2.0 ** (1 - k):.2g}, which Holm "
+                         f"over {_rows(len(rows))} lifts to alpha or more: no row can be faster or slower; measure at "
+                         f"least {need} rounds (compare --rounds {need})")
     return tuple(notes)
 
 

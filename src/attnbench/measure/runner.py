@@ -41,12 +41,15 @@ class RunConfig:
     repeats: int = 1                     # the sweep measured this many times, repeat-major (measure.repeats)
 
     def to_dict(self) -> dict[str, Any]:
+        policy = dataclasses.asdict(self.policy)
+        if policy.get("min_batches") == TimingPolicy().min_batches:
+            del policy["min_batches"]  # the default: configurations (and their hashes) read as before it existed
         d = {
             "workloads": [w.key for w in self.workloads],
             "impls": [getattr(i, "name", i) for i in self.impls],
             "device": self.device,
             "timer": self.timer,
-            "policy": dataclasses.asdict(self.policy),
+            "policy": policy,
             "seed": self.seed,
             "params": self.params,
         }

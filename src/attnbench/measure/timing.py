@@ -4,7 +4,7 @@ A Timer turns "call fn n times" into n Samples (one synchronize per batch). `mea
 a first call timed on its own (compilation, graph capture, autotuning), warm-up by time, then batches
 of samples until the policy stops, with the stop reason recorded:
 
-- `converged`: at least `min_samples`, `min_time_ms` and MIN_BATCHES batches, and the 95% CI
+- `converged`: at least `min_samples`, `min_time_ms` and `min_batches` batches, and the 95% CI
   half-width of the median is under `target_precision`. The half-width is batch-aware
   (`rounds.batch_precision`): the sample-level one (order statistics) widened by how much the batches
   disagree (the median's cluster-robust variance over its variance for independent samples), so noise
@@ -15,8 +15,9 @@ of samples until the policy stops, with the stop reason recorded:
 - `fixed`: no target; exactly `max_samples` (unless the time limit came first).
 
 Batches are the unit of evidence downstream (a run's CI resamples them; compare pairs interleaved
-cells round by round), so every measurement is spread over at least MIN_BATCHES batches when its
-sample count allows: the samples still owed are divided over the batches still owed. Beyond that,
+cells round by round), so every measurement is spread over at least `min_batches` (MIN_BATCHES = 10 by
+default) batches when its sample count allows: the samples still owed are divided over the batches
+still owed. Beyond that,
 each batch lasts at least MIN_BATCH_MS (so the per-batch synchronize and statistics cost stay small)
 and at most MAX_BATCH_MS (the SM clock is read once per batch), and asks only for the samples the
 current precision predicts are missing (the half-width shrinks like 1/sqrt(n)), so a converged
@@ -51,7 +52,7 @@ MAX_BATCH_MS = 100.0       # longest batch: one clock reading per batch, so this
 INTERLEAVE_BATCH_MS = 25.0 # longest batch when interleaving: short rounds spread drift evenly
 MAX_WARMUP_CALLS = 10_000
 PREDICT_MARGIN = 1.1       # ask for 10% more samples than the 1/sqrt(n) prediction
-MIN_BATCHES = 10           # every measurement spread over at least this many batches (when it has the samples)
+MIN_BATCHES = TimingPolicy().min_batches  # every measurement spread over at least this many batches, by default
 BETWEEN_BATCH = 1.5        # batch-level half-width over the sample-level one above which batches stop growing
 
 
@@ -136,7 +137,7 @@ class _Sampler:
     def next_batch(self) -> int:
         p, n, per = self.p, len(self.samples), self.per_ms
         left = p.max_samples - n
-        spread = max(1, MIN_BATCHES - self.batches)  # batches still owed: what is owed is divided over them
+        spread = max(1, p.min_batches - self.batches)  # batches still owed: what is owed is divided over them
         owed = max(p.min_samples - n, 0)             # min_samples are owed whatever the growth rule
         if not per:
             return max(1, min(left, math.ceil(max(owed, 1) / spread)))
@@ -189,7 +190,7 @@ class _Sampler:
             if n >= p.max_samples:
                 return "fixed"
         else:
-            enough = n >= p.min_samples and self.elapsed >= p.min_time_ms and self.batches >= MIN_BATCHES
+            enough = n >= p.min_samples and self.elapsed >= p.min_time_ms and self.batches >= p.min_batches
             if enough and self.precision <= p.target_precision:
                 return "converged"
             if n >= p.max_samples:
