@@ -158,9 +158,12 @@ def test_paired_ratio_known_values():
     t = R.paired_ratio(a, [2] * 10, b, [2] * 10)
     assert (t.ratio, t.lo, t.hi, t.rounds, t.paired, t.unit) == (0.5, 0.5, 0.5, 10, True, "rounds")
     assert t.p == pytest.approx(2 / 2 ** 10)
-    # Rounds past the shorter side are left out of everything, the ratio included.
-    t = R.paired_ratio([1.0] * 10 + [100.0] * 4, [1] * 14, [2.0] * 10, [1] * 10)
-    assert t.ratio == 0.5 and t.rounds == 10
+    # Rounds past the shorter side count for the ratio (of all samples' medians) and its bootstrap, not for
+    # the test or the number of rounds.
+    t = R.paired_ratio([1.0] * 10 + [100.0] * 8, [1] * 18, [2.0] * 10, [1] * 10)
+    assert t.ratio == 0.5 and t.rounds == 10 and t.p == pytest.approx(2 / 2 ** 10)
+    t = R.paired_ratio([1.0] * 10 + [100.0] * 12, [1] * 22, [2.0] * 10, [1] * 10)
+    assert t.ratio == pytest.approx(np.median([1.0] * 10 + [100.0] * 12) / 2.0) and t.hi > 1.0
     t = R.paired_ratio([1.0, 2.0, 3.0], [3], [1.0, 2.0, 3.0], [3])  # one round: the range, no test
     assert (t.lo, t.hi, t.p, t.rounds) == (1 / 3, 3.0, 1.0, 1)
     with pytest.raises(ValueError, match="positive"):

@@ -93,11 +93,13 @@ def _paired_common(xa, sizes_a, xb, sizes_b) -> tuple[list[np.ndarray], list[np.
 
 
 class _Blocked:
-    """Samples sorted once, with the block of each, so that a resample of blocks is a weight vector."""
+    """Samples sorted once, with the block of each, so that a resample of blocks is a weight vector. Blocks
+    may be empty (a round in which one side took no samples); at least one must not be."""
 
     def __init__(self, blocks: Sequence[np.ndarray]):
-        blocks = [np.sort(b) for b in blocks if b.size]
-        x = np.concatenate(blocks)
+        blocks = [np.sort(b) for b in blocks]
+        full = [b for b in blocks if b.size]
+        x = np.concatenate(full)
         ids = np.repeat(np.arange(len(blocks)), [b.size for b in blocks])
         order = np.argsort(x, kind="stable")
         self.x, self.ids, self.k = x[order], ids[order], len(blocks)
@@ -105,15 +107,20 @@ class _Blocked:
         # The two middle samples of any union of copies of the blocks lie between the lowest lower-middle
         # and the highest upper-middle sample of a block (fewer than half of each block lies outside), so
         # cumulative counts are needed only over that window of the sorted samples.
-        low = min(float(b[(b.size - 1) // 2]) for b in blocks)
-        high = max(float(b[b.size // 2]) for b in blocks)
+        low = min(float(b[(b.size - 1) // 2]) for b in full)
+        high = max(float(b[b.size // 2]) for b in full)
         self.i0 = int(np.searchsorted(self.x, low, side="left"))
         self.i1 = int(np.searchsorted(self.x, high, side="right"))
         self.below = np.bincount(self.ids[:self.i0], minlength=self.k).astype(np.int64)
 
     def medians(self, counts: np.ndarray) -> np.ndarray:
-        """The median of the samples of each resample, where counts[i, j] is how often block j was drawn."""
-        c = np.asarray(counts, dtype=np.int64)
+        """The median of the samples of each resample, where counts[i, j] is how often block j was drawn
+        (NaN for a resample that drew only empty blocks)."""
+        out = self._medians(np.asarray(counts, dtype=np.int64))
+        out[np.asarray(counts, dtype=np.int64) @ self.sizes == 0] = np.nan
+        return out
+
+    def _medians(self, c: np.ndarray) -> np.ndarray:
         xw, ids = self.x[self.i0:self.i1], self.ids[self.i0:self.i1]
         total = c @ self.sizes
         if c.shape[0] * xw.size > _CHUNK_ELEMS and self.k * xw.size <= 10_000_000:   # a table of at most 40 MB
@@ -172,8 +179,17 @@ def expanded_alpha(confidence: float, k: int) -> float:
 
 def _interval(values: np.ndarray, confidence: float, k: int) -> tuple[float, float]:
     a = expanded_alpha(confidence, k)
-    lo, hi = np.percentile(values, [100.0 * a / 2.0, 100.0 * (1.0 - a / 2.0)])
+    lo, hi = np.nanpercentile(values, [100.0 * a / 2.0, 100.0 * (1.0 - a / 2.0)])
     return float(lo), float(hi)
+
+
+def _rounds(xa, sizes_a, xb, sizes_b) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every round of an interleaved pair, as (A's batch, B's batch); a side that ran fewer rounds has empty
+    batches in the others."""
+    ba, bb = split(_as_array(xa, "a"), sizes_a), split(_as_array(xb, "b"), sizes_b)
+    k = max(len(ba), len(bb))
+    empty = np.zeros(0)
+    return ba + [empty] * (k - len(ba)), bb + [empty] * (k - len(bb))
 
 
 def block_median_ci(x, sizes: Sequence[int] | None, confidence: float = 0.95, n_resamples: int = 2000,
@@ -311,10 +327,11 @@ def paired_ratio(xa, sizes_a, xb, sizes_b, confidence: float = 0.95, n_resamples
                  seed: int = 0) -> RatioTest:
     """A and B measured in one interleaved run, paired by round (batch k of each side is round k).
 
-    Over the rounds both sides ran: ratio of the medians of all their samples; its CI by a bootstrap
-    over rounds (each resample draws rounds with replacement and takes both sides' samples of the drawn
-    rounds, so drift that hit a whole round cancels; expanded percentile); and the exact Wilcoxon
-    signed-rank test on the per-round log ratios log(median A_k / median B_k).
+    The ratio of the medians of all samples; its CI by a bootstrap over rounds (each resample draws
+    rounds with replacement and takes both sides' samples of the drawn rounds, so drift that hit a whole
+    round cancels; a round in which only one side still sampled counts for that side; expanded percentile
+    for the rounds both sides ran); and the exact Wilcoxon signed-rank test on the per-round log ratios
+    log(median A_k / median B_k) over the rounds both sides ran (`rounds`).
 
     Why the signed-rank test: interleaving shuffles A and B within every round with a fair seeded coin,
     so when A and B do not differ, each round's log ratio is as likely to be +d as -d whatever the
@@ -324,21 +341,22 @@ def paired_ratio(xa, sizes_a, xb, sizes_b, confidence: float = 0.95, n_resamples
     MIN_ROUNDS.
     """
     _check_confidence(confidence)
-    ba, bb = _paired_common(xa, sizes_a, xb, sizes_b)
-    xa_c, xb_c = np.concatenate(ba), np.concatenate(bb)
-    if np.any(xa_c <= 0) or np.any(xb_c <= 0):
+    a, b = _as_array(xa, "a"), _as_array(xb, "b")
+    if np.any(a <= 0) or np.any(b <= 0):
         raise ValueError("times must be strictly positive: ratios of medians are undefined otherwise")
-    r = float(np.median(xa_c) / np.median(xb_c))
-    k = len(ba)
-    d = np.log([float(np.median(b)) for b in ba]) - np.log([float(np.median(b)) for b in bb])
+    ca, cb = _paired_common(a, sizes_a, b, sizes_b)
+    k = len(ca)
+    d = np.log([float(np.median(x)) for x in ca]) - np.log([float(np.median(x)) for x in cb])
     p = signed_rank_p(d)
+    r = float(np.median(a) / np.median(b))
     if k < 2:
-        lo, hi = _range_ratio(xa_c, xb_c, r)
+        lo, hi = _range_ratio(a, b, r)
         return RatioTest(r, lo, hi, p, k, True)
-    if xa_c.min() == xa_c.max() and xb_c.min() == xb_c.max():
+    if a.min() == a.max() and b.min() == b.max():
         return RatioTest(r, r, r, p, k, True)
-    counts = _counts(np.random.default_rng(seed), k, n_resamples)
-    boot = _Blocked(ba).medians(counts) / _Blocked(bb).medians(counts)
+    ra, rb = _rounds(a, sizes_a, b, sizes_b)
+    counts = _counts(np.random.default_rng(seed), len(ra), n_resamples)
+    boot = _Blocked(ra).medians(counts) / _Blocked(rb).medians(counts)
     lo, hi = _interval(boot, confidence, k)
     return RatioTest(r, min(lo, r), max(hi, r), p, k, True)
 
@@ -400,7 +418,7 @@ def geomean_ratio(rows: Sequence[Blocked], confidence: float = 0.95, n_resamples
     logs, boot, ks, ranges = [], np.zeros(n_resamples), [], []
     for row in rows:
         if row.paired:
-            ba, bb = _paired_common(row.a, row.sizes_a, row.b, row.sizes_b)
+            ba, bb = _rounds(row.a, row.sizes_a, row.b, row.sizes_b)
         else:
             ba = [x for x in split(_as_array(row.a, "a"), row.sizes_a) if x.size]
             bb = [x for x in split(_as_array(row.b, "b"), row.sizes_b) if x.size]
@@ -411,9 +429,8 @@ def geomean_ratio(rows: Sequence[Blocked], confidence: float = 0.95, n_resamples
         logs.append(math.log(r))
         ranges.append(_range_ratio(xa, xb, r))
         if row.paired:
-            k = len(ba)
-            counts = _counts(rng, k, n_resamples)
-            ca = cb = counts
+            k = len(_paired_common(row.a, row.sizes_a, row.b, row.sizes_b)[0])
+            ca = cb = _counts(rng, len(ba), n_resamples)
         else:
             k = min(len(ba), len(bb))
             ca, cb = _counts(rng, len(ba), n_resamples), _counts(rng, len(bb), n_resamples)
@@ -424,7 +441,7 @@ def geomean_ratio(rows: Sequence[Blocked], confidence: float = 0.95, n_resamples
         lo = float(np.exp(np.mean([math.log(a) for a, _ in ranges])))
         hi = float(np.exp(np.mean([math.log(b) for _, b in ranges])))
         return g, min(lo, g), max(hi, g)
-    lo, hi = _interval(np.exp(boot / len(rows)), confidence, min(ks))
+    lo, hi = _interval(np.exp(boot / len(rows)), confidence, min(ks))  # NaN (a side drew nothing) left out
     return g, min(lo, g), max(hi, g)
 
 
