@@ -540,8 +540,10 @@ def test_too_few_batches_get_no_verdict_and_say_so():
     base.cells = {cell.key: cell}
     res = g.check(base, [bmeas(w, 9, factor=1.5, batches=4)])  # 50% slower, but only 4 batches now
     r = res.cells[0]
-    assert r.ci[0] > 1.4 and r.verdict == g.UNCHANGED and r.batches == 4
-    assert "4 batches: too few for a verdict" in r.note and res.passed
+    assert r.ci[0] > 1.4 and r.verdict == g.UNCHANGED and r.batches == 4 and res.passed and not r.note
+    md = res.markdown()
+    assert "- 1 cell(s) with fewer than 8 batches on a side, too few for a verdict (left unchanged): " in md
+    assert f"`{r.key}` (4)" in md and "Flagged but not confirmed" not in md
 
 
 def _gate_runs(factor: float, runs: int = 10) -> int:

@@ -185,8 +185,6 @@ def _compare(baseline: Baseline, current: Mapping[str, Measurement], keys: Seque
         r.p_holm = p_holm
         r.stat_verdict = rounds.round_verdict(test, p_holm, threshold=r.threshold, alpha=alpha)
         r.verdict = _classify(r.stat_verdict)
-        if test.rounds < rounds.MIN_ROUNDS:
-            r.note = f"{test.rounds} batches: too few for a verdict (at least {rounds.MIN_ROUNDS} on each side)"
     return out, pairs
 
 
@@ -230,8 +228,12 @@ def check(baseline: Baseline, current: Sequence[Measurement], threshold: float =
                 continue
             del flagged[k]
     geo = rounds.geomean_ratio(pairs, confidence=confidence, seed=seed) if pairs else None
+    few = [r for r in results.values() if r.batches is not None and r.batches < rounds.MIN_ROUNDS]
+    notes = [f"{len(few)} cell(s) with fewer than {rounds.MIN_ROUNDS} batches on a side, too few for a verdict "
+             f"(left unchanged): " + ", ".join(f"`{r.key}` ({r.batches})" for r in few[:12])
+             + (f", and {len(few) - 12} more" if len(few) > 12 else "")] if few else []
     return GateResult(list(results.values()), threshold, alpha, confirms, timer=baseline.timer,
-                      normalized=normalize is not None, warnings=list(warnings), geomean=geo)
+                      normalized=normalize is not None, warnings=list(warnings), notes=notes, geomean=geo)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -15,17 +15,16 @@ of samples until the policy stops, with the stop reason recorded:
 - `fixed`: no target; exactly `max_samples` (unless the time limit came first).
 
 Batches are the unit of evidence downstream (a run's CI resamples them; compare pairs interleaved
-cells round by round), so every measurement is spread over at least `min_batches` (MIN_BATCHES = 10 by
-default) batches when its sample count allows: the samples still owed are divided over the batches
-still owed. Beyond that,
-each batch lasts at least MIN_BATCH_MS (so the per-batch synchronize and statistics cost stay small)
-and at most MAX_BATCH_MS (the SM clock is read once per batch), and asks only for the samples the
-current precision predicts are missing (the half-width shrinks like 1/sqrt(n)), so a converged
-measurement overshoots by little. It grows at most by doubling the samples taken so far; when the
-batches disagree more than their samples predict (between-batch noise dominates: the batch-aware
-half-width above 1.5x the sample-level one) it grows no larger than the average batch, since then
-only more batches, not larger ones, narrow the interval. The size of every batch is recorded
-(`TimingResult.batch_sizes`).
+cells round by round), so every measurement is spread over at least `min_batches` (MIN_BATCHES = 10
+by default) batches when its sample count allows: the samples still owed are divided over the batches
+still owed. Beyond that, each batch lasts at least MIN_BATCH_MS (so the per-batch synchronize and
+statistics cost stay small) and at most MAX_BATCH_MS (the SM clock is read once per batch), and asks
+only for the samples the current precision predicts are missing (the half-width shrinks like
+1/sqrt(n)), so a converged measurement overshoots by little. It grows at most by doubling the samples
+taken so far; when the batches disagree more than their samples predict (between-batch noise
+dominates: the batch-aware half-width above 1.5x the sample-level one) it grows no larger than the
+average batch, since then only more batches, not larger ones, narrow the interval. The size of every
+batch is recorded (`TimingResult.batch_sizes`).
 
 The vocabulary (TimingPolicy, Sample, TimingResult, the Timer protocol) lives in `protocol`, the host and
 fake timers in `timers`, the CUDA timers (cold / warm / graph) in `cuda_timers`, the NVML clock reader in
