@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
-# Sections: env, tests, run, warm, flag, benchmarks (= timer, ncu, tune, dispatch, gate, compare), all (default).
+# Sections: env, tests, run, warm, flag, benchmarks (= timer, ncu, tune, dispatch, gate, compare, aa), all (default).
 # `all` takes longer than one 10-minute device call: split it, e.g. `env tests run`, then `timer`,
-# then `tune dispatch gate compare`.
+# then `tune dispatch gate compare`, then `aa` (A/A false verdicts of compare, issue 13: ~4-6 min).
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
 # pytest-gpu.log, attnbench.db (the runs, for reports made elsewhere), bench.log.
 set -uo pipefail
@@ -81,7 +81,8 @@ if want flag; then
   table
 fi
 
-for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing dispatch_overhead gate_power compare_checks; do
+for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing dispatch_overhead gate_power compare_checks \
+         aa_false_verdicts; do
   group=${b%%_*}
   if want benchmarks || want "$group"; then
     if [ -f "benchmarks/$b.py" ]; then
@@ -89,6 +90,9 @@ for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing d
       extra=()
       # TUNE_MODE: quick (default, ~1 min), all-shapes (~5 min), full (25-40 min: run it alone)
       [ "$b" = tune_racing ] && [ "${TUNE_MODE:-quick}" != full ] && extra=(--"${TUNE_MODE:-quick}")
+      # 10 A/A compares of sdpa-auto over characterize (target: 0 with a faster/slower row), then
+      # cudnn vs flash at B32 H8 S512 D64 fp16 (must stay `faster`, CI above 1).
+      [ "$b" = aa_false_verdicts ] && extra=(--gpu)
       step "$b" python3 "benchmarks/$b.py" --out "$OUT/json" "${extra[@]}"
       tail -n 30 "$BENCH" | sed -n '/^|/p;/^[A-Za-z].*:/p' | tail -n 25 >> "$SUMMARY"
     fi
