@@ -113,3 +113,9 @@ def test_ci_is_over_batches_and_methods_say_what_it_covers(tmp_path):
     assert summary["batches"] == 12 and summary["repeats"] == 3 and summary["repeat_spread"] == pytest.approx(0.04)
     assert summary["ci_method"].startswith("bootstrap over batches")
     assert data["measurements"][1]["summary"]["ci_method"].startswith("bootstrap over 10 contiguous blocks")
+
+
+def test_a_wild_spread_across_repeats_reads_as_a_factor():
+    reps = [{"repeat": 1, "median_ms": 0.1}, {"repeat": 2, "median_ms": 18.1}]
+    m = _bursty(SMALL, "sdpa-math", 4, extra={"repeats": reps})
+    assert "spread across 2 repeats 181x" in report.timing_note(m, None)

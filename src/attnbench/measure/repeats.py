@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from ..analysis.rounds import batch_precision
@@ -86,7 +87,11 @@ def merge(prev: Measurement | None, new: Measurement, rep: int, seed: int) -> Me
                        before)
     if dropped:
         extra["discarded_throttled"] = dropped
-    extra["precision"] = batch_precision(samples, sizes)
+    precision = batch_precision(samples, sizes)
+    if math.isfinite(precision):
+        extra["precision"] = precision
+    else:
+        extra.pop("precision", None)
     errs = [e for e in (prev.rel_err, new.rel_err) if e is not None]
     peaks = [p for p in (prev.peak_mem_mb, new.peak_mem_mb) if p is not None]
     return dataclasses.replace(

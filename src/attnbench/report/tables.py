@@ -119,9 +119,9 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
                      "cell's samples pool its repeats, and the note gives the spread of the repeats' medians "
                      "(max/min - 1). A spread much wider than the interval says that the interval understates "
                      "what re-measuring does.")
-    lines.append("- Note column: samples, batches and stop reason (converged: the median's 95% CI half-width, the "
-                 "wider of the one from order statistics and the one from the batches' medians, fell under the "
-                 "target; time-limit, sample-limit, fixed) with that half-width; the "
+    lines.append("- Note column: samples, batches and stop reason (converged: the median's 95% CI half-width, "
+                 "from order statistics and widened by how much the batches disagree (the median's design effect "
+                 "over batches), fell under the target; time-limit, sample-limit, fixed) with that half-width; the "
                  "IQR over the median; the share of samples beyond 3 IQR (kept, never dropped); the median SM "
                  "clock (NVML, read mid-batch); THROTTLED when a reading fell > 10% below the run's typical "
                  "clock (the median of the measurements' median clocks).")
@@ -163,7 +163,8 @@ def timing_note(m: Measurement, typical_mhz: float | None) -> str:
         parts[0] += f" ±{100 * m.extra['precision']:.2g}%"
     s = spread(m)
     if s is not None:
-        parts.append(f"spread across {len(m.extra['repeats'])} repeats {100 * s:.2g}%")
+        size = f"{100 * s:.2g}%" if s < 1 else f"{1 + s:.3g}x"  # max/min: 4% apart, or 181x apart
+        parts.append(f"spread across {len(m.extra['repeats'])} repeats {size}")
     parts.append(f"IQR {100 * iqr(m.samples_ms) / med:.2g}%")
     out = outlier_fraction(m.samples_ms)
     if out > 0:
