@@ -91,8 +91,8 @@ def power(env: dict[str, str], tmp: Path) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpu", action="store_true", help="the GPU checks: sdpa-auto A/A on characterize, cudnn vs flash")
-    ap.add_argument("--preset", default=None, help="sweep of the A/A suites (default: cpu-smoke, characterize on --gpu)")
-    ap.add_argument("--impl", default=None, help="the impl compared with itself (default: sdpa-math, sdpa-auto on --gpu)")
+    ap.add_argument("--preset", default=None, help="sweep of the A/A suites (default: cpu-smoke; --gpu: characterize)")
+    ap.add_argument("--impl", default=None, help="the impl compared with itself (default: sdpa-math; --gpu: sdpa-auto)")
     ap.add_argument("--reps", type=int, default=None, help="A/A repetitions (default 20, 10 on --gpu)")
     ap.add_argument("--out", default=None, help="folder for aa_false_verdicts.json and .md")
     ap.add_argument("compare_args", nargs="*", help="more `attnbench compare` options, after --")

@@ -71,7 +71,8 @@ def run(
                                  target_precision=target_precision)
     config = RunConfig(workloads=workloads, impls=split_impls(impl) or default_impls(), device=dev,
                        timer=timer, policy=policy, name=name or sweep_name, interleave=interleave,
-                       discard_throttled=discard_throttled, repeats=default_repeats(dev) if repeats is None else repeats)
+                       discard_throttled=discard_throttled,
+                       repeats=default_repeats(dev) if repeats is None else repeats)
     with open_store(db) as store:
         try:
             run_id = run_sweep(config, store, resume=resume, progress=not quiet and sys.stderr.isatty())

@@ -5,9 +5,9 @@ Format history (bump FORMAT_VERSION for every change, and keep reading the old v
      thresholds ({"impl:NAME" | "workload:KEY" | "cell:KEY": fraction}), history (list of
      {date, cell, old_median, new_median, reason, kind, commit}), cells ({KEY: {workload, impl, params,
      summary: {median_ms, ci_ms, n, timer, clock_mhz, backend, repeat_medians}, samples_ms, updated}}).
-  2: cells gain batch_sizes: how many of the kept samples came from each batch of each pooled measurement,
-     in order; ci_ms is a bootstrap over batches. A version-1 cell reads with no batch sizes (its samples are then split into
-     contiguous blocks, analysis.rounds).
+  2: cells gain batch_sizes: how many of the kept samples came from each batch of each pooled
+     measurement, in order; ci_ms is a bootstrap over batches. A version-1 cell reads with no batch
+     sizes (its samples are then split into contiguous blocks, analysis.rounds).
 
 A cell's KEY is "workload_key|impl_label", e.g. "b32_hq8_hkv8_sq512_sk512_d64_fp16_full_fwd|sdpa-auto".
 A cell's baseline pools R independent measurements (fresh build and inputs each, in rounds over all

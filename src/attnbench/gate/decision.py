@@ -6,8 +6,8 @@ the unit of evidence is the batch, since noise moves whole batches; the baseline
 batches of each of its pooled measurements); the p-values of all compared cells are Holm-adjusted
 together. It is a REGRESSION when p_holm < alpha, the CI's lower bound > 1 and the ratio > 1 +
 threshold; an IMPROVEMENT symmetrically; otherwise unchanged (also when a side has fewer than
-rounds.MIN_ROUNDS batches: too few for a verdict, and the cell says so). A kernel that now errors, is incorrect or
-runs out of memory is BROKEN: a failure like a regression. Cells on one side only are NEW or MISSING
+rounds.MIN_ROUNDS batches: too few for a verdict; a note lists such cells). A kernel that now errors, is
+incorrect or runs out of memory is BROKEN: a failure like a regression. Cells on one side only are NEW or MISSING
 (reported, never failures; a cell that became unsupported counts as missing).
 
 The threshold of a cell is the largest of --threshold, the baseline file's override for the cell,

@@ -370,7 +370,8 @@ def run(config: RunConfig, store: Store, *, timer: Timer | None = None, resume: 
             if repeats.repeats_done(m) != rep or (m is not None and not m.ok):
                 bar.advance()
             else:
-                bar.update(f"{cell[0].label} · {cell[1].name}" + (f" · repeat {rep + 1}/{total}" if total > 1 else ""))
+                rep_text = f" · repeat {rep + 1}/{total}" if total > 1 else ""
+                bar.update(f"{cell[0].label} · {cell[1].name}{rep_text}")
                 yield cell
 
     def interleaved(group, rep: int) -> None:

@@ -233,9 +233,9 @@ def measurement_to_dict(m: Measurement) -> dict[str, Any]:
         "workload": m.workload.to_dict(), "impl": m.impl, "params": m.params, "status": m.status,
         "reason": m.reason, "env_id": m.env_id, "device": m.device, "timer": m.timer,
         "samples_ms": list(m.samples_ms), "host_ms": list(m.host_ms), "clocks_mhz": list(m.clocks_mhz),
-        "batch_sizes": list(m.batch_sizes), "stop_reason": m.stop_reason, "compile_ms": m.compile_ms, "warmup_ms": m.warmup_ms,
-        "rel_err": m.rel_err, "tolerance": m.tolerance, "backend": m.backend, "peak_mem_mb": m.peak_mem_mb,
-        "extra": m.extra,
+        "batch_sizes": list(m.batch_sizes), "stop_reason": m.stop_reason, "compile_ms": m.compile_ms,
+        "warmup_ms": m.warmup_ms, "rel_err": m.rel_err, "tolerance": m.tolerance, "backend": m.backend,
+        "peak_mem_mb": m.peak_mem_mb, "extra": m.extra,
     }
 
 
