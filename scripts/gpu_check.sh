@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
 # Sections: env, tests, run, warm, flag, executor, workloads, adapters, triton, hf, benchmarks (= timer, ncu,
-# tune, dispatch, gate, compare), all (default). `all` takes longer than one 10-minute device call: split it.
+# tune, dispatch, gate, compare, aa), all (default). `all` takes longer than one 10-minute device call: split it.
 # `adapters` installs .whl/nvidia_cudnn_frontend-*.whl when present (into /tmp, for its own commands only);
 # `triton` takes about 8 minutes alone (TRITON_FA_ARGS=--quick for ~2).
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
@@ -132,7 +132,8 @@ if want workloads; then
   done
 fi
 
-for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing dispatch_overhead gate_power compare_checks; do
+for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing dispatch_overhead gate_power compare_checks \
+         aa_false_verdicts; do
   group=${b%%_*}
   if want benchmarks || want "$group"; then
     if [ -f "benchmarks/$b.py" ]; then
@@ -140,6 +141,9 @@ for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing d
       extra=()
       # TUNE_MODE: quick (default, ~1 min), all-shapes (~5 min), full (25-40 min: run it alone)
       [ "$b" = tune_racing ] && [ "${TUNE_MODE:-quick}" != full ] && extra=(--"${TUNE_MODE:-quick}")
+      # 10 A/A compares of sdpa-auto over characterize (target: 0 with a faster/slower row), then
+      # cudnn vs flash at B32 H8 S512 D64 fp16 (must stay `faster`, CI above 1).
+      [ "$b" = aa_false_verdicts ] && extra=(--gpu)
       step "$b" python3 "benchmarks/$b.py" --out "$OUT/json" "${extra[@]}"
       tail -n 30 "$BENCH" | sed -n '/^|/p;/^[A-Za-z].*:/p' | tail -n 25 >> "$SUMMARY"
     fi

@@ -35,7 +35,11 @@ def test_run_then_report_md_and_json(capsys, tmp_path):
     data = json.loads(out)
     assert [m["status"] for m in data["measurements"]] == ["ok", "unsupported", "incorrect"]
     ok = data["measurements"][0]
-    assert len(ok["samples_ms"]) == 5 and ok["summary"]["median_ms"] > 0
+    # On a CPU the sweep is measured three times by default (--repeats): one measurement per cell pooling
+    # 3 x 5 samples in 3 x 5 batches, with each repeat recorded and the spread across them in the summary.
+    assert len(ok["samples_ms"]) == 15 and ok["batch_sizes"] == [1] * 15 and ok["summary"]["median_ms"] > 0
+    assert [r["repeat"] for r in ok["extra"]["repeats"]] == [1, 2, 3] and ok["summary"]["repeats"] == 3
+    assert ok["summary"]["repeat_spread"] >= 0 and ok["summary"]["batches"] == 15
     assert ok["summary"]["ci95_ms"][0] <= ok["summary"]["median_ms"] <= ok["summary"]["ci95_ms"][1]
     assert data["measurements"][2]["summary"]["median_ms"] is None  # incorrect: no timing reported
     code, out, _ = cli(capsys, "runs", "--db", db)
@@ -56,7 +60,18 @@ def test_run_with_masks_takes_each_impl_or_says_why_not(capsys, tmp_path):
     assert "| B1 H2 S32 D16 fp32 window:8 alibi | sdpa-math | ok |" in out
 
 
+def test_run_repeats_option(capsys, tmp_path):
+    db = str(tmp_path / "r.db")
+    code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "sdpa-math", "--repeats", "2")
+    assert code == 0, err
+    assert "n=10 in 10 batches fixed" in out and "spread across 2 repeats" in out
+    assert "Repeats: the sweep was measured 2 times" in out
+    code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "sdpa-math", "--repeats", "1")
+    assert code == 0 and "n=5 in 5 batches fixed" in out and "Repeats: the sweep" not in out
+
+
 @pytest.mark.parametrize("args, msg", [
+    (["run", "-s", "8", "--repeats", "0"], "--repeats must be at least 1"),
     (["run", "-b", "0", "-H", "2", "-s", "8", "-d", "8"], "batch must be a positive integer"),
     (["run", "-b", "1", "-H", "4", "--kv-heads", "3", "-s", "8", "-d", "8"], "must divide q_heads"),
     (["run", "--preset", "nope"], "unknown preset 'nope'"),

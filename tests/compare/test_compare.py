@@ -1,9 +1,11 @@
-"""Tests for attnbench.compare and compare_format: synthetic lognormal samples with known effects, matching
-rules, per-token normalization, environment checks, output text, and `attnbench compare` end to end on the CPU."""
+"""Tests for attnbench.compare and compare_format: synthetic samples with known effects (lognormal, and bursty
+interleaved rounds), pairing by round, matching rules, per-token normalization, environment checks, output
+text, and `attnbench compare` end to end on the CPU."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from attnbench.store import Measurement
 from attnbench.spec import Workload
 from attnbench.store import Store
 from attnbench.measure.timing import FakeTimer, TimingPolicy
+from tests.analysis import bursty
 
 W = Workload(batch=1, q_heads=2, kv_heads=2, q_len=64, kv_len=64, head_dim=32, dtype="fp32")
 FAST = TimingPolicy(warmup_ms=0.0, min_samples=8, max_samples=8)
@@ -49,7 +52,9 @@ def test_ten_percent_faster_is_faster_with_a_ci_excluding_one():
     assert r.speedup == pytest.approx(1 / 0.9, rel=0.03)
     assert 1.0 < r.speedup_ci[0] <= r.speedup <= r.speedup_ci[1]
     assert r.cliffs_delta > 0.474 and r.magnitude == "large"  # positive = A faster
-    assert r.p_holm == r.p_value < 1e-6  # a family of one: Holm changes nothing
+    # No batch sizes recorded: 10 contiguous blocks per side, Mann-Whitney on their medians.
+    assert (r.pairing, r.rounds) == ("blocks", 10)
+    assert r.p_holm == r.p_value < 1e-3  # a family of one: Holm changes nothing
     assert (c.a_name, c.b_name) == ("new", "old")
     # The same data seen from B's side: the reciprocal speedup, a "slower" verdict, the opposite delta.
     back = C.compare_measurements(b, a).rows[0]
@@ -73,7 +78,7 @@ def test_identical_distributions_give_no_faster_or_slower_after_holm():
 
 
 def test_holm_adjustment_turns_a_lone_win_into_inconclusive_and_shows_in_the_output():
-    a_win = mk(W, lognormal(40, 0.97, seed=3))
+    a_win = mk(W, lognormal(40, 0.96, seed=3))
     b_win = mk(W, lognormal(40, 1.0, seed=103))
     alone = C.compare_measurements([a_win], [b_win]).rows[0]
     assert alone.verdict == "faster" and 0.001 < alone.p_value < 0.05
@@ -90,6 +95,83 @@ def test_holm_adjustment_turns_a_lone_win_into_inconclusive_and_shows_in_the_out
     assert "Holm p (raw p)" in md
     assert f"| {row.p_holm:.2g} ({row.p_value:.2g}) | inconclusive |" in md
     assert "Holm-adjusted over the 10 rows compared here" in md
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+def interleaved_pair(seed, ratio=1.0, rounds=10, w=W, session=None, **kw):
+    """A and B of one interleaved session (bursty noise), as the runner stores them."""
+    a, sa, b, sb = bursty.interleaved(np.random.default_rng(seed), rounds=rounds, ratio=ratio, **kw)
+    extra = {"timing": {"interleaved": {"rounds": rounds, "seed": seed, "of": 2, "session": session or f"s{seed}"}}}
+    return (mk(w, a, impl="new", batch_sizes=tuple(sa), extra=extra),
+            mk(w, b, impl="old", batch_sizes=tuple(sb), extra=extra))
+
+
+def test_one_interleaved_session_is_paired_by_round():
+    ma, mb = interleaved_pair(1, ratio=1 / 1.46, base=0.076)
+    c = C.compare_measurements([ma], [mb])
+    (r,) = c.rows
+    assert (r.pairing, r.rounds) == ("rounds", 10)
+    assert r.verdict == r.verdict_label == "faster" and r.speedup_ci[0] > 1.0
+    assert r.p_value == pytest.approx(2 / 2 ** 10)  # every round agrees: the exact signed-rank floor
+    assert r.speedup == pytest.approx(1.46, rel=0.1)
+    md = F.to_markdown(c)
+    assert "| 10 rounds |" in md and "pair A and B by round" in md and "bootstrap over rounds" in md
+    assert "Rows marked `rounds` (A and B interleaved in one session)" in md
+    # Another session's B: measured apart, so unpaired blocks, and the output says so.
+    _, other = interleaved_pair(2, base=0.076)
+    apart = C.compare_measurements([ma], [other]).rows[0]
+    assert apart.pairing == "batches" and "rounds cannot be paired" in " ".join(C.compare_measurements(
+        [ma], [other]).notes)
+
+
+def test_too_few_rounds_is_inconclusive_and_says_how_many():
+    ma, mb = interleaved_pair(3, ratio=0.5, rounds=4)
+    c = C.compare_measurements([ma], [mb])
+    (r,) = c.rows
+    assert r.speedup_ci[0] > 1.0 and r.verdict == "inconclusive" and r.verdict_label == "inconclusive: 4 rounds"
+    assert "| inconclusive: 4 rounds |" in F.to_markdown(c)
+    assert any("fewer than 8 rounds" in n for n in c.notes)
+    row = F.to_json(c)["rows"][0]
+    assert (row["verdict"], row["verdict_label"], row["rounds"], row["pairing"]) == (
+        "inconclusive", "inconclusive: 4 rounds", 4, "rounds")
+
+
+def test_aa_suites_of_bursty_interleaved_rounds_rarely_get_a_verdict_and_real_wins_stay_faster():
+    """Through compare_measurements: 40 A/A suites of five rows (bursty, autocorrelated noise) give a
+    faster/slower verdict in at most 2 (the family-wise rate is 5%); a 1.46x win is `faster` in every one,
+    with a CI that excludes 1; the suite's geometric mean CI covers 1 in the A/A suites that had no verdict."""
+    false = 0
+    for seed in range(40):
+        pairs = [interleaved_pair(1000 * seed + i, w=w, session=f"{seed}-{i}") for i, w in enumerate(shapes(5))]
+        c = C.compare_measurements([a for a, _ in pairs], [b for _, b in pairs], seed=seed)
+        assert all(r.pairing == "rounds" for r in c.rows)
+        false += c.counts["faster"] + c.counts["slower"] > 0
+        ma, mb = interleaved_pair(50_000 + seed, ratio=1 / 1.46, base=0.076)
+        r = C.compare_measurements([ma], [mb]).rows[0]
+        assert r.verdict == "faster" and r.speedup_ci[0] > 1.0
+    assert false <= 2
+
+
+def test_too_few_rounds_for_holm_over_many_rows_is_said():
+    pairs = [interleaved_pair(i, w=w, rounds=9) for i, w in enumerate(shapes(20))]
+    c = C.compare_measurements([a for a, _ in pairs], [b for _, b in pairs])
+    assert any("with 9 rounds the signed-rank test cannot go below p = 0.0039" in n
+               and "compare --rounds 10" in n for n in c.notes)
+    assert c.counts["faster"] == c.counts["slower"] == 0
+    pairs = [interleaved_pair(i, w=w, rounds=10) for i, w in enumerate(shapes(20))]
+    assert not any("cannot go below" in n for n in C.compare_measurements([a for a, _ in pairs],
+                                                                         [b for _, b in pairs]).notes)
+
+
+def test_suite_geomean_is_bootstrapped_over_rounds():
+    pairs = [interleaved_pair(10 + i, ratio=0.8, w=w) for i, w in enumerate(shapes(3))]
+    c = C.compare_measurements([a for a, _ in pairs], [b for _, b in pairs])
+    want = float(np.exp(np.mean([np.log(r.speedup) for r in c.rows])))
+    assert c.geomean_speedup == pytest.approx(want)
+    assert c.geomean_ci[0] <= c.geomean_speedup <= c.geomean_ci[1] and c.geomean_ci[0] > 1.0
+    assert "bootstrap over each row's rounds" in F.to_markdown(c)
 
 
 # --------------------------------------------------------------------------- matching: like with like
@@ -288,6 +370,8 @@ def test_json_output_is_complete_and_serializable():
                 "p_holm", "verdict", "flags"):
         assert key in row
     assert row["workload_a"]["key"] == W.key and len(row["speedup_ci"]) == 2
+    assert d["format_version"] == 2 and row["pairing"] == "blocks" and row["rounds"] == 10
+    assert d["suite"]["min_rounds"] == 8
     assert d["suite"]["n"] == 1 and sum(d["suite"]["counts"].values()) == 1
     assert d["excluded"][0]["status_b"] == "oom"
     assert "Speedup = median time of B / median time of A" in d["convention"]
@@ -358,6 +442,20 @@ def test_cli_compare_two_stored_runs(tmp_path, capsys):
     assert code == 0, err
     assert "A = run 1 (sdpa-math) (candidate) vs B = run 2 (sdpa-math) (baseline)" in out
     assert "| B1 H2 S64 D32 fp32 |" in out and "threshold 50%" in out
+    assert "| 24 batches |" in out and "rounds cannot be paired" in out  # 3 repeats x 8 batches a side
+
+
+def test_cli_compare_rounds(tmp_path, capsys):
+    db = str(tmp_path / "c.db")
+    code, out, err = cli(["compare", "-i", "sdpa-math", "-i", "sdpa-math", *CPU_FLAGS, "--rounds", "4", "--db", db],
+                         capsys)
+    assert code == 0, err
+    # At least 4 batches a side (more if a slow sample capped a batch on this shared CPU): too few rounds.
+    k = int(re.search(r"\| (\d+) rounds \|", out).group(1))
+    assert 4 <= k < 8 and f"| inconclusive: {k} rounds |" in out
+    code, out, err = cli(["compare", "-i", "sdpa-math", "-i", "sdpa-math", *CPU_FLAGS, "--rounds", "9", "--db", db],
+                         capsys)
+    assert code == 2 and "--rounds must be between 1 and --samples (8)" in err
 
 
 @pytest.mark.parametrize("args", [

@@ -170,3 +170,101 @@ def test_flex_compiles_once_per_workload_and_is_checked(tmp_path):
         assert [m.status for m in ms] == ["ok", "ok"], [m.reason for m in ms]
         assert all(m.rel_err < 1e-4 for m in ms)
         assert all(m.compile_ms > 0 for m in ms)
+
+
+# -- run --repeats ---------------------------------------------------------------------------------
+
+
+def test_repeats_pool_into_one_measurement_per_cell_in_sweep_order(tmp_path):
+    config = cfg(["sdpa-math", "reference"])
+    config.repeats = 3
+    emitted = []
+    with Store(tmp_path / "r.db") as store:
+        rid = run(config, store, timer=FakeTimer(median_ms=1.0), progress=False,
+                  on_measurement=lambda m: emitted.append((m.cell, len(m.extra["repeats"]))))
+        ms = store.measurements(rid)
+        assert store.run(rid).config["repeats"] == 3
+    assert [(m.workload, m.impl) for m in ms] == [(W1, "sdpa-math"), (W1, "reference"), (W2, "sdpa-math"),
+                                                  (W2, "reference")]  # the sweep's order, whatever the passes'
+    for m in ms:
+        assert m.status == "ok" and len(m.samples_ms) == 15 and m.batch_sizes == (1,) * 15
+        reps = m.extra["repeats"]
+        assert [r["repeat"] for r in reps] == [1, 2, 3] and [r["seed"] for r in reps] == [0, 1, 2]
+        assert all(r["n"] == 5 and r["batches"] == 5 and r["median_ms"] > 0 for r in reps)
+        assert m.stop_reason == "fixed" and len(m.host_ms) == len(m.clocks_mhz) == 15
+    # Repeat-major: every cell once before any cell twice; later passes in another (seeded) order.
+    assert [n for _, n in emitted] == [1] * 4 + [2] * 4 + [3] * 4
+    orders = [[c for c, n in emitted if n == k] for k in (1, 2, 3)]
+    assert orders[0] == [m.cell for m in ms] and sorted(orders[1]) == sorted(orders[0]) and orders[1:] != orders[:2]
+    assert config.hash() != cfg(["sdpa-math", "reference"]).hash()
+    assert "repeats" not in cfg(["sdpa-math"]).to_dict()  # one pass: the configuration (and its hash) as before
+
+
+def test_repeats_are_resumed_after_an_interruption_keeping_every_sample(tmp_path):
+    config = cfg(["sdpa-math", "reference"], [W1])
+    config.repeats = 3
+    seen = []
+
+    def stop_in_second_pass(m):
+        seen.append(len(m.extra["repeats"]))
+        if len(seen) == 3:  # pass 1: two cells; pass 2: the first cell, then stop
+            raise KeyboardInterrupt
+
+    with Store(tmp_path / "r.db") as store:
+        with pytest.raises(KeyboardInterrupt):
+            run(config, store, timer=FakeTimer(), progress=False, on_measurement=stop_in_second_pass)
+        first = store.run()
+        assert first.status == "interrupted"
+        before = {m.cell: m.samples_ms for m in store.measurements(first.run_id)}
+        assert sorted(len(x) for x in before.values()) == [5, 10]
+        rid = run(config, store, timer=FakeTimer(seed=1), resume=True, progress=False)
+        assert rid == first.run_id and store.run(rid).status == "complete"
+        for m in store.measurements(rid):
+            assert len(m.samples_ms) == 15 and m.samples_ms[:len(before[m.cell])] == before[m.cell]
+            assert [r["repeat"] for r in m.extra["repeats"]] == [1, 2, 3]
+
+
+FLAKY = {"broken": False}
+
+
+def flaky(q, k, v, **kw):
+    """A plugin that works until FLAKY['broken'] is set."""
+    import torch.nn.functional as F
+
+    if FLAKY["broken"]:
+        raise RuntimeError("kernel went bad")
+    return F.scaled_dot_product_attention(q, k, v, **kw)
+
+
+def test_a_repeat_that_fails_fails_the_cell_and_keeps_the_earlier_samples(tmp_path):
+    FLAKY["broken"] = False
+    config = cfg(["tests.measure.test_runner:flaky"], [W1])
+    config.repeats = 3
+
+    def break_after_first(m):
+        FLAKY["broken"] = True
+
+    with Store(tmp_path / "r.db") as store:
+        rid = run(config, store, timer=FakeTimer(), progress=False, on_measurement=break_after_first)
+        (m,) = store.measurements(rid)
+    FLAKY["broken"] = False
+    assert m.status == "error" and m.reason.startswith("repeat 2: first call: RuntimeError: kernel went bad")
+    assert len(m.samples_ms) == 5 and [r["status"] for r in m.extra["repeats"]] == ["ok", "error"]
+    assert not m.ok  # no longer compared or reported as a timing
+
+
+def test_interleaved_repeats_are_sessions_of_their_own(tmp_path):
+    config = cfg(["sdpa-math", "reference"], [W1])
+    config.repeats, config.interleave = 2, True
+    with Store(tmp_path / "r.db") as store:
+        rid = run(config, store, timer=FakeTimer(), progress=False)
+        ms = store.measurements(rid)
+    sessions = [[r["session"] for r in m.extra["repeats"]] for m in ms]
+    assert sessions[0] == sessions[1] and sessions[0][0] != sessions[0][1]  # shared per pass, new each pass
+
+
+def test_repeats_must_be_positive(tmp_path):
+    config = cfg(["sdpa-math"], [W1])
+    config.repeats = 0
+    with Store(tmp_path / "r.db") as store, pytest.raises(UserError, match="--repeats must be at least 1"):
+        run(config, store, timer=FakeTimer(), progress=False)

@@ -126,7 +126,7 @@ def test_run_page_is_self_contained_escaped_and_complete(store, run_id, characte
     assert '<span class="flag">implausible' in page and '<span class="flag">throttled' in page
     assert page.count('<span class="flag">host-bound') == 2   # in Flagged and in the table: launchy only
     assert page.count('<tr class="st-') == 3 * len(characterize) + 4
-    assert "Methods" in page and "BCa" in page and "flash-attention convention" in page
+    assert "Methods" in page and "bootstrap over batches" in page and "flash-attention convention" in page
     assert "measured" in page and "datasheet" in page
 
 

@@ -1,3 +1,6 @@
+import numpy as np
+import pytest
+
 from attnbench.report import tables as report
 from attnbench.analysis.roofline import ceilings_for
 from attnbench.store import Measurement
@@ -72,3 +75,47 @@ def test_torch_backend_reasons_are_cleaned():
         "Flash attention has been runtime disabled. (Triggered internally at y.h:2.)",
     ])
     assert text == "Both fused kernels require query, key and value to have the same num_heads."
+
+
+def _bursty(w, impl, seed, **kw):
+    from tests.analysis import bursty
+
+    x, sizes = bursty.apart(np.random.default_rng(seed), batches=12, per_batch=8, base=0.1)
+    return Measurement(workload=w, impl=impl, status="ok", samples_ms=tuple(x), batch_sizes=tuple(sizes),
+                       timer="cold", device="cuda", env_id="h100", stop_reason="converged", **kw)
+
+
+def test_ci_is_over_batches_and_methods_say_what_it_covers(tmp_path):
+    from attnbench.analysis.rounds import block_median_ci
+    from attnbench.analysis.stats import median_ci
+
+    m = _bursty(SMALL, "sdpa-cudnn", 3)
+    row = report.summarize(m)
+    assert row.ci == block_median_ci(m.samples_ms, m.batch_sizes) and row.batches == 12
+    lo, hi = median_ci(m.samples_ms)
+    assert row.ci[1] - row.ci[0] > 1.5 * (hi - lo)  # bursts widen it: batches, not samples, are independent
+    reps = [{"repeat": i + 1, "median_ms": v} for i, v in enumerate((0.100, 0.104, 0.101))]
+    old = Measurement(workload=BIG, impl="sdpa-flash", status="ok", samples_ms=(3.0, 3.1, 2.9) * 10, timer="cold",
+                      device="cuda", env_id="h100", stop_reason="fixed")
+    with Store(tmp_path / "r.db") as s:
+        s.add_environment("h100", H100)
+        rid = s.start_run("h100", {})
+        s.add(rid, _bursty(SMALL, "sdpa-cudnn", 3, extra={"repeats": reps, "precision": 0.02}))
+        s.add(rid, old)
+        text = report.markdown(s, rid)
+        data = report.json_report(s, rid)
+    assert "n=96 in 12 batches converged ±2%, spread across 3 repeats 4%" in text
+    assert "bootstrap over batches" in text and "It does not cover what changes between measurements" in text
+    assert "another process, another day, another card" in text
+    assert "1 measurement(s) without recorded batch sizes" in text and "10 contiguous blocks" in text
+    assert "Repeats: the sweep was measured 3 times" in text
+    summary = data["measurements"][0]["summary"]
+    assert summary["batches"] == 12 and summary["repeats"] == 3 and summary["repeat_spread"] == pytest.approx(0.04)
+    assert summary["ci_method"].startswith("bootstrap over batches")
+    assert data["measurements"][1]["summary"]["ci_method"].startswith("bootstrap over 10 contiguous blocks")
+
+
+def test_a_wild_spread_across_repeats_reads_as_a_factor():
+    reps = [{"repeat": 1, "median_ms": 0.1}, {"repeat": 2, "median_ms": 18.1}]
+    m = _bursty(SMALL, "sdpa-math", 4, extra={"repeats": reps})
+    assert "spread across 2 repeats 181x" in report.timing_note(m, None)

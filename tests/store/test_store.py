@@ -1,3 +1,4 @@
+import json
 import sqlite3
 
 import pytest
@@ -112,3 +113,59 @@ def test_kv_cache(tmp_path):
         assert s.get("ceilings", "e1") is None
         s.put("ceilings", "e1", {"copy_gbps": 3000})
         assert s.get("ceilings", "e1") == {"copy_gbps": 3000}
+
+
+def test_batch_sizes_round_trip_and_validation(tmp_path):
+    with Store(tmp_path / "r.db") as s:
+        rid = s.start_run("e1", {})
+        s.add(rid, m(samples=(1.0, 1.1, 0.9, 1.2), batch_sizes=(1, 0, 3)))
+        s.add(rid, m(impl="old-style", samples=(1.0, 2.0)))
+        got = {x.impl: x for x in s.measurements(rid)}
+        assert got["sdpa-math"].batch_sizes == (1, 0, 3)  # an empty batch keeps its place (round k stays k)
+        assert got["old-style"].batch_sizes == ()          # structure unknown
+        row = s.db.execute("SELECT batch_sizes FROM measurements WHERE impl='old-style'").fetchone()
+        assert row[0] is None
+    with pytest.raises(ValueError, match="sum to 2, not to the 3 samples"):
+        m(batch_sizes=(1, 1))
+
+
+def test_schema_1_database_is_migrated_and_its_rows_have_unknown_structure(tmp_path):
+    from attnbench.store.schema import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.executescript(MIGRATIONS[1])
+    con.execute("PRAGMA user_version = 1")
+    con.execute("INSERT INTO runs (created, env_id, config) VALUES (1.0, 'e1', '{}')")
+    con.execute("INSERT INTO measurements (run_id, workload_key, workload, impl, status, samples_ms, created) "
+                "VALUES (1, ?, ?, 'sdpa-math', 'ok', '[1.0, 2.0, 3.0]', 1.0)", (W.key, json.dumps(W.to_dict())))
+    con.commit()
+    con.close()
+    with Store(path) as s:
+        assert s.schema_version == SCHEMA_VERSION == 2
+        (old,) = s.measurements(1)
+        assert old.samples_ms == (1.0, 2.0, 3.0) and old.batch_sizes == () and old.ok
+        s.add(1, m(impl="new", batch_sizes=(2, 1)))
+        assert s.measurements(1, impl="new")[0].batch_sizes == (2, 1)
+
+
+def test_measuring_a_cell_again_updates_it_in_place(tmp_path):
+    with Store(tmp_path / "r.db") as s:
+        rid = s.start_run("e1", {})
+        for impl in ("a", "b", "c"):
+            s.add(rid, m(impl=impl))
+        s.add(rid, m(impl="a", samples=(5.0, 6.0), batch_sizes=(1, 1)))  # one more repeat of cell a
+        got = s.measurements(rid)
+        assert [x.impl for x in got] == ["a", "b", "c"] and got[0].samples_ms == (5.0, 6.0)
+
+
+def test_export_import_carries_batch_sizes_and_reads_old_exports(tmp_path):
+    with Store(tmp_path / "a.db") as a, Store(tmp_path / "b.db") as b:
+        rid = a.start_run("e1", {})
+        a.add(rid, m(batch_sizes=(2, 1)))
+        data = a.export_run(rid)
+        assert data["measurements"][0]["batch_sizes"] == [2, 1]
+        assert b.measurements(b.import_run(data))[0].batch_sizes == (2, 1)
+        del data["measurements"][0]["batch_sizes"]  # an export written before schema 2
+        data["schema_version"] = 1
+        assert b.measurements(b.import_run(data))[0].batch_sizes == ()

@@ -34,7 +34,10 @@ def compare(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
     timer: str = typer.Option("auto", "--timer", help="auto (GPU default: graph for kernels under 20 us, else "
                               "cold; one mode per workload), cold, warm, host (CPU default)"),
-    samples: int = typer.Option(50, "--samples", help="samples per measurement"),
+    samples: int = typer.Option(50, "--samples", help="samples per measurement (spread over --rounds rounds)"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", help="rounds (interleaved batches) per measurement, at "
+                                         "least (default 10, or --samples if fewer): the unit of evidence; a verdict "
+                                         "needs 8, and Holm over M rows needs 2^(1-rounds) < alpha/M"),
     min_samples: int = typer.Option(10, "--min-samples"),
     warmup_ms: float = typer.Option(25.0, "--warmup-ms", help="warm-up by time, after the first call"),
     max_time_ms: float = typer.Option(2000.0, "--max-time-ms", help="time limit per measurement"),
@@ -99,8 +102,13 @@ def compare(
                                                     causal, direction, dev, mask=mask, score_mod=score_mod)
             if samples < 1 or min_samples < 1:
                 raise UserError("--samples and --min-samples must be at least 1")
+            if rounds is None:
+                rounds = min(TimingPolicy().min_batches, samples)
+            if not 1 <= rounds <= samples:
+                raise UserError(f"--rounds must be between 1 and --samples ({samples}): each round takes at least one "
+                                f"sample, got {rounds}")
             policy = TimingPolicy(warmup_ms=warmup_ms, min_samples=min(min_samples, samples), max_samples=samples,
-                                  max_time_ms=max_time_ms)
+                                  max_time_ms=max_time_ms, min_batches=rounds)
             try:
                 result, _ = cmp.compare_impls(impls[0], impls[1], workloads, store, device=dev, timer=timer,
                                               policy=policy, threshold=threshold, per_token=per_token,

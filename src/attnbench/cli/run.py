@@ -48,6 +48,9 @@ def run(
                                     "seeded random order per round, so drift hits all alike"),
     discard_throttled: bool = typer.Option(False, "--discard-throttled", help="drop samples whose SM clock fell "
                                            "> 10% below the run's typical clock (kept aside in the store)"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="measure the sweep N times, one pass after "
+                                          "another (fresh builds and inputs each), pooled per cell, with the spread "
+                                          "across passes reported (default: 3 on a CPU, 1 on a GPU)"),
     resume: bool = typer.Option(False, "--resume", help="continue the newest unfinished run of this sweep"),
     name: str = typer.Option("", "--name", help="a label for the run"),
     executor: str = EXECUTOR_OPT,
@@ -63,6 +66,8 @@ def run(
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
+    if repeats is not None and repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {repeats}")
     with open_executor(executor) as ex, open_store(db) as store:
         dev = ex.device(device)
         workloads, sweep_name = build_workloads(preset, sweep, batch, heads, kv_heads, seq, kv_seq, dim, dtype,
@@ -70,9 +75,11 @@ def run(
         policy = policy_from_options(samples=samples, min_samples=min_samples, max_samples=max_samples,
                                      warmup_ms=warmup_ms, min_time_ms=min_time_ms, max_time_ms=max_time_ms,
                                      target_precision=target_precision)
+        if repeats is None:
+            repeats = 1 if ex.distributed else default_repeats(dev)
         config = RunConfig(workloads=workloads, impls=split_impls(impl) or default_impls(), device=dev,
                            timer=timer, policy=policy, name=name or sweep_name, interleave=interleave,
-                           discard_throttled=discard_throttled)
+                           discard_throttled=discard_throttled, repeats=repeats)
         try:
             run_id = run_sweep(config, store, ex, resume=resume, progress=not quiet and sys.stderr.isatty())
         except KeyboardInterrupt:
@@ -83,3 +90,18 @@ def run(
             typer.echo(json.dumps(rep.json_report(store, run_id), indent=2, default=str))
         else:
             typer.echo(rep.markdown(store, run_id))
+
+
+CPU_REPEATS = 3
+
+
+def default_repeats(device: str) -> int:
+    """--repeats when not given: 3 on a CPU, 1 on a GPU.
+
+    A CPU run shares its cores with everything else on the machine, so what one pass sees can be far from
+    the next (the A/A runs in issue 13 moved by up to 25%); its default sweep (cpu-smoke) is tiny, so
+    passes are cheap and the spread across them is the most useful thing to show. On a GPU a pass of the
+    default sweep (characterize, 70 cells) takes about a minute and the card is not shared; ask for
+    --repeats there when the spread matters (the gate pools 5 measurements per cell for its noise floor).
+    """
+    return 1 if device.startswith("cuda") else CPU_REPEATS

@@ -5,18 +5,24 @@ A is the candidate, B the baseline. Speedup = median time of B / median time of 
 faster. Only like is compared with like: cells pair by workload (and by impl and params when a side holds
 several impls per workload); a workload on one side only is listed as unmatched, never compared. Different
 shapes can be compared only per token (throughput), and the output says so.
+
+The unit of evidence is the round, not the sample (analysis.rounds): A and B measured together in one
+interleaved session are paired round by round (batch k of each is round k); A and B measured apart (two
+stored runs) have their batches as independent blocks; samples stored without their batches are split
+into contiguous blocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..analysis import cost as costmod
-from ..analysis import metrics, stats
+from ..analysis import metrics, rounds, stats
 from ..errors import UserError
 from ..spec import Workload
 from ..store import Measurement, params_key
@@ -24,6 +30,8 @@ from ..store import Measurement, params_key
 CONFIDENCE = 0.95
 CLOCK_TOLERANCE = 0.02  # median SM clocks further apart than this get a flag on the row
 VERDICTS = stats.Verdict.ALL
+MIN_ROUNDS = rounds.MIN_ROUNDS
+PAIRED, BATCHES, BLOCKS = "rounds", "batches", "blocks"  # Row.pairing: how the row's evidence is structured
 
 
 @dataclass(frozen=True)
@@ -52,11 +60,15 @@ class Row:
     speedup_ci: tuple[float, float]
     tflops_ratio: float                 # TFLOP/s of A / TFLOP/s of B (equals the speedup on equal workloads)
     tflops_ratio_ci: tuple[float, float]
-    cliffs_delta: float                 # P(A faster) - P(A slower) over all sample pairs
+    cliffs_delta: float                 # P(A faster) - P(A slower) over all sample pairs (descriptive)
     magnitude: str
-    p_value: float                      # raw two-sided Mann-Whitney U
+    p_value: float                      # raw two-sided: signed-rank on per-round log ratios, or Mann-Whitney
+                                        # on batch medians (see `pairing`)
     p_holm: float                       # Holm-adjusted over the compared rows
-    verdict: str
+    verdict: str                        # one of VERDICTS
+    rounds: int = 0                     # paired rounds, or the fewer of the two sides' batches / blocks
+    pairing: str = PAIRED               # PAIRED (one interleaved session), BATCHES (apart), BLOCKS (not recorded)
+    verdict_label: str = ""             # as shown: 'inconclusive: 4 rounds' when too few rounds decided it
     flags: tuple[str, ...] = ()
 
 
@@ -225,10 +237,13 @@ def compare_measurements(a: Sequence[Measurement], b: Sequence[Measurement], thr
     speedup). Per-token mode pairs by impl, then by position within each impl (see `_match_per_token`), and
     compares time per query token, i.e. throughput; the TFLOP/s ratio is given beside it.
 
-    Each compared row: ratio of medians with a percentile-bootstrap 95% CI (`stats.ratio_ci`), Cliff's
-    delta, the Mann-Whitney U p-value, its Holm adjustment over all compared rows, and
-    `stats.verdict_from` on the time ratio (A's point of view). Pairs where a side is not ok, or whose timer
-    modes differ, are excluded from the family and listed with the reason.
+    Each compared row: the ratio of medians with a 95% CI by a bootstrap over rounds and a p-value on
+    per-round summaries (`rounds.paired_ratio` for A and B from one interleaved session, paired by round;
+    `rounds.unpaired_ratio` otherwise, each side's batches independent blocks), its Holm adjustment over
+    all compared rows, Cliff's delta over the samples (descriptive), and `rounds.round_verdict` on the time
+    ratio (A's point of view): inconclusive with fewer than MIN_ROUNDS rounds. The suite's geometric mean
+    is bootstrapped over each row's rounds (`rounds.geomean_ratio`). Pairs where a side is not ok, or
+    whose timer modes differ, are excluded from the family and listed with the reason.
     """
     if not 0 <= threshold < 1:
         raise UserError(f"threshold must be in [0, 1), got {threshold!r}")
@@ -269,30 +284,38 @@ def compare_measurements(a: Sequence[Measurement], b: Sequence[Measurement], thr
         xa, xb = np.asarray(ma.samples_ms, float), np.asarray(mb.samples_ms, float)
         if per_token:
             xa, xb = xa / _tokens(wa), xb / _tokens(wb)
-        r, lo, hi = stats.ratio_ci(xa, xb, confidence=CONFIDENCE, seed=seed)
+        pairing = _pairing(ma, mb)
+        sa, sb = ma.batch_sizes or None, mb.batch_sizes or None
+        how = rounds.paired_ratio if pairing == PAIRED else rounds.unpaired_ratio
+        test = how(xa, sa, xb, sb, confidence=CONFIDENCE, seed=seed)
+        r, lo, hi = test.ratio, test.lo, test.hi
         # TFLOP/s ratio = tokens/s ratio x (FLOP per token of A / FLOP per token of B): a constant factor.
         k = (metrics.flops(wa) / _tokens(wa)) / (metrics.flops(wb) / _tokens(wb)) if per_token else 1.0
         a_med, b_med = stats.median(ma.samples_ms), stats.median(mb.samples_ms)
         delta = stats.cliffs_delta(xb, xa)  # on times, B vs A: positive when A's times tend to be shorter
         pending.append(dict(
             common, workload_a=wa, workload_b=wb, n_a=len(xa), n_b=len(xb), a_median_ms=a_med, b_median_ms=b_med,
-            a_ci_ms=stats.median_ci(ma.samples_ms, seed=seed), b_ci_ms=stats.median_ci(mb.samples_ms, seed=seed),
+            a_ci_ms=rounds.block_median_ci(ma.samples_ms, sa, seed=seed),
+            b_ci_ms=rounds.block_median_ci(mb.samples_ms, sb, seed=seed),
             a_tokens_per_s=metrics.tokens_per_s(wa, a_med), b_tokens_per_s=metrics.tokens_per_s(wb, b_med),
             a_tflops=metrics.tflops_per_s(wa, a_med), b_tflops=metrics.tflops_per_s(wb, b_med),
             time_ratio=r, time_ratio_ci=(lo, hi), speedup=1.0 / r, speedup_ci=(1.0 / hi, 1.0 / lo),
             tflops_ratio=k / r, tflops_ratio_ci=(k / hi, k / lo), cliffs_delta=delta,
-            magnitude=stats.cliffs_magnitude(delta), p_value=stats.mann_whitney(xa, xb), flags=tuple(flags),
-            samples=(xa, xb)))
+            magnitude=stats.cliffs_magnitude(delta), p_value=test.p, rounds=test.rounds, pairing=pairing,
+            flags=tuple(flags), test=test,
+            blocked=rounds.Blocked(xa, sa, xb, sb, paired=pairing == PAIRED)))
 
     adjusted = stats.holm([p["p_value"] for p in pending])
     rows = []
     for p, p_adj in zip(pending, adjusted):
-        verdict = stats.verdict_from(p["time_ratio"], *p["time_ratio_ci"], p_adj, threshold=threshold, alpha=alpha)
-        rows.append(Row(p_holm=p_adj, verdict=verdict, **{k: v for k, v in p.items() if k != "samples"}))
+        verdict = rounds.round_verdict(p["test"], p_adj, threshold=threshold, alpha=alpha)
+        label = rounds.verdict_label(verdict, p["rounds"], "rounds" if p["pairing"] == PAIRED else p["pairing"])
+        rows.append(Row(p_holm=p_adj, verdict=verdict, verdict_label=label,
+                        **{k: v for k, v in p.items() if k not in ("test", "blocked")}))
 
     g = g_ci = None
     if pending:
-        gr, glo, ghi = stats.geomean_ratio_ci([p["samples"] for p in pending], confidence=CONFIDENCE, seed=seed)
+        gr, glo, ghi = rounds.geomean_ratio([p["blocked"] for p in pending], confidence=CONFIDENCE, seed=seed)
         g, g_ci = 1.0 / gr, (1.0 / ghi, 1.0 / glo)
     counts = {v: sum(r.verdict == v for r in rows) for v in VERDICTS}
     different = per_token and any(r.workload_a != r.workload_b for r in rows)
@@ -301,7 +324,55 @@ def compare_measurements(a: Sequence[Measurement], b: Sequence[Measurement], thr
         a_name=a_name or _single_name(a, "A"), b_name=b_name or _single_name(b, "B"),
         mode="per-token" if per_token else "time", threshold=threshold, alpha=alpha, rows=tuple(rows),
         excluded=tuple(excluded), unmatched=tuple(unmatched), geomean_speedup=g, geomean_ci=g_ci, counts=counts,
-        different_workloads=different, notes=tuple(_timer_note(t) for t in modes))
+        different_workloads=different, notes=tuple(_timer_note(t) for t in modes) + _pairing_notes(rows, alpha))
+
+
+def _session(m: Measurement) -> str | None:
+    return ((m.extra or {}).get("timing") or {}).get("interleaved", {}).get("session")
+
+
+def _pairing(a: Measurement, b: Measurement) -> str:
+    """PAIRED when A and B were timed in one interleaved session with their batches recorded (batch k of each
+    is round k), and neither pools several repeats (each repeat is a session of its own); BATCHES when both
+    have batches but were measured apart; BLOCKS when a side's batches were not recorded."""
+    if not (a.batch_sizes and b.batch_sizes):
+        return BLOCKS
+    single = all(len((m.extra or {}).get("repeats") or ()) <= 1 for m in (a, b))
+    if single and _session(a) is not None and _session(a) == _session(b):
+        return PAIRED
+    return BATCHES
+
+
+def _pairing_notes(rows: Sequence[Row], alpha: float | None = None) -> tuple[str, ...]:
+    notes = []
+    n = {kind: sum(r.pairing == kind for r in rows) for kind in (PAIRED, BATCHES, BLOCKS)}
+    if n[BATCHES]:
+        notes.append(f"{_rows(n[BATCHES])} measured apart (not in one interleaved session): rounds cannot be "
+                     "paired, so each side's batches are independent blocks (unpaired bootstrap over batches, "
+                     "Mann-Whitney U on the batch medians). What moved between the two measurements as a whole "
+                     "(another process, another day) is not in the CI: compare impls measured now, interleaved, "
+                     "for a paired comparison")
+    if n[BLOCKS]:
+        notes.append(f"{_rows(n[BLOCKS])} without recorded batch sizes (stored before schema 2): each side's "
+                     f"samples split into {rounds.DEFAULT_BLOCKS} contiguous blocks in time order and compared "
+                     "unpaired; the CI may understate between-batch noise")
+    few = [r for r in rows if r.rounds < MIN_ROUNDS]
+    if few:
+        notes.append(f"{_rows(len(few))} with fewer than {MIN_ROUNDS} rounds: no verdict (inconclusive), whatever "
+                     "the interval says; measure more rounds (compare --rounds)")
+    paired = [r for r in rows if r.pairing == PAIRED and r.rounds >= MIN_ROUNDS]
+    if paired and alpha is not None:
+        k = min(r.rounds for r in paired)
+        if 2.0 ** (1 - k) * len(rows) >= alpha:
+            need = math.floor(1 + math.log2(len(rows) / alpha)) + 1
+            notes.append(f"with {k} rounds the signed-rank test cannot go below p = {2.0 ** (1 - k):.2g}, which Holm "
+                         f"over {_rows(len(rows))} lifts to alpha or more: no row can be faster or slower; measure at "
+                         f"least {need} rounds (compare --rounds {need})")
+    return tuple(notes)
+
+
+def _rows(n: int) -> str:
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 def _timer_note(mode: str) -> str:

@@ -8,9 +8,15 @@ from typing import Any, Sequence
 from ..analysis import metrics
 from ..report.text import md_cell as _cell
 from ..spec import Workload
-from .comparison import CONFIDENCE, VERDICTS, Comparison
+from .comparison import BATCHES, BLOCKS, CONFIDENCE, MIN_ROUNDS, PAIRED, VERDICTS, Comparison
 
-FORMAT_VERSION = 1  # of to_json's output. 1: first version.
+# Of to_json's output. History:
+#   1: first version (CIs and Mann-Whitney U over single samples).
+#   2: the round is the unit of evidence: rows gain `rounds`, `pairing` (rounds | batches | blocks) and
+#      `verdict_label` ('inconclusive: 4 rounds'); `p_value` is the signed-rank test on per-round log ratios
+#      (paired) or Mann-Whitney U on batch medians (unpaired); CIs, the per-side median CIs and the suite's
+#      are bootstraps over rounds or batches; `suite.min_rounds` added.
+FORMAT_VERSION = 2
 
 
 def _rows(n: int) -> str:
@@ -18,7 +24,8 @@ def _rows(n: int) -> str:
 
 
 def convention(c: Comparison) -> str:
-    """What the numbers mean, in words: the direction of the ratio, the CI, the test and the verdict rule."""
+    """What the numbers mean, in words: the direction of the ratio, the unit of evidence, the CI, the test and
+    the verdict rule."""
     t = f"{100 * c.threshold:g}%"
     if c.per_token:
         head = ("Throughput ratio = (query tokens/s of A) / (query tokens/s of B), tokens = batch x q_len per "
@@ -28,11 +35,30 @@ def convention(c: Comparison) -> str:
         head = (f"Speedup = median time of B / median time of A: above 1 means A ({c.a_name}) is faster than "
                 f"B ({c.b_name}). ")
         test = ""
-    return (head + "95% CI: percentile bootstrap of the ratio of medians (unpaired resampling, seeded). " + test
-            + "Cliff's delta = P(A faster) - P(A slower) over all pairs of samples. p: two-sided Mann-Whitney "
-            f"U, Holm-adjusted over the {_rows(len(c.rows))} compared here (raw p in parentheses). Verdict for A: "
+    kinds = {r.pairing for r in c.rows}
+    unit = ("The unit of evidence is the round (one batch of A and one of B, taken back to back in a shuffled "
+            "order), not the sample: noise arrives in bursts that move whole batches. ")
+    parts = []
+    if PAIRED in kinds or not kinds:
+        parts.append("rows marked `rounds` (A and B interleaved in one session) pair A and B by round: 95% CI by a "
+                     "bootstrap over rounds (both sides' samples of each drawn round together, expanded "
+                     "percentile, seeded); p: exact Wilcoxon signed-rank test on the per-round log ratios of "
+                     "medians")
+    if BATCHES in kinds:
+        parts.append("rows marked `batches` (A and B measured apart, e.g. two stored runs) cannot be paired: each "
+                     "side's batches are independent blocks, 95% CI by an independent bootstrap over each side's "
+                     "batches, p: Mann-Whitney U on the two sides' batch medians; what moved between the two "
+                     "measurements as a whole is not in the CI")
+    if BLOCKS in kinds:
+        parts.append("rows marked `blocks` had no recorded batch sizes: each side's samples are split into 10 "
+                     "contiguous blocks and compared as `batches` rows are")
+    return (head + unit + "; ".join(p[0].upper() + p[1:] for p in parts) + ". " + test
+            + f"p is Holm-adjusted over the {_rows(len(c.rows))} compared here (raw p in parentheses). Cliff's "
+            "delta = P(A faster) - P(A slower) over all pairs of samples (descriptive). Verdict for A: "
             f"faster / slower when the Holm p < {c.alpha:g}, the CI excludes 1 and the change exceeds {t}; "
-            f"same when the whole CI lies within +-{t}; otherwise inconclusive.")
+            f"same when the whole CI lies within +-{t}; otherwise inconclusive; with fewer than {MIN_ROUNDS} "
+            "rounds always inconclusive (shown as `inconclusive: N rounds`). The intervals cover noise within "
+            "this comparison, not another process, day or card.")
 
 
 def _num(x: float) -> str:
@@ -83,22 +109,25 @@ def to_markdown(c: Comparison) -> str:
     pcol = "Holm p (raw p)"
     if c.per_token:
         header = ["A workload", "B workload", "impl A", "impl B", "A tokens/s", "B tokens/s", "A TFLOP/s",
-                  "B TFLOP/s", "tokens/s ratio [95% CI]", "TFLOP/s ratio [95% CI]", delta, pcol, "verdict", "flags"]
+                  "B TFLOP/s", "tokens/s ratio [95% CI]", "TFLOP/s ratio [95% CI]", delta, "evidence", pcol, "verdict",
+                  "flags"]
         body = [[r.workload_a.label, r.workload_b.label, r.impl_a, r.impl_b, _num(r.a_tokens_per_s),
                  _num(r.b_tokens_per_s), f"{r.a_tflops:.3g}", f"{r.b_tflops:.3g}", _ratio(r.speedup, r.speedup_ci),
                  _ratio(r.tflops_ratio, r.tflops_ratio_ci), f"{r.cliffs_delta:+.2f} ({r.magnitude})",
-                 f"{_p(r.p_holm)} ({_p(r.p_value)})", r.verdict, "; ".join(r.flags)] for r in c.rows]
+                 f"{r.rounds} {r.pairing}", f"{_p(r.p_holm)} ({_p(r.p_value)})", r.verdict_label or r.verdict,
+                 "; ".join(r.flags)] for r in c.rows]
     else:
         header = ["workload", f"A median ms ({c.a_name})", f"B median ms ({c.b_name})", "speedup [95% CI]", delta,
-                  pcol, "verdict", "flags"]
+                  "evidence", pcol, "verdict", "flags"]
         body = [[r.label, _num(r.a_median_ms), _num(r.b_median_ms), _ratio(r.speedup, r.speedup_ci),
-                 f"{r.cliffs_delta:+.2f} ({r.magnitude})", f"{_p(r.p_holm)} ({_p(r.p_value)})", r.verdict,
-                 "; ".join(r.flags)] for r in c.rows]
+                 f"{r.cliffs_delta:+.2f} ({r.magnitude})", f"{r.rounds} {r.pairing}",
+                 f"{_p(r.p_holm)} ({_p(r.p_value)})", r.verdict_label or r.verdict, "; ".join(r.flags)]
+                for r in c.rows]
     if c.rows:
         out += _table(header, body) + [""]
         what = "throughput ratio" if c.per_token else "speedup"
         out.append(f"Suite ({_rows(len(c.rows))}): geometric-mean {what} {_ratio(c.geomean_speedup, c.geomean_ci)} "
-                   "(95% CI; bootstrap over each row's samples, rows fixed).")
+                   "(95% CI; bootstrap over each row's rounds, rows fixed; expanded for the fewest rounds).")
         out.append("Verdicts: " + ", ".join(f"{v} {c.counts.get(v, 0)}" for v in VERDICTS)
                    + f" (threshold {100 * c.threshold:g}%, alpha {c.alpha:g}, Holm over {len(c.rows)}).")
     else:
@@ -159,7 +188,8 @@ def to_json(c: Comparison) -> dict[str, Any]:
         "run_ids": list(c.run_ids),
         "rows": rows,
         "suite": {"n": len(c.rows), "geomean_speedup": c.geomean_speedup,
-                  "geomean_ci": list(c.geomean_ci) if c.geomean_ci else None, "counts": dict(c.counts)},
+                  "geomean_ci": list(c.geomean_ci) if c.geomean_ci else None, "counts": dict(c.counts),
+                  "min_rounds": MIN_ROUNDS},
         "excluded": [dict(dataclasses.asdict(e), flags=list(e.flags)) for e in c.excluded],
         "unmatched": [dataclasses.asdict(u) for u in c.unmatched],
         "cost": c.cost,

@@ -76,6 +76,9 @@ class _Sweep:
         impls = resolve_many(config.impls)  # names are checked here, before any worker is asked
         if not config.workloads:
             raise UserError("the sweep has no workloads")
+        if getattr(config, "repeats", 1) > 1:
+            raise UserError("--repeats N > 1 measures in this process only (--executor inproc); "
+                            "through workers, run the sweep N times instead")
         token = uuid.uuid4().hex[:12]
         setup = Setup(token=token, impls=tuple(config.impls), device=config.device, timer=config.timer,
                       timer_factory=self.factory, policy=config.policy, seed=config.seed,

@@ -5,6 +5,9 @@ Format history (bump FORMAT_VERSION for every change, and keep reading the old v
      thresholds ({"impl:NAME" | "workload:KEY" | "cell:KEY": fraction}), history (list of
      {date, cell, old_median, new_median, reason, kind, commit}), cells ({KEY: {workload, impl, params,
      summary: {median_ms, ci_ms, n, timer, clock_mhz, backend, repeat_medians}, samples_ms, updated}}).
+  2: cells gain batch_sizes: how many of the kept samples came from each batch of each pooled
+     measurement, in order; ci_ms is a bootstrap over batches. A version-1 cell reads with no batch
+     sizes (its samples are then split into contiguous blocks, analysis.rounds).
 
 A cell's KEY is "workload_key|impl_label", e.g. "b32_hq8_hkv8_sq512_sk512_d64_fp16_full_fwd|sdpa-auto".
 A cell's baseline pools R independent measurements (fresh build and inputs each, in rounds over all
@@ -12,25 +15,28 @@ cells; `repeats`, 5 by default): on a GPU the same kernel can land 5-10% apart f
 next (clocks, placement, bimodal kernels) while each measurement's samples agree within 1%. The spread of
 the R medians (max/min - 1) is the cell's noise floor, and the gate never uses a threshold below it.
 Samples are rounded to 4 significant digits and at most SAMPLE_CAP are kept (evenly spaced in time
-order, an equal share per measurement); the summary is computed from all samples before that.
+order, an equal share per measurement), each with the batch it came from (`batch_sizes`: the gate's
+tests resample batches); the summary is computed from all samples before that.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
 import dataclasses
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import UserError
 from ..spec import Workload
 from ..store import Measurement
 
 FORMAT = "attnbench-baseline"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SAMPLE_CAP = 200
 KINDS = ("improvement", "accepted-regression", "new-cell")
 THRESHOLD_SCOPES = ("cell", "workload", "impl")
@@ -85,6 +91,25 @@ def subsample(samples: Iterable[float], cap: int = SAMPLE_CAP) -> list[float]:
     return [round4(x) for x in xs]
 
 
+def subsample_batches(samples: Sequence[float], sizes: Sequence[int] | None,
+                      cap: int = SAMPLE_CAP) -> tuple[list[float], list[int]]:
+    """(kept samples rounded to 4 digits, their batch sizes): `subsample`'s evenly spaced samples, with the
+    batch each came from, so every batch keeps its share (batches left with none are dropped). `sizes`
+    None or empty: contiguous blocks (analysis.rounds.block_sizes)."""
+    from ..analysis.rounds import block_sizes
+
+    xs = list(samples)
+    ends = list(itertools.accumulate(block_sizes(len(xs), sizes)))
+    idx = range(len(xs))
+    if len(xs) > cap:
+        step = (len(xs) - 1) / (cap - 1)
+        idx = [round(i * step) for i in range(cap)]
+    counts = [0] * len(ends)
+    for i in idx:
+        counts[bisect.bisect_right(ends, i)] += 1
+    return [round4(xs[i]) for i in idx], [c for c in counts if c]
+
+
 @dataclass
 class BaselineCell:
     cell: Cell
@@ -97,6 +122,7 @@ class BaselineCell:
     backend: str = ""
     updated: str = ""
     repeat_medians: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)   # of samples_ms; [] = unknown (a version-1 file)
 
     @property
     def key(self) -> str:
@@ -113,19 +139,25 @@ class BaselineCell:
                           date: str | None = None) -> "BaselineCell":
         """Pool the ok measurements of one cell; scale multiplies every time (normalization to the
         baseline's machine)."""
-        from ..analysis.stats import median, median_ci
+        from ..analysis.rounds import block_median_ci, block_sizes
+        from ..analysis.stats import median
 
         ms = list(ms)
         if not ms or not all(m.ok for m in ms) or len({Cell.of(m).key for m in ms}) != 1:
             raise ValueError("a baseline cell pools ok measurements of one cell")
         runs = [[x * scale for x in m.samples_ms] for m in ms]
+        sizes = [list(block_sizes(len(r), m.batch_sizes or None)) for r, m in zip(runs, ms)]
         xs = [x for r in runs for x in r]
-        kept = [x for r in runs for x in subsample(r, max(2, SAMPLE_CAP // len(runs)))]
-        lo, hi = median_ci(xs)
+        kept, kept_sizes = [], []
+        for r, sz in zip(runs, sizes):
+            k, ks = subsample_batches(r, sz, max(2, SAMPLE_CAP // len(runs)))
+            kept += k
+            kept_sizes += ks
+        lo, hi = block_median_ci(xs, [b for sz in sizes for b in sz])
         clocks = [c for m in ms for c in m.clocks_mhz]
         return cls(Cell.of(ms[0]), kept, round4(median(xs)), (round4(lo), round4(hi)), len(xs), ms[0].timer,
                    round4(median(clocks)) if clocks else None, ms[0].backend, date or today(),
-                   [round4(median(r)) for r in runs])
+                   [round4(median(r)) for r in runs], kept_sizes)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -133,7 +165,7 @@ class BaselineCell:
             "summary": {"median_ms": self.median_ms, "ci_ms": list(self.ci_ms), "n": self.n, "timer": self.timer,
                         "clock_mhz": self.clock_mhz, "backend": self.backend,
                         "repeat_medians": list(self.repeat_medians)},
-            "samples_ms": list(self.samples_ms), "updated": self.updated,
+            "samples_ms": list(self.samples_ms), "batch_sizes": list(self.batch_sizes), "updated": self.updated,
         }
 
     @classmethod
@@ -144,13 +176,17 @@ class BaselineCell:
             out = cls(cell, [float(x) for x in d["samples_ms"]], float(s["median_ms"]),
                       tuple(float(x) for x in s["ci_ms"]), int(s["n"]), str(s["timer"]), s.get("clock_mhz"),
                       s.get("backend", ""), d.get("updated", ""),
-                      [float(x) for x in s.get("repeat_medians") or [s["median_ms"]]])
+                      [float(x) for x in s.get("repeat_medians") or [s["median_ms"]]],
+                      [int(x) for x in d.get("batch_sizes") or []])
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"baseline cell {key!r} is malformed: {type(exc).__name__}: {exc}") from None
         if out.key != key:
             raise UserError(f"baseline cell {key!r} describes {out.key!r}: the key and its fields disagree")
         if not out.samples_ms or min(out.samples_ms) <= 0:
             raise UserError(f"baseline cell {key!r} has no positive samples")
+        if out.batch_sizes and (sum(out.batch_sizes) != len(out.samples_ms) or min(out.batch_sizes) < 1):
+            raise UserError(f"baseline cell {key!r}: batch_sizes must be positive and sum to the "
+                            f"{len(out.samples_ms)} samples")
         return out
 
 

@@ -1,10 +1,13 @@
 """CI ratchet: compare a run with a committed baseline; a regression is significant (Holm) AND large.
 
-A compared cell (ok in the baseline and now) gets the ratio of medians now/baseline with a bootstrap
-CI (stats.ratio_ci) and a Mann-Whitney p-value; the p-values of all compared cells are Holm-adjusted
+A compared cell (ok in the baseline and now) gets the ratio of medians now/baseline with a CI by a
+bootstrap over batches and a Mann-Whitney p-value on the batch medians (analysis.rounds.unpaired_ratio:
+the unit of evidence is the batch, since noise moves whole batches; the baseline's blocks are the
+batches of each of its pooled measurements); the p-values of all compared cells are Holm-adjusted
 together. It is a REGRESSION when p_holm < alpha, the CI's lower bound > 1 and the ratio > 1 +
-threshold; an IMPROVEMENT symmetrically; otherwise unchanged. A kernel that now errors, is incorrect or
-runs out of memory is BROKEN: a failure like a regression. Cells on one side only are NEW or MISSING
+threshold; an IMPROVEMENT symmetrically; otherwise unchanged (also when a side has fewer than
+rounds.MIN_ROUNDS batches: too few for a verdict; a note lists such cells). A kernel that now errors, is
+incorrect or runs out of memory is BROKEN: a failure like a regression. Cells on one side only are NEW or MISSING
 (reported, never failures; a cell that became unsupported counts as missing).
 
 The threshold of a cell is the largest of --threshold, the baseline file's override for the cell,
@@ -24,7 +27,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from ..analysis import metrics, stats
+from ..analysis import metrics, rounds, stats
 from ..errors import UserError
 from ..store import Measurement
 from .baseline import Baseline, Cell
@@ -58,6 +61,7 @@ class CellResult:
     clock_mhz: float | None = None           # median SM clock now
     baseline_clock_mhz: float | None = None
     n: tuple[int, int] | None = None         # (baseline, current) sample counts
+    batches: int | None = None               # the fewer of the two sides' batches (the test's units)
     confirmations: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""
     accepted: bool = False
@@ -147,10 +151,10 @@ def _classify(verdict: str) -> str:
 
 def _compare(baseline: Baseline, current: Mapping[str, Measurement], keys: Sequence[str], threshold: float,
              alpha: float, now_ceilings: Mapping[str, Any] | None, confidence: float, seed: int
-             ) -> tuple[dict[str, CellResult], list[tuple[list[float], list[float]]]]:
+             ) -> tuple[dict[str, CellResult], list[rounds.Blocked]]:
     out: dict[str, CellResult] = {}
-    tested: list[CellResult] = []
-    pairs: list[tuple[list[float], list[float]]] = []
+    tested: list[tuple[CellResult, rounds.RatioTest]] = []
+    pairs: list[rounds.Blocked] = []
     for key in keys:
         b, m = baseline.cells.get(key), current.get(key)
         cell = b.cell if b is not None else Cell.of(m)
@@ -169,16 +173,17 @@ def _compare(baseline: Baseline, current: Mapping[str, Measurement], keys: Seque
         else:
             r.norm_factor, r.norm_basis = normalization(cell, baseline.ceilings, now_ceilings)
             xs = [x * r.norm_factor for x in m.samples_ms]
-            r.ratio, lo, hi = stats.ratio_ci(xs, b.samples_ms, confidence=confidence, seed=seed)
-            r.ci, r.p = (lo, hi), stats.mann_whitney(xs, b.samples_ms)
+            sizes_now, sizes_base = m.batch_sizes or None, b.batch_sizes or None
+            test = rounds.unpaired_ratio(xs, sizes_now, b.samples_ms, sizes_base, confidence=confidence, seed=seed)
+            r.ratio, r.ci, r.p, r.batches = test.ratio, (test.lo, test.hi), test.p, test.rounds
             r.current_ms, r.n = stats.median(xs), (len(b.samples_ms), len(xs))
             r.noise = b.noise
             r.threshold = max(baseline.threshold_for(cell, threshold), r.noise)
-            tested.append(r)
-            pairs.append((xs, b.samples_ms))
-    for r, p_holm in zip(tested, stats.holm([r.p for r in tested])):
+            tested.append((r, test))
+            pairs.append(rounds.Blocked(xs, sizes_now, b.samples_ms, sizes_base, paired=False))
+    for (r, test), p_holm in zip(tested, stats.holm([r.p for r, _ in tested])):
         r.p_holm = p_holm
-        r.stat_verdict = stats.verdict_from(r.ratio, r.ci[0], r.ci[1], p_holm, threshold=r.threshold, alpha=alpha)
+        r.stat_verdict = rounds.round_verdict(test, p_holm, threshold=r.threshold, alpha=alpha)
         r.verdict = _classify(r.stat_verdict)
     return out, pairs
 
@@ -201,9 +206,9 @@ def check(baseline: Baseline, current: Sequence[Measurement], threshold: float =
     now = _by_key(current)
     keys = list(baseline.cells) + [k for k in now if k not in baseline.cells]
     results, pairs = _compare(baseline, now, keys, threshold, alpha, normalize, confidence, seed)
-    rounds = confirm if remeasure is not None else 0
+    confirms = confirm if remeasure is not None else 0
     flagged = {k: r for k, r in results.items() if r.verdict in (REGRESSION, IMPROVEMENT)}
-    for i in range(rounds):
+    for i in range(confirms):
         if not flagged:
             break
         again = _by_key(remeasure([baseline.cells[k].cell for k in flagged]))
@@ -222,9 +227,13 @@ def check(baseline: Baseline, current: Sequence[Measurement], threshold: float =
             else:
                 continue
             del flagged[k]
-    geo = stats.geomean_ratio_ci(pairs, confidence=confidence, seed=seed) if pairs else None
-    return GateResult(list(results.values()), threshold, alpha, rounds, timer=baseline.timer,
-                      normalized=normalize is not None, warnings=list(warnings), geomean=geo)
+    geo = rounds.geomean_ratio(pairs, confidence=confidence, seed=seed) if pairs else None
+    few = [r for r in results.values() if r.batches is not None and r.batches < rounds.MIN_ROUNDS]
+    notes = [f"{len(few)} cell(s) with fewer than {rounds.MIN_ROUNDS} batches on a side, too few for a verdict "
+             f"(left unchanged): " + ", ".join(f"`{r.key}` ({r.batches})" for r in few[:12])
+             + (f", and {len(few) - 12} more" if len(few) > 12 else "")] if few else []
+    return GateResult(list(results.values()), threshold, alpha, confirms, timer=baseline.timer,
+                      normalized=normalize is not None, warnings=list(warnings), notes=notes, geomean=geo)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -281,9 +290,11 @@ def markdown(result: GateResult) -> str:
     lines += [f"> **Warning:** {w}" for w in result.warnings] + ([""] if result.warnings else [])
     where = f"`{result.baseline_path}`" if result.baseline_path else "(in memory)"
     lines.append(f"Baseline {where}, timer `{result.timer}`. A regression is a slowdown with "
-                 f"Holm-adjusted Mann-Whitney p < {result.alpha:g}, ratio CI above 1 and ratio above 1 + "
-                 f"threshold (default {result.threshold:.1%}), confirmed by {result.confirm} re-measurement(s)"
-                 + ("; times normalized by device ceilings." if result.normalized else "."))
+                 f"Holm-adjusted p < {result.alpha:g} (Mann-Whitney on batch medians), ratio CI above 1 "
+                 f"(bootstrap over batches) and ratio above 1 + threshold (default {result.threshold:.1%}; never "
+                 "below the cell's noise floor, the spread of the baseline's measurements), confirmed by "
+                 f"{result.confirm} re-measurement(s)" + ("; times normalized by device ceilings." if result.normalized
+                                                         else "."))
     if regs:
         lines += ["", "### Regressions", "", *_table(regs)]
     if broken:

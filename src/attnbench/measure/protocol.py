@@ -14,10 +14,13 @@ class TimingPolicy:
     min_time_ms: float = 0.0         # keep sampling at least this long (wall time of the batches)
     max_time_ms: float = 2000.0      # stop here whatever the precision (after min_samples)
     target_precision: float | None = None  # relative half-width of the median's 95% CI (adaptive)
+    min_batches: int = 10            # spread the samples over at least this many batches (rounds, interleaved)
 
     def __post_init__(self) -> None:
         if self.min_samples < 1 or self.max_samples < self.min_samples:
             raise ValueError("need 1 <= min_samples <= max_samples")
+        if self.min_batches < 1:
+            raise ValueError("min_batches must be >= 1")
         if self.min_time_ms < 0 or self.max_time_ms < self.min_time_ms or self.warmup_ms < 0:
             raise ValueError("need 0 <= min_time_ms <= max_time_ms and warmup_ms >= 0")
         if self.target_precision is not None and not self.target_precision > 0:
@@ -44,6 +47,7 @@ class TimingResult:
     precision: float | None = None   # relative 95% CI half-width of the median at the stop
     sampling_ms: float = 0.0         # wall time spent in sample batches
     batches: int = 0
+    batch_sizes: list[int] = field(default_factory=list)  # samples per batch, in order (sums to len(samples_ms))
     info: dict[str, Any] = field(default_factory=dict)  # timer facts: sleep, graph nodes, GPU conditions
 
 

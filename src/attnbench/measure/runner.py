@@ -6,7 +6,9 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
+import itertools
 import json
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from ..errors import UserError
 from ..impls import Impl, Inputs, Unsupported, make_call, make_inputs, resolve_many
 from ..spec import Workload
 from ..store import Measurement, Store, params_key
+from . import repeats
 from .correctness import check
 from .cuda_timers import GraphCaptureError
 from .timers import AutoTimer
@@ -37,18 +40,24 @@ class RunConfig:
     params: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # impl -> param sets to run
     interleave: bool = False             # time a workload's impls round by round (measure_interleaved)
     discard_throttled: bool = False      # drop samples whose clock fell > 10% below the run's typical
+    repeats: int = 1                     # the sweep measured this many times, repeat-major (measure.repeats)
 
     def to_dict(self) -> dict[str, Any]:
+        policy = dataclasses.asdict(self.policy)
+        if policy.get("min_batches") == TimingPolicy().min_batches:
+            del policy["min_batches"]  # the default: configurations (and their hashes) read as before it existed
         d = {
             "workloads": [w.key for w in self.workloads],
             "impls": [getattr(i, "name", i) for i in self.impls],
             "device": self.device,
             "timer": self.timer,
-            "policy": dataclasses.asdict(self.policy),
+            "policy": policy,
             "seed": self.seed,
             "params": self.params,
         }
         d.update({k: True for k in ("interleave", "discard_throttled") if getattr(self, k)})  # old hashes hold
+        if self.repeats != 1:
+            d["repeats"] = self.repeats
         return d
 
     def hash(self) -> str:
@@ -179,6 +188,7 @@ def finish_cell(p: Prepared, timing: TimingResult, clocks: ClockTrack | None = N
     typical = clocks.typical(timing.clocks_mhz) if clocks is not None else None
     if clocks is not None:
         clocks.add(timing.clocks_mhz)
+    sizes = list(timing.batch_sizes)
     if typical:
         extra["typical_mhz"] = typical
         if throttled(timing.clocks_mhz, typical):
@@ -186,9 +196,11 @@ def finish_cell(p: Prepared, timing: TimingResult, clocks: ClockTrack | None = N
             if discard_throttled:
                 timing, dropped = split_throttled(timing, typical)
                 extra["discarded_throttled"] = dropped
+                sizes = _without(sizes, dropped.get("indices", []))
     return Measurement(
         status="ok", samples_ms=tuple(timing.samples_ms), host_ms=tuple(timing.host_ms),
-        clocks_mhz=tuple(timing.clocks_mhz), stop_reason=timing.stop_reason, compile_ms=p.compile_ms,
+        clocks_mhz=tuple(timing.clocks_mhz), batch_sizes=tuple(sizes) if sum(sizes) == len(timing.samples_ms)
+        else (), stop_reason=timing.stop_reason, compile_ms=p.compile_ms,
         warmup_ms=timing.warmup_ms, rel_err=p.check.rel_err, tolerance=p.check.tolerance, backend=p.backend,
         peak_mem_mb=p.peak, extra=extra, **p.base)
 
@@ -207,6 +219,18 @@ def choose_timer(auto: AutoTimer, cells: list[Prepared], mode: str | None = None
             p.extra.setdefault("timer_choice", {}).update(chose=mode, fallback=why)
         auto.release(p.call, mode)
     return auto.timer(mode)
+
+
+def _without(sizes: list[int], dropped: list[int]) -> list[int]:
+    """Batch sizes after the samples at `dropped` (indices into the samples) were set aside; a batch may
+    become empty and is kept as 0, so batch k stays round k of an interleaved measurement."""
+    import bisect
+
+    ends = list(itertools.accumulate(sizes))
+    out = list(sizes)
+    for i in dropped:
+        out[bisect.bisect_right(ends, i)] -= 1
+    return out
 
 
 def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer | AutoTimer, policy: TimingPolicy,
@@ -367,13 +391,20 @@ def run(config: RunConfig, store: Store, *, timer: Timer | AutoTimer | None = No
         progress: bool | None = None, on_measurement: Callable[[Measurement], None] | None = None) -> int:
     """Measure every cell of the config and store each as soon as it is taken. Returns the run id.
 
-    With resume, the newest unfinished run of the same configuration continues, skipping stored cells.
+    With `config.repeats` N > 1 the sweep is measured N times, repeat-major: every cell once, then every
+    cell again (later passes in a shuffled order, seeded), each pass with fresh builds, inputs (seed + pass)
+    and interleaving order; a cell's repeats are merged into its one measurement (measure.repeats), which
+    is stored again after each pass. A cell that is not ok is not measured again.
+    With resume, the newest unfinished run of the same configuration continues, skipping stored cells
+    (and, with repeats, the repeats they already hold).
     `--timer auto` (the default) on a GPU picks graph or cold per cell (AutoTimer); on a CPU it is host.
     """
     device = resolve_device(config.device)
     impls = resolve_many(config.impls)
     if not config.workloads:
         raise UserError("the sweep has no workloads")
+    if config.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {config.repeats}")
     if timer is None and config.timer == "auto" and device.startswith("cuda"):
         timer = AutoTimer(lambda mode: make_timer(mode, device))
     timer = timer or make_timer(config.timer, device)
@@ -383,12 +414,12 @@ def run(config: RunConfig, store: Store, *, timer: Timer | AutoTimer | None = No
     ceilings = ceilings_for(fp, store.get("ceilings", eid))
     chash = config.hash()
     run_id = None
-    done: set[tuple[str, str, str]] = set()
+    stored: dict[tuple[str, str, str], Measurement] = {}
     if resume:
         previous = store.resumable_run(chash)
         if previous is not None:
             run_id = previous.run_id
-            done = store.cells(run_id)
+            stored = {m.cell: m for m in store.measurements(run_id)}
             store.reopen_run(run_id)
     if run_id is None:
         cfg = config.to_dict()
@@ -399,29 +430,55 @@ def run(config: RunConfig, store: Store, *, timer: Timer | AutoTimer | None = No
     cells = [(w, impl, p) for w in config.workloads for impl in impls
              for p in config.params.get(impl.name, [{}])]
     show = sys.stderr.isatty() if progress is None else progress
-    bar = _Progress(len(cells), show)
+    total = config.repeats
+    bar = _Progress(len(cells) * total, show)
     track = ClockTrack()
 
-    def emit(m: Measurement) -> None:
+    def key(cell) -> tuple[str, str, str]:
+        w, impl, params = cell
+        return (w.key, impl.name, params_key(params))
+
+    def emit(m: Measurement, rep: int) -> None:
+        if total > 1:
+            m = repeats.merge(stored.get(m.cell), m, rep, config.seed + rep)
         m = annotate(m, ceilings)
+        stored[m.cell] = m
         store.add(run_id, m)
         if on_measurement:
             on_measurement(m)
         bar.advance()
         _free(device)
 
-    try:
-        for group in workload_groups(cells):  # cells are workload-major
-            todo = [c for c in group if (c[0].key, c[1].name, params_key(c[2])) not in done]
-            for _ in range(len(group) - len(todo)):
+    def pending(group, rep: int):
+        """The cells of a group that still need pass `rep`: not stored yet (first pass), or ok with `rep`
+        repeats; the others only advance the bar."""
+        out = []
+        for cell in group:
+            m = stored.get(key(cell))
+            if repeats.repeats_done(m) != rep or (m is not None and not m.ok):
                 bar.advance()
-            for m in measure_workload(todo, device, timer, config.policy, config.seed, eid,
-                                      interleave=config.interleave, clocks=track,
-                                      discard_throttled=config.discard_throttled,
-                                      on_start=lambda some: bar.update(cell_text(some))):
-                emit(m)
-            if config.interleave:
-                _free(device)  # the group's shared inputs are released only here
+            else:
+                out.append(cell)
+        return out
+
+    try:
+        for rep in range(total):
+            order = random.Random(config.seed + rep)
+            rep_text = f" · repeat {rep + 1}/{total}" if total > 1 else ""
+            groups = workload_groups(cells)  # cells are workload-major
+            if rep:
+                order.shuffle(groups)
+            for group in groups:
+                todo = pending(group, rep)
+                if rep and not config.interleave:
+                    order.shuffle(todo)
+                for m in measure_workload(todo, device, timer, config.policy, config.seed + rep, eid,
+                                          interleave=config.interleave, clocks=track,
+                                          discard_throttled=config.discard_throttled,
+                                          on_start=lambda some: bar.update(cell_text(some) + rep_text)):
+                    emit(m, rep)
+                if config.interleave:
+                    _free(device)  # the group's shared inputs are released only here
     except KeyboardInterrupt:
         bar.close()
         store.finish_run(run_id, "interrupted")

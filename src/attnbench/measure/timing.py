@@ -4,16 +4,27 @@ A Timer turns "call fn n times" into n Samples (one synchronize per batch). `mea
 a first call timed on its own (compilation, graph capture, autotuning), warm-up by time, then batches
 of samples until the policy stops, with the stop reason recorded:
 
-- `converged`: at least `min_samples` and `min_time_ms`, and the 95% CI half-width of the median
-  (distribution-free, order statistics: `stats.relative_halfwidth`) is under `target_precision`;
+- `converged`: at least `min_samples`, `min_time_ms` and `min_batches` batches, and the 95% CI
+  half-width of the median is under `target_precision`. The half-width is batch-aware
+  (`rounds.batch_precision`): the sample-level one (order statistics) widened by how much the batches
+  disagree (the median's cluster-robust variance over its variance for independent samples), so noise
+  that moves whole batches (bursts, clock changes) keeps the measurement going instead of being
+  averaged away as if every sample were independent;
 - `sample-limit` / `time-limit`: `max_samples` reached, or `max_time_ms` of sampling spent (the time
   limit applies only once `min_samples` are in: a few samples are the least a median needs);
 - `fixed`: no target; exactly `max_samples` (unless the time limit came first).
 
-Batch sizes: each batch lasts at least MIN_BATCH_MS (so the per-batch synchronize and statistics cost
-stay small) and at most MAX_BATCH_MS (the SM clock is read once per batch), grows at most by doubling,
-and asks only for the samples the current precision predicts are missing (the half-width shrinks like
-1/sqrt(n)), so a converged measurement overshoots by little.
+Batches are the unit of evidence downstream (a run's CI resamples them; compare pairs interleaved
+cells round by round), so every measurement is spread over at least `min_batches` (MIN_BATCHES = 10
+by default) batches when its sample count allows: the samples still owed are divided over the batches
+still owed. Beyond that, each batch lasts at least MIN_BATCH_MS (so the per-batch synchronize and
+statistics cost stay small) and at most MAX_BATCH_MS (the SM clock is read once per batch), and asks
+only for the samples the current precision predicts are missing (the half-width shrinks like
+1/sqrt(n)), so a converged measurement overshoots by little. It grows at most by doubling the samples
+taken so far; when the batches disagree more than their samples predict (between-batch noise
+dominates: the batch-aware half-width above 1.5x the sample-level one) it grows no larger than the
+average batch, since then only more batches, not larger ones, narrow the interval. The size of every
+batch is recorded (`TimingResult.batch_sizes`).
 
 The vocabulary (TimingPolicy, Sample, TimingResult, the Timer protocol) lives in `protocol`, the host and
 fake timers in `timers`, the CUDA timers (cold / warm / graph) in `cuda_timers`, the NVML clock reader in
@@ -23,10 +34,12 @@ fake timers in `timers`, the CUDA timers (cold / warm / graph) in `cuda_timers`,
 from __future__ import annotations
 
 import math
+import uuid
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..analysis.rounds import batch_precision
 from ..analysis.stats import relative_halfwidth
 from ..errors import UserError
 from .clocks import split_throttled, throttle_mask, throttled  # noqa: F401  (public here too)
@@ -38,6 +51,8 @@ MAX_BATCH_MS = 100.0       # longest batch: one clock reading per batch, so this
 INTERLEAVE_BATCH_MS = 25.0 # longest batch when interleaving: short rounds spread drift evenly
 MAX_WARMUP_CALLS = 10_000
 PREDICT_MARGIN = 1.1       # ask for 10% more samples than the 1/sqrt(n) prediction
+MIN_BATCHES = TimingPolicy().min_batches  # every measurement spread over at least this many batches, by default
+BETWEEN_BATCH = 1.5        # batch-level half-width over the sample-level one above which batches stop growing
 
 
 def policy_from_options(*, samples: int | None = None, min_samples: int = 10, max_samples: int = 10_000,
@@ -71,9 +86,9 @@ def __getattr__(name: str):  # the CUDA timers, for `from attnbench.timing impor
     raise AttributeError(name)
 
 
-def _precision(xs: list[float]) -> float:
+def _precision(xs: list[float], sizes: list[int]) -> float:
     try:
-        return relative_halfwidth(xs)
+        return batch_precision(xs, sizes)
     except ValueError:  # empty or non-finite samples: never "converged"
         return math.inf
 
@@ -86,14 +101,19 @@ class _Sampler:
         self.timer, self.fn, self.p = timer, fn, policy
         self.max_batch_ms = max_batch_ms
         self.samples: list[Sample] = []
+        self.sizes: list[int] = []    # samples per batch, in order
         self.elapsed = 0.0            # wall ms spent in this callable's sample batches
         self.per_ms: float | None = None
-        self.batches = 0
-        self.precision = math.inf
+        self.precision = math.inf     # batch-aware (rounds.batch_precision)
+        self.sample_precision = math.inf
         self.reason = ""
         self.first_ms: float | None = None
         self.warm_ms = 0.0
         self.warm_calls = 0
+
+    @property
+    def batches(self) -> int:
+        return len(self.sizes)
 
     def first_call(self) -> None:
         t0 = self.timer.now_ms()
@@ -116,22 +136,27 @@ class _Sampler:
     def next_batch(self) -> int:
         p, n, per = self.p, len(self.samples), self.per_ms
         left = p.max_samples - n
-        floor = max(p.min_samples - n, 1)          # min_samples are owed whatever the growth rule
+        spread = max(1, p.min_batches - self.batches)  # batches still owed: what is owed is divided over them
+        owed = max(p.min_samples - n, 0)             # min_samples are owed whatever the growth rule
         if not per:
-            return min(left, floor)
+            return max(1, min(left, math.ceil(max(owed, 1) / spread)))
         if self.elapsed < p.min_time_ms:
-            floor = max(floor, math.ceil((p.min_time_ms - self.elapsed) / per))
+            owed = max(owed, math.ceil((p.min_time_ms - self.elapsed) / per))
+        floor = max(1, math.ceil(owed / spread))
         hi_time = max(1, math.ceil((p.max_time_ms - self.elapsed) / per))
         if p.target_precision is None:
-            b = max(floor, hi_time)
+            b = max(floor, math.ceil(min(left, hi_time) / spread))
         else:
             lo = max(1, math.ceil(MIN_BATCH_MS / per))
-            hi = min(max(lo, n), hi_time)          # at most double
+            if self.precision > BETWEEN_BATCH * self.sample_precision and math.isfinite(self.precision):
+                cap = max(lo, math.ceil(n / max(1, self.batches)))   # more batches, not larger ones
+            else:
+                cap = max(lo, n)                                     # at most double
             if math.isfinite(self.precision) and n:
                 need = math.ceil(n * ((self.precision / p.target_precision) ** 2 - 1.0) * PREDICT_MARGIN)
             else:
                 need = max(6 - n, n)
-            b = max(floor, min(max(need, lo), hi))
+            b = max(floor, min(max(math.ceil(need / spread), lo), cap, hi_time))
         return max(1, min(left, b, int(self.max_batch_ms / per)))
 
     def step(self) -> bool:
@@ -141,14 +166,22 @@ class _Sampler:
         got = self.timer.run(self.fn, b)
         dt = self.timer.now_ms() - t0
         self.samples.extend(got)
+        self.sizes.append(len(got))
         self.elapsed += dt
-        self.batches += 1
         if got:
             self.per_ms = dt / len(got)
         if self.p.target_precision is not None:
-            self.precision = _precision([s.device_ms for s in self.samples])
+            self._update_precision()
         self.reason = self._stop()
         return bool(self.reason)
+
+    def _update_precision(self) -> None:
+        xs = [s.device_ms for s in self.samples]
+        try:
+            self.sample_precision = relative_halfwidth(xs)
+            self.precision = batch_precision(xs, self.sizes)
+        except ValueError:  # empty or non-finite samples: never "converged"
+            self.sample_precision = self.precision = math.inf
 
     def _stop(self) -> str:
         p, n = self.p, len(self.samples)
@@ -156,7 +189,8 @@ class _Sampler:
             if n >= p.max_samples:
                 return "fixed"
         else:
-            if n >= p.min_samples and self.elapsed >= p.min_time_ms and self.precision <= p.target_precision:
+            enough = n >= p.min_samples and self.elapsed >= p.min_time_ms and self.batches >= p.min_batches
+            if enough and self.precision <= p.target_precision:
                 return "converged"
             if n >= p.max_samples:
                 return "sample-limit"
@@ -179,8 +213,8 @@ class _Sampler:
             host_ms=[x.host_ms for x in s if x.host_ms is not None],
             clocks_mhz=[x.clock_mhz for x in s if x.clock_mhz is not None],
             stop_reason=self.reason, first_call_ms=self.first_ms, warmup_ms=self.warm_ms,
-            warmup_calls=self.warm_calls, precision=_precision(xs) if xs else None,
-            sampling_ms=self.elapsed, batches=self.batches, info=info)
+            warmup_calls=self.warm_calls, precision=_precision(xs, self.sizes) if xs else None,
+            sampling_ms=self.elapsed, batches=self.batches, batch_sizes=list(self.sizes), info=info)
 
 
 def _release(timer: Timer, fn: Callable) -> None:
@@ -209,10 +243,14 @@ def measure_interleaved(timer: Timer, calls: Mapping[str, Callable[[], object]],
     Google Benchmark's random interleaving: each round gives every unfinished callable one batch (of
     at most INTERLEAVE_BATCH_MS), in an order shuffled per round by a generator seeded with `seed`.
     First calls, then warm-ups, come first; each callable stops by its own policy and then leaves the
-    rotation. With `errors` given, a
-    callable that raises is dropped, its exception stored there under its name; otherwise it raises.
+    rotation, so batch k of every callable was taken in round k (`TimingResult.batch_sizes`; compare pairs
+    rounds on that). info['interleaved'] holds the rounds taken, the seed, the number of callables and a
+    `session` id shared by the callables of this call (pairing by round is valid only within one session).
+    With `errors` given, a callable that raises is dropped, its exception stored there under its name;
+    otherwise it raises.
     """
     rng = np.random.default_rng(seed)
+    session = uuid.uuid4().hex[:12]
     samplers = {name: _Sampler(timer, fn, policy, INTERLEAVE_BATCH_MS) for name, fn in calls.items()}
     rounds: dict[str, int] = {name: 0 for name in samplers}
 
@@ -244,7 +282,7 @@ def measure_interleaved(timer: Timer, calls: Mapping[str, Callable[[], object]],
         out = {}
         for name, s in samplers.items():
             r = s.result()
-            r.info["interleaved"] = {"rounds": rounds[name], "seed": seed, "of": len(calls)}
+            r.info["interleaved"] = {"rounds": rounds[name], "seed": seed, "of": len(calls), "session": session}
             out[name] = r
         return out
     finally:

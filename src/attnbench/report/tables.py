@@ -23,28 +23,43 @@ class Row:
     gbps: float | None = None
     host_median_ms: float | None = None
     roofline: dict[str, Any] | None = None  # metrics.assess: % of peak, regime, plausibility
+    batches: int = 0                        # non-empty batches the CI resampled (blocks, when not recorded)
+    repeat_spread: float | None = None      # max/min - 1 of the repeats' medians (run --repeats)
 
     def to_dict(self) -> dict[str, Any]:
         d = measurement_to_dict(self.m)
         d["summary"] = {
             "median_ms": self.median_ms, "ci95_ms": list(self.ci) if self.ci else None,
             "tflops": self.tflops, "gbps": self.gbps, "host_median_ms": self.host_median_ms,
-            "n": len(self.m.samples_ms), "flops": metrics.flops(self.m.workload),
+            "n": len(self.m.samples_ms), "batches": self.batches,
+            "ci_method": CI_METHOD if self.m.batch_sizes else CI_METHOD_UNKNOWN,
+            "repeats": len(self.m.extra.get("repeats") or ()) or 1, "repeat_spread": self.repeat_spread,
+            "flops": metrics.flops(self.m.workload),
             "min_bytes": metrics.min_bytes(self.m.workload), "roofline": self.roofline,
         }
         return d
 
 
+CI_METHOD = ("bootstrap over batches: each resample draws the measurement's batches with replacement, keeping "
+             "each batch's samples together (expanded percentile, seeded)")
+CI_METHOD_UNKNOWN = ("bootstrap over 10 contiguous blocks of the samples in time order (batch sizes were not "
+                     "recorded: stored before schema 2)")
+
+
 def summarize(m: Measurement, seed: int = 0, ceilings=None) -> Row:
     if not m.ok:
         return Row(m)
-    from ..analysis.stats import median, median_ci
+    from ..analysis.rounds import block_median_ci, split
+    from ..analysis.stats import median
+    from ..measure.repeats import spread
 
     med = median(m.samples_ms)
-    ci = median_ci(m.samples_ms, seed=seed)
+    ci = block_median_ci(m.samples_ms, m.batch_sizes or None, seed=seed)
+    batches = sum(1 for b in split(m.samples_ms, m.batch_sizes or None) if b.size)
     host = median(m.host_ms) if m.host_ms and m.timer != "host" else None
     roof = metrics.assess(m.workload, med, host, ceilings) if ceilings is not None else None
-    return Row(m, med, ci, metrics.tflops_per_s(m.workload, med), metrics.gb_per_s(m.workload, med), host, roof)
+    return Row(m, med, ci, metrics.tflops_per_s(m.workload, med), metrics.gb_per_s(m.workload, med), host, roof,
+               batches, spread(m))
 
 
 def run_ceilings(store: Store, env_id: str):
@@ -109,9 +124,27 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
         lines.append(f"- Samples per measurement: {min(ns)}–{max(ns)} (stop: {', '.join(stops) or 'n/a'}), "
                      "after a first call timed apart (compilation) and a warm-up by time; every raw sample "
                      "is kept in the store.")
-    lines.append("- Median with a 95% bootstrap confidence interval (BCa, seeded) of the median.")
-    lines.append("- Note column: samples and stop reason (converged: the median's 95% CI half-width from order "
-                 "statistics fell under the target; time-limit, sample-limit, fixed) with that half-width; the "
+    lines.append(f"- Median with a 95% confidence interval of the median by a {CI_METHOD}. It covers the "
+                 "sampling noise and noise that moved whole batches during this measurement (a burst of "
+                 "background work, a clock or power change). It does not cover what changes between "
+                 "measurements: another build and inputs, another process, another day, another card of the "
+                 "same model (clocks, memory placement, driver state) can move a median by more than this "
+                 "interval; compare kernels measured together (`attnbench compare` interleaves them), and see "
+                 "the spread across repeats (`--repeats`) for what re-measuring does.")
+    unknown = sum(1 for r in ok if not r.m.batch_sizes)
+    if unknown:
+        lines.append(f"- {unknown} measurement(s) without recorded batch sizes: their interval is a "
+                     f"{CI_METHOD_UNKNOWN}, which may understate between-batch noise.")
+    reps = sorted({len(r.m.extra.get("repeats") or ()) for r in ok} - {0})
+    if reps:
+        lines.append(f"- Repeats: the sweep was measured {'/'.join(map(str, reps))} times, one pass over every cell "
+                     "after another (later passes in a shuffled order), each with a fresh build and inputs; a "
+                     "cell's samples pool its repeats, and the note gives the spread of the repeats' medians "
+                     "(max/min - 1). A spread much wider than the interval says that the interval understates "
+                     "what re-measuring does.")
+    lines.append("- Note column: samples, batches and stop reason (converged: the median's 95% CI half-width, "
+                 "from order statistics and widened by how much the batches disagree (the median's design effect "
+                 "over batches), fell under the target; time-limit, sample-limit, fixed) with that half-width; the "
                  "IQR over the median; the share of samples beyond 3 IQR (kept, never dropped); the median SM "
                  "clock (NVML, read mid-batch); THROTTLED when a reading fell > 10% below the run's typical "
                  "clock (the median of the measurements' median clocks).")
@@ -153,14 +186,21 @@ def pct_text(roof: dict[str, Any]) -> str:
 
 
 def timing_note(m: Measurement, typical_mhz: float | None) -> str:
-    """Samples, stop reason and precision, IQR, the share beyond 3 IQR, SM clock, throttling."""
+    """Samples, batches, stop reason and precision, spread across repeats, IQR, the share beyond 3 IQR, SM
+    clock, throttling."""
     from ..analysis.stats import iqr, median, outlier_fraction
+    from ..measure.repeats import spread
     from ..measure.timing import throttled
 
     med = median(m.samples_ms)
-    parts = [f"n={len(m.samples_ms)} {m.stop_reason}".strip()]
+    batches = sum(1 for b in m.batch_sizes if b) if m.batch_sizes else None
+    parts = [f"n={len(m.samples_ms)}" + (f" in {batches} batches" if batches else "") + f" {m.stop_reason}".rstrip()]
     if m.extra.get("precision") is not None:
         parts[0] += f" ±{100 * m.extra['precision']:.2g}%"
+    s = spread(m)
+    if s is not None:
+        size = f"{100 * s:.2g}%" if s < 1 else f"{1 + s:.3g}x"  # max/min: 4% apart, or 181x apart
+        parts.append(f"spread across {len(m.extra['repeats'])} repeats {size}")
     parts.append(f"IQR {100 * iqr(m.samples_ms) / med:.2g}%")
     out = outlier_fraction(m.samples_ms)
     if out > 0:

@@ -143,17 +143,25 @@ class Store:
         return self._run_info(row) if row else None
 
     # -- measurements ---------------------------------------------------------------------------
+    _COLUMNS = ("run_id", "workload_key", "workload", "impl", "params", "status", "reason", "env_id", "device",
+                "timer", "samples_ms", "host_ms", "clocks_mhz", "batch_sizes", "stop_reason", "compile_ms",
+                "warmup_ms", "rel_err", "tolerance", "backend", "peak_mem_mb", "extra", "created")
+    _CELL = ("run_id", "workload_key", "impl", "params", "timer")
+
     def add(self, run_id: int, m: Measurement) -> None:
-        """Insert (or replace) one measurement and commit at once: an interruption loses nothing stored."""
+        """Insert one measurement, or update the stored one of the same cell in place (its position in the run
+        is kept: a cell measured again, e.g. one more repeat, stays where the sweep put it), and commit at
+        once: an interruption loses nothing stored."""
+        cols = ", ".join(self._COLUMNS)
+        update = ", ".join(f"{c}=excluded.{c}" for c in self._COLUMNS if c not in self._CELL)
         with self.db:
             self.db.execute(
-                "INSERT OR REPLACE INTO measurements (run_id, workload_key, workload, impl, params, status, "
-                "reason, env_id, device, timer, samples_ms, host_ms, clocks_mhz, stop_reason, compile_ms, "
-                "warmup_ms, rel_err, tolerance, backend, peak_mem_mb, extra, created) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO measurements ({cols}) VALUES ({', '.join('?' * len(self._COLUMNS))}) "
+                f"ON CONFLICT ({', '.join(self._CELL)}) DO UPDATE SET {update}",
                 (run_id, m.workload.key, json.dumps(m.workload.to_dict()), m.impl, params_key(m.params),
                  m.status, m.reason, m.env_id, m.device, m.timer, json.dumps(list(m.samples_ms)),
-                 json.dumps(list(m.host_ms)), json.dumps(list(m.clocks_mhz)), m.stop_reason, m.compile_ms,
+                 json.dumps(list(m.host_ms)), json.dumps(list(m.clocks_mhz)),
+                 json.dumps(list(m.batch_sizes)) if m.batch_sizes else None, m.stop_reason, m.compile_ms,
                  m.warmup_ms, m.rel_err, m.tolerance, m.backend, m.peak_mem_mb,
                  json.dumps(m.extra, default=str), time.time()))
 
@@ -164,7 +172,9 @@ class Store:
             params=json.loads(row["params"]) if row["params"] else {}, reason=row["reason"],
             env_id=row["env_id"], device=row["device"], timer=row["timer"],
             samples_ms=tuple(json.loads(row["samples_ms"])), host_ms=tuple(json.loads(row["host_ms"])),
-            clocks_mhz=tuple(json.loads(row["clocks_mhz"])), stop_reason=row["stop_reason"],
+            clocks_mhz=tuple(json.loads(row["clocks_mhz"])),
+            batch_sizes=tuple(json.loads(row["batch_sizes"])) if row["batch_sizes"] else (),
+            stop_reason=row["stop_reason"],
             compile_ms=row["compile_ms"], warmup_ms=row["warmup_ms"], rel_err=row["rel_err"],
             tolerance=row["tolerance"], backend=row["backend"], peak_mem_mb=row["peak_mem_mb"],
             extra=json.loads(row["extra"]), run_id=row["run_id"])
@@ -223,15 +233,15 @@ def measurement_to_dict(m: Measurement) -> dict[str, Any]:
         "workload": m.workload.to_dict(), "impl": m.impl, "params": m.params, "status": m.status,
         "reason": m.reason, "env_id": m.env_id, "device": m.device, "timer": m.timer,
         "samples_ms": list(m.samples_ms), "host_ms": list(m.host_ms), "clocks_mhz": list(m.clocks_mhz),
-        "stop_reason": m.stop_reason, "compile_ms": m.compile_ms, "warmup_ms": m.warmup_ms,
-        "rel_err": m.rel_err, "tolerance": m.tolerance, "backend": m.backend, "peak_mem_mb": m.peak_mem_mb,
-        "extra": m.extra,
+        "batch_sizes": list(m.batch_sizes), "stop_reason": m.stop_reason, "compile_ms": m.compile_ms,
+        "warmup_ms": m.warmup_ms, "rel_err": m.rel_err, "tolerance": m.tolerance, "backend": m.backend,
+        "peak_mem_mb": m.peak_mem_mb, "extra": m.extra,
     }
 
 
 def measurement_from_dict(d: dict[str, Any]) -> Measurement:
     d = dict(d)
     d["workload"] = Workload.from_dict(d["workload"])
-    for key in ("samples_ms", "host_ms", "clocks_mhz"):
-        d[key] = tuple(d.get(key, ()))
+    for key in ("samples_ms", "host_ms", "clocks_mhz", "batch_sizes"):  # batch_sizes: absent before schema 2
+        d[key] = tuple(d.get(key) or ())
     return Measurement(**d)

@@ -29,6 +29,8 @@ class Measurement:
     samples_ms: tuple[float, ...] = ()   # device time per sample (host time for the host timer)
     host_ms: tuple[float, ...] = ()      # host-side time per call, beside the device time
     clocks_mhz: tuple[float, ...] = ()   # SM clock read around each sample, where known
+    batch_sizes: tuple[int, ...] = ()    # samples in each batch, in order (interleaved: batch k is round k);
+                                         # () = structure unknown (stored before schema 2)
     stop_reason: str = ""                # converged / time-limit / sample-limit / fixed
     compile_ms: float | None = None      # first call (compilation, autotuning, handle creation)
     warmup_ms: float | None = None
@@ -42,6 +44,8 @@ class Measurement:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"unknown status {self.status!r}")
+        if self.batch_sizes and (sum(self.batch_sizes) != len(self.samples_ms) or min(self.batch_sizes) < 0):
+            raise ValueError(f"batch_sizes sum to {sum(self.batch_sizes)}, not to the {len(self.samples_ms)} samples")
 
     @property
     def ok(self) -> bool:

@@ -2,11 +2,13 @@
 
 History (bump SCHEMA_VERSION and add a migration for every change):
   1: runs, environments, measurements (raw samples, host times and clocks as JSON arrays).
+  2: measurements.batch_sizes: the samples in each batch, in order, as a JSON array (NULL: rows stored
+     before version 2, whose batch structure is unknown).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_1 = """
 CREATE TABLE environments (
@@ -60,5 +62,9 @@ CREATE TABLE kv (
 );
 """
 
+_BATCH_SIZES_2 = """
+ALTER TABLE measurements ADD COLUMN batch_sizes TEXT;
+"""
+
 # version -> script that upgrades from version-1. Version 1 is the initial schema.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_1}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_1, 2: _BATCH_SIZES_2}
