@@ -142,7 +142,7 @@ def test_schema_1_database_is_migrated_and_its_rows_have_unknown_structure(tmp_p
     con.commit()
     con.close()
     with Store(path) as s:
-        assert s.schema_version == SCHEMA_VERSION == 2
+        assert s.schema_version == SCHEMA_VERSION == 3
         (old,) = s.measurements(1)
         assert old.samples_ms == (1.0, 2.0, 3.0) and old.batch_sizes == () and old.ok
         s.add(1, m(impl="new", batch_sizes=(2, 1)))
@@ -169,3 +169,29 @@ def test_export_import_carries_batch_sizes_and_reads_old_exports(tmp_path):
         del data["measurements"][0]["batch_sizes"]  # an export written before schema 2
         data["schema_version"] = 1
         assert b.measurements(b.import_run(data))[0].batch_sizes == ()
+
+
+def test_schema_2_rows_get_the_mask_fields_of_their_causal_flag(tmp_path):
+    from attnbench.store.schema import MIGRATIONS
+
+    path = tmp_path / "v2.db"
+    con = sqlite3.connect(path)
+    for v in (1, 2):
+        con.executescript(MIGRATIONS[v])
+    con.execute("PRAGMA user_version = 2")
+    con.execute("INSERT INTO runs (created, env_id, config) VALUES (1.0, 'e1', '{}')")
+    old = {"batch": 2, "q_heads": 4, "kv_heads": 4, "q_len": 64, "kv_len": 64, "head_dim": 32, "dtype": "fp16",
+           "direction": "fwd"}
+    for impl, causal in (("a", True), ("b", False)):
+        w = dict(old, causal=causal)
+        con.execute("INSERT INTO measurements (run_id, workload_key, workload, impl, status, samples_ms, created) "
+                    "VALUES (1, ?, ?, ?, 'ok', '[1.0]', 1.0)", (Workload.from_dict(w).key, json.dumps(w), impl))
+    con.commit()
+    con.close()
+    with Store(path) as s:
+        assert s.schema_version == 3
+        rows = {r[0]: json.loads(r[1]) for r in s.db.execute("SELECT impl, workload FROM measurements")}
+        assert (rows["a"]["mask"], rows["b"]["mask"]) == ("causal", "full")
+        assert rows["a"]["score_mod"] == "" and rows["b"]["layout"] == "dense"
+        got = {m.impl: m.workload for m in s.measurements(1)}
+        assert got["a"] == Workload.from_dict(dict(old, causal=True)) and got["a"].key.endswith("_causal_fwd")

@@ -4,11 +4,14 @@ History (bump SCHEMA_VERSION and add a migration for every change):
   1: runs, environments, measurements (raw samples, host times and clocks as JSON arrays).
   2: measurements.batch_sizes: the samples in each batch, in order, as a JSON array (NULL: rows stored
      before version 2, whose batch structure is unknown).
+  3: the stored workload (measurements.workload, JSON) carries `mask`, `score_mod` and `layout`: rows
+     stored before them get mask 'causal' or 'full' from their `causal` flag, no score modifier and a
+     dense layout (their keys do not change: a full or causal dense workload's key is as before).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA_1 = """
 CREATE TABLE environments (
@@ -66,5 +69,15 @@ _BATCH_SIZES_2 = """
 ALTER TABLE measurements ADD COLUMN batch_sizes TEXT;
 """
 
+_WORKLOAD_MASKS_3 = """
+UPDATE measurements SET workload = json_set(workload, '$.mask',
+    CASE WHEN json_extract(workload, '$.causal') THEN 'causal' ELSE 'full' END)
+    WHERE json_type(workload, '$.mask') IS NULL;
+UPDATE measurements SET workload = json_set(workload, '$.score_mod', '')
+    WHERE json_type(workload, '$.score_mod') IS NULL;
+UPDATE measurements SET workload = json_set(workload, '$.layout', 'dense')
+    WHERE json_type(workload, '$.layout') IS NULL;
+"""
+
 # version -> script that upgrades from version-1. Version 1 is the initial schema.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_1, 2: _BATCH_SIZES_2}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_1, 2: _BATCH_SIZES_2, 3: _WORKLOAD_MASKS_3}
