@@ -303,3 +303,12 @@ def test_flagged_list_is_empty_when_nothing_needs_attention(store, characterize)
     page = htmlreport.render_run(store, rid)
     assert _flagged_items(page) == [] and "<p>Nothing flagged.</p>" in page
 
+
+def test_methods_state_the_correctness_criterion(store, run_id):
+    from attnbench.measure.criteria import CRITERION
+
+    md = report.methods(report.rows_for(store, run_id), ENV, {})
+    bullet = next(line for line in md.splitlines() if line.startswith("- Correctness:"))
+    assert CRITERION in bullet and "2x eager math's" in bullet and "(batch, head, row)" in bullet
+    page = htmlreport.render_run(store, run_id)
+    assert "2x eager math&#x27;s (4x for gradients" in page and "TF32 matmuls allowed" in page
