@@ -267,12 +267,13 @@ def test_the_last_batch_element_of_a_large_shape_is_checked(monkeypatch):
 def test_gradient_plan_narrows_to_the_first_and_last_kv_group(monkeypatch):
     w = Workload(batch=3, q_heads=8, kv_heads=4, q_len=64, kv_len=64, head_dim=16, dtype="bf16", direction="bwd",
                  score_mod="alibi")
-    assert plan(w) == correctness.Plan([0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3])
+    assert plan(w) == correctness.Plan([0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2])
     monkeypatch.setattr(correctness, "GRAD_REFERENCE_ELEMENTS", 3 * 4 * 64 * 64)
     p = plan(w)
-    assert p.grad_kv_heads == [0, 3] and p.batches == [0, 1, 2] and "KV heads 0, 3" in p.note
+    assert p.grad_kv_heads == [0, 3] and p.grad_batches == [0, 1, 2] and "KV heads 0, 3" in p.note
     monkeypatch.setattr(correctness, "GRAD_REFERENCE_ELEMENTS", 8 * 64 * 64)
-    assert plan(w).grad_kv_heads == [0, 3] and plan(w).batches == [2]
+    p = plan(w)
+    assert p.grad_kv_heads == [0, 3] and p.grad_batches == [2] and p.batches == [0, 1, 2]   # the output: all
     monkeypatch.setattr(correctness, "GRAD_REFERENCE_ELEMENTS", 2 * 64 * 64)
     assert plan(w).grad_kv_heads == [] and "gradients not checked" in plan(w).note
 
@@ -287,6 +288,9 @@ def test_gradient_plan_narrows_to_the_first_and_last_kv_group(monkeypatch):
     assert not r.ok and " in dv " in r.reason and "KV head 3" in r.reason, r.reason
     assert r.details["out"]["margin"] <= 1.0 and "gradients checked on KV heads 0, 3" in r.note
     assert r.details["dq"]["head"]["at"][1] in (0, 1, 6, 7)   # query heads of KV heads 0 and 3
+    monkeypatch.setattr(correctness, "GRAD_REFERENCE_ELEMENTS", 8 * 64 * 64)   # the last batch element only
+    r = check(last_kv_head_dv_wrong, w, "cpu", seed=3)
+    assert not r.ok and "KV head 3 (batch 2)" in r.reason and r.details["out"]["head"]["at"][0] in (0, 1, 2)
 
 
 def test_judge_in_blocks_of_heads_is_judge_in_one_piece(monkeypatch):

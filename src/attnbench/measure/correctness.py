@@ -1,4 +1,4 @@
-"""Is it right: an impl's output and gradients against float64, eager math in the same dtype the yardstick."""
+"""Is it right: an impl's output and gradients against float64, eager math in the same dtype as the yardstick."""
 
 from __future__ import annotations
 
@@ -101,6 +101,7 @@ class Plan:
     batches: list[int]
     kv_heads: list[int]
     grad_kv_heads: list[int] = field(default_factory=list)   # empty: gradients not checked
+    grad_batches: list[int] = field(default_factory=list)
     note: str = ""
 
 
@@ -112,15 +113,15 @@ def plan(w: Workload) -> Plan:
     if w.direction == "fwd":
         return p
     group = w.q_heads // w.kv_heads
-    p.grad_kv_heads = heads
+    p.grad_kv_heads, p.grad_batches = heads, batches
     if len(batches) * per_batch > GRAD_REFERENCE_ELEMENTS:
         p.grad_kv_heads = sorted({0, w.kv_heads - 1})
         p.note = f"gradients checked on KV heads {', '.join(map(str, p.grad_kv_heads))} (and their query heads)"
         if len(batches) * len(p.grad_kv_heads) * group * w.q_len * w.kv_len > GRAD_REFERENCE_ELEMENTS:
-            p.batches = batches[-1:]
+            p.grad_batches = batches[-1:]
             p.note += f" of batch element {batches[-1]}"
-        if len(p.batches) * len(p.grad_kv_heads) * group * w.q_len * w.kv_len > GRAD_REFERENCE_ELEMENTS:
-            p.batches, p.grad_kv_heads = batches, []
+        if len(p.grad_batches) * len(p.grad_kv_heads) * group * w.q_len * w.kv_len > GRAD_REFERENCE_ELEMENTS:
+            p.grad_batches, p.grad_kv_heads = [], []
             p.note = "gradients not checked: the float64 reference would take too long; the output is checked"
         else:
             p.note += ": the float64 reference over all of them would take too long"
@@ -337,23 +338,24 @@ def check(fn: AttnFn, workload: Workload, device: str, seed: int | None = None) 
     del out
 
     g = w.q_heads // w.kv_heads
-    checks: list[tuple[str, list[int], dict[str, Any]]] = []   # (tensor, kv heads, references)
+    checks: list[tuple[str, list[int], list[int], dict[str, Any]]] = []   # (tensor, batches, kv heads, refs)
     if p.grad_kv_heads:
-        refs = references(q, k, v, inputs.grad_out, w, p.batches, p.grad_kv_heads, q.dtype)
-        checks += [(n, p.grad_kv_heads, refs) for n in ("dq", "dk", "dv")]
-        if p.grad_kv_heads == p.kv_heads:
-            checks.insert(0, ("out", p.kv_heads, refs))
+        refs = references(q, k, v, inputs.grad_out, w, p.grad_batches, p.grad_kv_heads, q.dtype)
+        checks += [(n, p.grad_batches, p.grad_kv_heads, refs) for n in ("dq", "dk", "dv")]
+        if (p.grad_batches, p.grad_kv_heads) == (p.batches, p.kv_heads):
+            checks.insert(0, ("out", p.batches, p.kv_heads, refs))
     if not checks or checks[0][0] != "out":
-        checks.insert(0, ("out", p.kv_heads, references(q, k, v, None, w, p.batches, p.kv_heads, q.dtype)))
+        refs = references(q, k, v, None, w, p.batches, p.kv_heads, q.dtype)
+        checks.insert(0, ("out", p.batches, p.kv_heads, refs))
 
     details: dict[str, Any] = {}
-    for name, kv, refs in checks:
+    for name, batches, kv, refs in checks:
         heads = kv if name in ("dk", "dv") else [j * g + i for j in kv for i in range(g)]
-        verdict = judge(_select(got[name], p.batches, heads), refs["ref"][name], refs["trusted"][name],
+        verdict = judge(_select(got[name], batches, heads), refs["ref"][name], refs["trusted"][name],
                         rule_for(w.dtype, name), refs.get("allowance", {}).get(name), refs.get("spread", {}).get(name))
         for crit in ("element", "row", "head"):   # indices of the problem, not of the checked selection
             at = verdict[crit]["at"]
-            at[0], at[1] = p.batches[at[0]], heads[at[1]]
+            at[0], at[1] = batches[at[0]], heads[at[1]]
         details[name] = verdict
     err = max(d["rel_err"] for d in details.values())
     tol = max(d["global_limit"] for d in details.values())
