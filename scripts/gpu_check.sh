@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
-# Sections: env, tests, run, warm, flag, executor, workloads, adapters, triton, hf, benchmarks (= timer, ncu,
-# tune, dispatch, gate, compare, aa), all (default). `all` takes longer than one 10-minute device call: split it.
+# Sections: env, tests, run, warm, flag, correctness, executor, workloads, adapters, triton, hf, benchmarks
+# (= timer, ncu, tune, dispatch, gate, compare, aa), all (default). `all` takes longer than one 10-minute device
+# call: split it.
 # `adapters` installs .whl/nvidia_cudnn_frontend-*.whl when present (into /tmp, for its own commands only);
 # `triton` takes about 8 minutes alone (TRITON_FA_ARGS=--quick for ~2).
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
@@ -130,6 +131,29 @@ if want workloads; then
       "${opts[@]}"
     python3 scripts/run_summary.py "$DB" >> "$SUMMARY" 2>&1
   done
+fi
+
+if want correctness; then
+  # Issue 13: the correctness gate judges each kernel against float64 with eager math in the same dtype as the
+  # yardstick. benchmarks/correctness_margins.py checks every built-in impl on the presets (characterize,
+  # llm-prefill) in bf16 and fp16, gradients at three shapes, and the corrupted fixtures (errors in >= 1% of
+  # the rows), and prints how close the correct kernels came to the limits. Then the corrupted fixtures go
+  # through `attnbench run` as a user's kernels would, beside sdpa-flash: they must be stored `incorrect`.
+  say "## correctness gate: correct kernels pass, corrupted ones fail"
+  step "correctness margins" python3 benchmarks/correctness_margins.py --out "$OUT/json"
+  sed -n '/^# correctness margins/,/^correctness margins:/p' "$BENCH" | grep -v '^$' >> "$SUMMARY"
+  grep -q '^correctness margins: PASS' "$BENCH" || say "**CORRECTNESS FAIL: a correct kernel was incorrect or a corrupted one passed (bench.log)**"
+  fx=tests.fixtures.kernels
+  step "run corrupted fixtures" python3 -m attnbench run -b 8 -H 8 -s 1024 -d 64 --causal --dtype bf16,fp16 \
+    -i $fx:tail_rows_miss_keys,$fx:skips_tail_key_tile,$fx:one_head_off,sdpa-flash --db "$DB" -q --name corrupted
+  python3 -m attnbench report --db "$DB" | sed -n '/^| workload/,/^$/p' | cut -c1-400 >> "$SUMMARY"
+  bad=$(python3 -m attnbench report --db "$DB" --format json | python3 -c "
+import json, sys
+rows = json.load(sys.stdin)['measurements']
+fixture = [m for m in rows if m['impl'].startswith('tests.fixtures')]
+print(sum(m['status'] != 'incorrect' for m in fixture) + sum(m['status'] != 'ok' for m in rows if m['impl'] == 'sdpa-flash'))")
+  [ "$bad" = 0 ] && say "- corrupted fixtures through the CLI: all incorrect, sdpa-flash ok" \
+    || say "**CORRECTNESS FAIL: $bad fixture rows not incorrect (or sdpa-flash not ok) through the CLI**"
 fi
 
 for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing dispatch_overhead gate_power compare_checks \

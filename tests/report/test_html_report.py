@@ -238,3 +238,77 @@ def test_cli_formats(store, run_id, tmp_path):
     for bad in (["report", "--format", "pdf"], ["report", "--history", "--format", "csv"],
                 ["report", "1", "--history"], ["report", "1", "--impl", "x"]):
         assert runner.invoke(app, bad + ["--db", db]).exit_code != 0
+
+
+def _flagged_items(page: str) -> list[str]:
+    """The Flagged list's top-level items, as text (tags stripped, whitespace collapsed)."""
+    section = page[page.index("<h3>Flagged</h3>"):page.index('<h2 id="plots">')]
+    section = re.sub(r"<details>.*?</summary>.*?</details>", lambda m: m.group(0).split("</summary>")[0],
+                     section, flags=re.S)   # a collapsed list counts as its one summary line
+    items = re.findall(r"<li>(.*?)</li>", section, flags=re.S)
+    return [" ".join(re.sub(r"<[^>]+>", " ", x).split()) for x in items]
+
+
+def test_flagged_list_puts_problems_first_and_host_bound_in_one_line(store, characterize):
+    """A characterize run on an H200 flagged 35 of 35 rows host-bound, burying what mattered."""
+    from attnbench.analysis import metrics
+
+    rid = store.start_run("envA", {}, name="many host-bound")
+    for i, w in enumerate(characterize):
+        for j, impl in enumerate(SPEED):
+            ms = metrics.flops(w) / (40.0 * 1e9) * (j + 1)   # 40 TFLOP/s and slower: plausible everywhere
+            store.add(rid, Measurement(workload=w, impl=impl, status="ok", timer="cold", env_id="envA", device="cuda",
+                                       samples_ms=_samples(ms, i * 10 + j), host_ms=_samples(3 * ms, i * 10 + j + 5),
+                                       clocks_mhz=(1755.0,) * 30, stop_reason="converged", rel_err=1e-4))
+    w0, w1 = characterize[0], characterize[1]
+    store.add(rid, Measurement(workload=w1, impl="cache-warm", status="ok", timer="cold", env_id="envA",
+                               device="cuda", samples_ms=_samples(1e-5, 3), host_ms=_samples(1e-6, 4),
+                               stop_reason="converged", rel_err=1e-4))
+    store.add(rid, Measurement(workload=w1, impl="hot-card", status="ok", timer="cold", env_id="envA", device="cuda",
+                               samples_ms=_samples(2.0, 5), host_ms=_samples(0.1, 6),
+                               clocks_mhz=(1755.0,) * 15 + (1000.0,) * 15, stop_reason="converged", rel_err=1e-4))
+    store.add(rid, Measurement(workload=w0, impl="oom-kernel", status="oom", reason="out of memory during first call",
+                               timer="cold", env_id="envA", device="cuda"))
+    store.add(rid, Measurement(workload=w0, impl="crashes", status="error", reason="first call: boom", timer="cold",
+                               env_id="envA", device="cuda"))
+    store.add(rid, Measurement(workload=w1, impl="tail-rows", status="incorrect", timer="cold", env_id="envA",
+                               device="cuda", rel_err=2.4e-3,
+                               reason="relative error 0.097 in out row 1017 head 1 (batch 0): 25.4x the fp16 math "
+                                      "error there (limit 6.1x)"))
+    store.finish_run(rid)
+    page = htmlreport.render_run(store, rid)
+    items = _flagged_items(page)
+    n_host = 3 * len(characterize)
+    assert items[0].startswith("incorrect B32 H8 S256 D64 fp16 · tail-rows: relative error 0.097 in out row 1017")
+    assert "25.4x the fp16 math error there (limit 6.1x) (rel err 2.4e-03)" in items[0]
+    assert items[1].startswith("error ") and "crashes" in items[1]
+    assert items[2].startswith("oom ") and "oom-kernel" in items[2]
+    assert items[3].startswith("implausible") and "cache-warm" in items[3]
+    assert items[4].startswith("throttled") and "hot-card" in items[4] and "SM clock fell to 1000 MHz" in items[4]
+    assert items[5] == (f"host-bound {n_host} rows host-bound: the host time per call exceeds the device time; "
+                        "see the regime column")
+    assert len(items) == 6   # nothing else: host-bound rows are behind that one line
+    # the rows are still there, collapsed, with their numbers
+    section = page[page.index("<h3>Flagged</h3>"):page.index('<h2 id="plots">')]
+    assert section.count("ms/call &gt; device") == n_host and section.count(">host-bound<") == 1
+
+
+def test_flagged_list_is_empty_when_nothing_needs_attention(store, characterize):
+    rid = store.start_run("envA", {}, name="clean")
+    w = characterize[-1]
+    ms = 4 * w.batch * w.q_heads * w.q_len * w.kv_len * w.head_dim / (SPEED["sdpa-flash"] * 1e9)
+    store.add(rid, Measurement(workload=w, impl="sdpa-flash", status="ok", timer="cold", env_id="envA", device="cuda",
+                               samples_ms=_samples(ms, 1), host_ms=_samples(0.1 * ms, 2), stop_reason="converged"))
+    store.finish_run(rid)
+    page = htmlreport.render_run(store, rid)
+    assert _flagged_items(page) == [] and "<p>Nothing flagged.</p>" in page
+
+
+def test_methods_state_the_correctness_criterion(store, run_id):
+    from attnbench.measure.criteria import CRITERION
+
+    md = report.methods(report.rows_for(store, run_id), ENV, {})
+    bullet = next(line for line in md.splitlines() if line.startswith("- Correctness:"))
+    assert CRITERION in bullet and "2x eager math's" in bullet and "(batch, head, row)" in bullet
+    page = htmlreport.render_run(store, run_id)
+    assert "2x eager math&#x27;s (4x for gradients" in page and "TF32 matmuls allowed" in page

@@ -24,6 +24,10 @@ from .history import IMPROVEMENT, REGRESSION, History, run_date, run_title
 from .tables import Row, _env_line, methods, rows_for, run_ceilings, typical_clock
 
 THROTTLE_DROP = 0.10  # flagged when a clock reading fell more than this below the run's typical clock
+# The Flagged list, most severe first: statuses that lost a measurement, then flags on numbers that were kept.
+# host-bound is not in it: on small kernels it is the rule (35 of 35 rows of a characterize run on an H200),
+# so the page says it in one line and the regime column says it per row.
+SEVERITY = ("incorrect", "error", "oom", "implausible", "throttled")
 
 
 @dataclass
@@ -104,6 +108,17 @@ def gather_run(store: Store, run_id: int | str | None = None) -> RunView:
     styles = {s: (P.PALETTE[i % len(P.PALETTE)], P.MARKERS[i % len(P.MARKERS)]) for i, s in enumerate(names)}
     plotted = [w for w in order if any(e.m.ok and e.m.workload == w for e in entries)]
     return RunView(info, env, entries, P.swept_groups(plotted), ceil, measured, _spec(env), styles)
+
+
+def attention(view: RunView) -> list[Entry]:
+    """Entries that need attention, most severe first (SEVERITY): failed statuses, then implausible or
+    throttled numbers; an entry whose only flag is host-bound is left to the one-line summary."""
+    def rank(e: Entry) -> int:
+        keys = [e.m.status, *e.flags]
+        return min(SEVERITY.index(k) for k in keys if k in SEVERITY)
+
+    hits = [e for e in view.entries if e.m.status in SEVERITY or set(e.flags) & set(SEVERITY)]
+    return sorted(hits, key=lambda e: (rank(e), e.index))
 
 
 def best_per_workload(view: RunView) -> list[tuple[Entry, Entry | None]]:
@@ -253,9 +268,8 @@ def render_run_view(view: RunView) -> str:
     return _jinja().from_string(RUN_PAGE).render(
         v=view, info=view.info, device=_env_line(view.env), software=_software(view.env), counts=counts,
         best=best_per_workload(view), plots=plots, roof=roof, ceiling_rows=ceiling_rows,
-        problems=[e for e in view.entries if e.m.status in ("incorrect", "error", "oom")],
-        unsupported=[e for e in view.entries if e.m.status == "unsupported"],
-        flagged=[e for e in view.entries if e.flags], methods=methods_html(md),
+        attention=attention(view), host_bound=[e for e in view.entries if "host-bound" in e.flags],
+        unsupported=[e for e in view.entries if e.m.status == "unsupported"], methods=methods_html(md),
         convention=metrics.CONVENTION, log_decades=P.LOG_DECADES, throttle=THROTTLE_DROP)
 
 

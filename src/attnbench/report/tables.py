@@ -148,9 +148,11 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
                  "IQR over the median; the share of samples beyond 3 IQR (kept, never dropped); the median SM "
                  "clock (NVML, read mid-batch); THROTTLED when a reading fell > 10% below the run's typical "
                  "clock (the median of the measurements' median clocks).")
-    lines.append("- Correctness: before timing, each impl's output on fresh random inputs is compared with "
-                 "float64 attention by ||out - ref|| / ||ref|| (a sub-batch for large shapes), against a "
-                 "dtype tolerance; NaN/Inf fail. Incorrect results get no timing.")
+    from ..measure.correctness import CRITERION
+
+    lines.append(f"- Correctness: before timing, on fresh random inputs, {CRITERION}. Large shapes: the first and "
+                 "the last batch element. NaN or Inf fails (on CUDA, so does an element never written). Incorrect "
+                 "results get no timing; `rel err` is ||out - ref|| / ||ref||, for information.")
     lines.append(f"- {metrics.CONVENTION}")
     lines.append(f"- Environment: {_env_line(env)}.")
     if any(r.m.peak_mem_mb is not None for r in ok):

@@ -103,16 +103,26 @@ RUN_PAGE = _HEAD.replace("{{ title }}", _RUN_TITLE) + """<body>
 {% else %}<p>No ok measurements.</p>{% endif %}
 
 <h3>Flagged</h3>
-{% if not problems and not flagged and not unsupported %}<p>Nothing flagged.</p>{% endif %}
+{% if not attention and not host_bound and not unsupported %}<p>Nothing flagged.</p>{% endif %}
 <ul>
-{% for e in problems %}<li><span class="flag bad">{{ e.m.status }}</span> {{ e.m.workload.label }} · {{ e.series }}:
+{% for e in attention %}
+{% if e.m.status != 'ok' %}
+<li><span class="flag bad">{{ e.m.status }}</span> {{ e.m.workload.label }} · {{ e.series }}:
 {{ e.m.reason }}
 {% if e.m.rel_err is not none %} (rel err {{ '%.1e'|format(e.m.rel_err) }}
 {%- if e.m.tolerance %}, tolerance {{ '%.1e'|format(e.m.tolerance) }}{% endif %}){% endif %}</li>
-{% endfor %}
-{% for e in flagged %}<li>{% for f in e.flags %}<span class="flag">{{ f }}</span>{% endfor %}
+{% else %}
+<li>{% for f in e.flags %}<span class="flag">{{ f }}</span>{% endfor %}
 {{ e.m.workload.label }} · {{ e.series }}: {{ e.notes|join('; ') }}</li>
+{% endif %}
 {% endfor %}
+{% if host_bound %}
+<li><details><summary><span class="flag">host-bound</span> {{ host_bound|length }}
+row{{ 's' if host_bound|length != 1 else '' }} host-bound: the host time per call exceeds the device time; see the
+regime column</summary><ul>
+{% for e in host_bound %}<li>{{ e.m.workload.label }} · {{ e.series }}: {{ e.notes[e.flags.index('host-bound')] }}</li>
+{% endfor %}</ul></details></li>
+{% endif %}
 {% if unsupported %}<li><details><summary>{{ unsupported|length }} unsupported (impl × workload)</summary><ul>
 {% for e in unsupported %}<li>{{ e.m.workload.label }} · {{ e.series }}: {{ e.m.reason }}</li>
 {% endfor %}</ul></details></li>{% endif %}
