@@ -43,7 +43,8 @@ fi
 
 if want tests; then
   say "## pytest -m gpu"
-  python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/pytest-gpu.log" 2>&1
+  # TESTS_TIMEOUT caps the section (seconds) so a slow compile cannot take the whole device call.
+  timeout "${TESTS_TIMEOUT:-900}" python3 -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/pytest-gpu.log" 2>&1
   say "- pytest gpu: exit $? ($(tail -n 1 "$OUT/pytest-gpu.log"))"
 fi
 
@@ -140,7 +141,7 @@ if want correctness; then
   # the rows), and prints how close the correct kernels came to the limits. Then the corrupted fixtures go
   # through `attnbench run` as a user's kernels would, beside sdpa-flash: they must be stored `incorrect`.
   say "## correctness gate: correct kernels pass, corrupted ones fail"
-  step "correctness margins" python3 benchmarks/correctness_margins.py --out "$OUT/json"
+  step "correctness margins" python3 benchmarks/correctness_margins.py --out "$OUT/json" ${CORRECTNESS_ARGS:-}
   sed -n '/^# correctness margins/,/^correctness margins:/p' "$BENCH" | grep -v '^$' >> "$SUMMARY"
   grep -q '^correctness margins: PASS' "$BENCH" || say "**CORRECTNESS FAIL: a correct kernel was incorrect or a corrupted one passed (bench.log)**"
   fx=tests.fixtures.kernels
@@ -167,7 +168,7 @@ for b in timer_accuracy timer_stability timer_cost ncu_cache_probe tune_racing d
       [ "$b" = tune_racing ] && [ "${TUNE_MODE:-quick}" != full ] && extra=(--"${TUNE_MODE:-quick}")
       # 10 A/A compares of sdpa-auto over characterize (target: 0 with a faster/slower row), then
       # cudnn vs flash at B32 H8 S512 D64 fp16 (must stay `faster`, CI above 1).
-      [ "$b" = aa_false_verdicts ] && extra=(--gpu)
+      [ "$b" = aa_false_verdicts ] && extra=(--gpu ${AA_ARGS:-})
       step "$b" python3 "benchmarks/$b.py" --out "$OUT/json" "${extra[@]}"
       tail -n 30 "$BENCH" | sed -n '/^|/p;/^[A-Za-z].*:/p' | tail -n 25 >> "$SUMMARY"
     fi
