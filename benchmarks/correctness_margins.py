@@ -75,7 +75,7 @@ def cpu_cases():
 def check_impl(impl, w, device: str, seeds: int) -> list[dict]:
     """prepare_cell's gate without the timing: supports, build and a first call once, then `seeds` checks
     under the impl's context (one result each)."""
-    from attnbench.impls.base import make_call, make_inputs
+    from attnbench.impls.base import Unsupported, make_call, make_inputs
     from attnbench.measure.correctness import check
 
     why = impl.supports(w, device)
@@ -91,6 +91,8 @@ def check_impl(impl, w, device: str, seeds: int) -> list[dict]:
             ratios = {n: {c: r.details[n][c]["ratio"] for c in ("element", "row", "head")} for n in r.details}
             out.append({"status": "ok" if r.ok else "incorrect", "reason": r.reason, "rel_err": r.rel_err,
                         "ratios": ratios, "note": r.note, "seed": seed})
+    except Unsupported as exc:  # refused at its first call, as the runner records it: not a failure
+        out.append({"status": "unsupported", "reason": str(exc)[:300], "seed": len(out)})
     except Exception as exc:  # recorded, the sweep goes on
         text = str(exc).strip().splitlines()
         out.append({"status": "error", "reason": f"{type(exc).__name__}: {text[0] if text else ''}"[:300],

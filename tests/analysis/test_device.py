@@ -277,6 +277,19 @@ def test_plausibility_flags():
     assert rl.plausibility(1e6, 1e6, Ceilings(), "fp16") == ("ok", "")  # unknown ceilings: no verdict
 
 
+def test_a_read_mostly_kernel_over_a_large_working_set_may_pass_the_copy_ceiling():
+    """H200, seen: decode over a 4 GB cache read at 4.5 TB/s, above the 4.26 TB/s copy (which also writes)
+    and below the 4.8 TB/s datasheet: not flagged; the same figure on an L2-sized working set is."""
+    c = _ceil(tflops=800.0, gbps=4263.0)
+    c = Ceilings(**{**c.__dict__, "datasheet_gbps": 4800.0, "l2_bytes": 60 * 2**20})
+    assert rl.plausibility(18.0, 4534.0, c, "bf16", working_set_bytes=4.3e9) == ("ok", "")
+    status, why = rl.plausibility(18.0, 4534.0, c, "bf16", working_set_bytes=40e6)
+    assert status == "implausible" and "cache-resident" in why
+    status, why = rl.plausibility(18.0, 5200.0, c, "bf16", working_set_bytes=4.3e9)
+    assert status == "implausible" and "datasheet" in why and "timer error" in why
+    assert rl.plausibility(18.0, 4534.0, c, "bf16")[0] == "implausible"  # working set unknown: the copy ceiling
+
+
 def test_ceilings_for_prefers_measured_and_labels_sources():
     measured = {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3",
                 "tflops": {"fp16": 797.0, "bf16": 793.0}, "gbps": 3000.0}

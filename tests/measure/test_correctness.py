@@ -413,7 +413,7 @@ def test_flex_passes_on_the_cpu(dtype):
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
 def test_gpu_kernels_pass_and_errors_in_a_few_rows_fail(dtype, direction):
     """On a GPU: every built-in impl that runs the workload passes; the corrupted fixtures fail."""
-    from attnbench.impls import builtin_impls, make_call, make_inputs
+    from attnbench.impls import Unsupported, builtin_impls, make_call, make_inputs
 
     w = Workload(batch=4, q_heads=16, kv_heads=4, q_len=1024, kv_len=1024, head_dim=128, dtype=dtype, causal=True,
                  direction=direction)
@@ -422,7 +422,10 @@ def test_gpu_kernels_pass_and_errors_in_a_few_rows_fail(dtype, direction):
         if impl.supports(w, "cuda"):
             continue
         fn = impl.build(w, "cuda", {})
-        make_call(fn, w, make_inputs(w, "cuda", 0))()
+        try:
+            make_call(fn, w, make_inputs(w, "cuda", 0))()
+        except Unsupported:  # refused at its first call, as the runner records it (efficient has no GQA kernel)
+            continue
         with impl.context():
             r = check(fn, w, "cuda", seed=5)
         checked.append(name)

@@ -35,6 +35,11 @@ def test_memory_bound_rows_show_percent_of_bandwidth_and_compute_bound_rows_perc
 def test_pct_text_without_ceilings_is_empty():
     assert report.pct_text({}) == ""
     assert report.pct_text({"regime": "memory-bound", "pct_bandwidth": 71.4, "pct_peak": 3.0}) == "71% of BW"
+    # a host-bound row whose kernel is memory-bound (decode at a small batch) still leads with bandwidth
+    assert report.pct_text({"regime": "host-bound", "bound_by": "memory-bound", "pct_bandwidth": 76.0,
+                            "pct_peak": 2.0, "pct_bound": 76.0}) == "76% of BW"
+    assert report.pct_text({"regime": "host-bound", "bound_by": "compute-bound", "pct_peak": 20.0,
+                            "pct_bound": 20.0}) == "20% (20%)"
     assert report.pct_text({"regime": "compute-bound", "pct_peak": 80.2, "pct_bound": 81.0}) == "80% (81%)"
 
 

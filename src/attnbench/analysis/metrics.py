@@ -74,5 +74,8 @@ def assess(w: Workload, median_ms: float, host_ms: float | None, ceilings) -> di
     if peak and bw:
         out["pct_bound"] = 100 * tf / roofline.roofline_bound_tflops(intensity(w), peak, bw)
     out["regime"] = roofline.regime(flops(w), min_bytes(w), median_ms, host_ms, ceilings, w.dtype)
-    out["plausibility"], out["plausibility_reason"] = roofline.plausibility(tf, gb, ceilings, w.dtype)
+    # what bounds the kernel by its intensity alone (a host-bound row may still be a memory-bound kernel)
+    out["bound_by"] = roofline.regime(flops(w), min_bytes(w), median_ms, None, ceilings, w.dtype)
+    out["plausibility"], out["plausibility_reason"] = roofline.plausibility(
+        tf, gb, ceilings, w.dtype, working_set_bytes=min_bytes(w))
     return out

@@ -225,7 +225,7 @@ class _Search:
 
         med = median(c.samples)
         status, reason = plausibility(metrics.tflops_per_s(self.w, med), metrics.gb_per_s(self.w, med), self.ceilings,
-                               self.w.dtype)
+                                      self.w.dtype, working_set_bytes=metrics.min_bytes(self.w))
         if status != "ok":
             return c.reject("implausible", reason)
         return True
