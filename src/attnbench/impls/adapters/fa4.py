@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ...spec import Workload
 from .fa2 import FlashAttnImpl, first
+from .fa3 import FlashAttn3
 from .layouts import PagedKV, bhsd, bshd
-from .library import layout_of
 
 
 class FlashAttn4(FlashAttnImpl):
@@ -32,13 +31,4 @@ class FlashAttn4(FlashAttnImpl):
         return lambda q, kv: bhsd(first(f(bshd(q), kv.k_cache, kv.v_cache, seqused_k=kv.cache_seqlens,
                                           page_table=kv.block_table, **kw)))
 
-    def param_space(self, workload: Workload, device: str) -> list[dict[str, Any]]:
-        w = workload
-        if not device.startswith("cuda") or w.direction != "fwd":
-            return [{}]
-        space: list[dict[str, Any]] = [{}, {"num_splits": 0}]
-        if w.gqa:
-            space += [{"pack_gqa": True}, {"pack_gqa": False}]
-        if layout_of(w).startswith("paged:") or w.q_len <= 128:
-            space += [{"num_splits": n} for n in (2, 4, 8)]
-        return space
+    param_space = FlashAttn3.param_space  # the same knobs: num_splits, pack_gqa
