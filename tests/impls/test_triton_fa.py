@@ -16,7 +16,7 @@ from attnbench.impls.reference import attention_math
 from attnbench.impls.triton_fa import config as C
 from attnbench.impls.triton_fa.impl import TritonFAImpl
 from attnbench.measure.correctness import check, tolerance
-from attnbench.spec import Workload
+from attnbench.spec import Workload, masks
 
 triton = pytest.importorskip("triton", reason="triton is in the test extra; the impl's supports() says so without it")
 
@@ -83,7 +83,7 @@ def test_registered_and_cpu_reasons(monkeypatch):
 def test_mask_and_other_fields_of_a_workload(monkeypatch):
     """The Workload's mask, score modifier and layout decide what triton-fa takes."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    cases = {"window:64": None, "causal-br": None, "document:30+10": "document"}
+    cases = {"window:64": None, "causal-br": None, "document:30+10": None}
     for mask, want in cases.items():
         w = W(mask=mask, q_len=40, kv_len=40 if mask.startswith("document") else 100)
         assert C.workload_mask(w) == w.mask
@@ -107,7 +107,10 @@ def test_mask_spec_maps_every_kind():
     assert C.mask_spec("causal", 8, 12) == C.MaskSpec(causal=True, shift=0)
     assert C.mask_spec("causal-br", 8, 12) == C.MaskSpec(causal=True, shift=4)
     assert C.mask_spec("window:5", 8, 12) == C.MaskSpec(causal=True, shift=4, window=5)
-    assert C.mask_problem("document:0,0,1") == "document masks are not supported by triton-fa yet"
+    assert C.mask_spec("document:3+5", 8, 8) == C.MaskSpec(causal=True, docs=(3, 5))
+    assert C.mask_spec("document:rand:3", 40, 40).docs == masks.doc_lengths("document:rand:3", 40)
+    with pytest.raises(UserError, match="sum to 7"):
+        C.mask_spec("document:3+4", 8, 8)
     assert "non-negative integer" in C.mask_problem("window:-1")
     with pytest.raises(UserError, match="unknown mask kind 'diagonal'"):
         C.mask_spec("diagonal", 8, 8)
@@ -127,6 +130,9 @@ def masked_reference(q, k, v, spec: C.MaskSpec):
         keep &= j <= i + spec.shift
     if spec.window is not None:
         keep &= j >= i + spec.shift - spec.window
+    if spec.docs is not None:
+        doc = torch.repeat_interleave(torch.arange(len(spec.docs)), torch.tensor(spec.docs))
+        keep &= doc[:, None] == doc[None, :]
     p = torch.softmax(s.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)
     return p @ v
 
@@ -144,6 +150,7 @@ FORWARD = {
     "gqa-long-q": W(q_heads=4, kv_heads=2, q_len=56, kv_len=24, head_dim=64),  # GQA, q_len > kv_len
     "decode": W(batch=2, q_heads=8, kv_heads=2, q_len=1, kv_len=300, causal=True),  # the split-KV kernel
     "decode-rows": W(batch=1, q_heads=8, kv_heads=2, q_len=1, kv_len=300, causal=True),  # row-block kernel
+    "documents": W(batch=2, q_heads=4, kv_heads=2, q_len=70, kv_len=70, mask="document:rand:5"),  # packed, GQA
 }
 
 
@@ -166,6 +173,8 @@ GRADIENTS = {
     "causal": W(causal=True, direction="fwd+bwd"),
     "gqa-bf16-causal": W(q_heads=4, kv_heads=2, q_len=24, kv_len=40, dtype="bf16", causal=True, direction="fwd+bwd"),
     "mqa-full-bwd": W(q_heads=2, kv_heads=1, q_len=36, kv_len=20, direction="bwd"),
+    "documents-bf16": W(q_heads=4, kv_heads=2, q_len=60, kv_len=60, dtype="bf16", mask="document:9+30+1+20",
+                        direction="fwd+bwd"),
 }
 
 
@@ -192,6 +201,11 @@ MASKS = {
     "br-split": ("causal-br", 3, 200, {"split_kv": 3}),  # decode with bottom-right causal, split-KV
     "window-split": ("window:40", 2, 200, {"split_kv": 5}),
     "full-tma": ("full", 33, 47, {"tma": True}),
+    # documents: shorter and longer than the 16/32-wide blocks, one of a single token, one boundary on a block edge
+    "documents": ("document:5+11+1+35+12+6", 70, 70, {}),
+    "documents-tma": ("document:16+16+40", 72, 72, {"tma": True}),
+    "documents-atomic-dq": ("document:rand:4", 50, 50, {"dq_atomic": True}),
+    "documents-long": ("document:100+28", 128, 128, {}),  # long enough for unmasked blocks inside a document
 }
 
 
@@ -241,6 +255,25 @@ def _wrong_mask():
     spec = C.mask_spec("window:8", 48, 48)
     wrong = ops.attention(q, k, v, C.mask_spec("causal-br", 48, 48), C.Config(block_m=16, block_n=16))
     assert rel(wrong, masked_reference(q, k, v, spec)) > 0.1
+    docs = C.mask_spec("document:20+28", 48, 48)  # and with the documents dropped
+    assert rel(wrong, masked_reference(q, k, v, docs)) > 0.1
+    assert rel(ops.attention(q, k, v, docs, C.Config(block_m=16, block_n=16)), masked_reference(q, k, v, docs)) < 2e-3
+
+
+@case("documents-refuse-split-kv-and-other-lengths")
+def _documents_refuse():
+    from attnbench.impls.base import Unsupported
+    from attnbench.impls.triton_fa import ops
+
+    q, k, v = torch.randn(3, 1, 2, 48, 32).half()
+    docs = C.mask_spec("document:20+28", 48, 48)
+    for cfg, qq, match in ((C.Config(split_kv=2), q, "split_kv"), (C.Config(), q[:, :, :40], "q_len == kv_len")):
+        try:
+            ops.attention(qq, k, v, docs, cfg)
+        except Unsupported as exc:
+            assert match in str(exc), exc
+        else:
+            raise AssertionError(f"no Unsupported for {match}")
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -316,13 +349,13 @@ def _compile_sm90(fn, constexprs, warps, stages, dtype="bf16"):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    pointers = {"Q", "K", "V", "O", "LSE", "DO", "DELTA", "DK", "DV", "DQ", "OP", "LP"}
+    pointers = {"Q", "K", "V", "O", "LSE", "DO", "DELTA", "DK", "DV", "DQ", "OP", "LP", "DOC"}
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             sig[name] = "constexpr"
         elif name in pointers:
-            sig[name] = "*" + ("fp32" if name in ("LSE", "DELTA", "OP", "LP") else dtype)
+            sig[name] = "*" + ("fp32" if name in ("LSE", "DELTA", "OP", "LP") else "i32" if name == "DOC" else dtype)
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             sig[name] = "fp32" if name in ("qk_scale", "sm_scale") else "i32"
@@ -339,14 +372,15 @@ def _compile_sm90(fn, constexprs, warps, stages, dtype="bf16"):
     return regs, stack, kernel.metadata.shared, kernel.asm["ptx"].count("wgmma.mma_async")
 
 
-def test_defaults_compile_for_sm90_without_spills():
+@pytest.mark.parametrize("docs", [False, True], ids=["causal", "documents"])
+def test_defaults_compile_for_sm90_without_spills(docs):
     from attnbench.impls.triton_fa import ops
 
     fwd, bwd = ops.kernels()
     assert not fwd.INTERPRETED, "run the suite without TRITON_INTERPRET (the interpreter cases start their own)"
     w = Workload(1, 16, 16, 4096, 4096, 128, "bf16", True, "fwd+bwd")
     c = C.default_config(w)
-    common = dict(HEAD_DIM=128, CAUSAL=True, HAS_WINDOW=False, UPCAST=False)
+    common = dict(HEAD_DIM=128, CAUSAL=True, HAS_WINDOW=False, HAS_DOC=docs, UPCAST=False)
     for tma in (False, True):
         regs, stack, shared, wgmma = _compile_sm90(
             fwd.attn_fwd, dict(common, BLOCK_M=c.block_m, BLOCK_N=c.block_n, USE_TMA=tma, STORE_LSE=True),
@@ -373,7 +407,9 @@ def test_defaults_compile_for_sm90_without_spills():
     (Workload(16, 32, 8, 1, 4096, 128, "bf16", True), {}),
     (Workload(2, 16, 16, 1024, 1024, 128, "bf16", True, "fwd+bwd"), {}),
     (Workload(1, 32, 8, 1000, 1200, 64, "fp16", False, "fwd+bwd"), {"dq_atomic": True}),
-], ids=["d64", "d128-causal", "d128-causal-tma", "gqa-q<kv", "decode-split", "d128-bwd", "gqa-bwd-atomic"])
+    (Workload(2, 16, 8, 4096, 4096, 128, "bf16", direction="fwd+bwd", mask="document:rand:7"), {}),
+], ids=["d64", "d128-causal", "d128-causal-tma", "gqa-q<kv", "decode-split", "d128-bwd", "gqa-bwd-atomic",
+        "documents-bwd"])
 def test_on_the_gpu(w, params):
     assert IMPL.supports(w, "cuda") is None
     res = check(IMPL.build(w, "cuda", params), w, "cuda", seed=5)

@@ -12,11 +12,13 @@ from ...errors import UserError
 @dataclass(frozen=True)
 class MaskSpec:
     """What the kernels take: query i sees key j when (not causal or j <= i + shift) and
-    (window is None or j >= i + shift - window)."""
+    (window is None or j >= i + shift - window) and (docs is None or j is in i's document: docs are the
+    lengths of the packed documents, q_len == kv_len)."""
 
     causal: bool = False
     shift: int = 0
     window: int | None = None
+    docs: tuple[int, ...] | None = None
 
 
 def mask_problem(mask: str) -> str | None:
@@ -26,8 +28,8 @@ def mask_problem(mask: str) -> str | None:
     if mask.startswith("window:"):
         size = mask.split(":", 1)[1]
         return None if size.isdigit() else f"window size must be a non-negative integer, got {size!r}"
-    if mask.startswith("document"):
-        return "document masks are not supported by triton-fa yet"
+    if mask.startswith("document:"):
+        return None
     return f"unknown mask kind {mask!r}"
 
 
@@ -35,7 +37,7 @@ def mask_spec(mask: str, q_len: int, kv_len: int) -> MaskSpec:
     """The one place that turns a mask kind into kernel arguments:
     full; causal (top-left, SDPA's is_causal: i sees j <= i); causal-br (bottom-right: j <= i + kv_len - q_len);
     window:W (bottom-right causal with W keys to the left: pos - W <= j <= pos, pos = i + kv_len - q_len, as
-    flash-attention's window_size=(W, 0))."""
+    flash-attention's window_size=(W, 0)); document:... (causal within each packed document)."""
     why = mask_problem(mask)
     if why:
         raise UserError(why)
@@ -45,6 +47,10 @@ def mask_spec(mask: str, q_len: int, kv_len: int) -> MaskSpec:
         return MaskSpec(causal=True)
     if mask == "causal-br":
         return MaskSpec(causal=True, shift=kv_len - q_len)
+    if mask.startswith("document:"):
+        from ...spec.masks import canonical_mask, doc_lengths
+
+        return MaskSpec(causal=True, docs=doc_lengths(canonical_mask(mask, q_len, kv_len), q_len))
     return MaskSpec(causal=True, shift=kv_len - q_len, window=int(mask.split(":", 1)[1]))
 
 

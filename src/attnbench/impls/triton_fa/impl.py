@@ -48,8 +48,8 @@ def _sms(device: str) -> int:
 class TritonFAImpl(Impl):
     name = "triton-fa"
     family = "triton"
-    description = ("attnbench's Triton flash-attention: FA2 forward and backward, GQA without repeated K/V, "
-                   "split-KV decode; explicit params (tune races them)")
+    description = ("attnbench's Triton flash-attention: FA2 forward and backward, causal, window and document "
+                   "masks, GQA without repeated K/V, split-KV decode; explicit params (tune races them)")
     # Triton keeps every compiled config; candidates can stay built side by side while racing.
     exclusive_compile = False
 
@@ -88,14 +88,15 @@ class TritonFAImpl(Impl):
         return param_space(workload, _sms(device))
 
     def build(self, workload: Workload, device: str, params: dict[str, Any]):
-        from .ops import attention, kernels
+        from .ops import attention, doc_bounds, kernels
 
         w = workload
         cfg = default_config(w, _sms(device)).with_params(dict(params or {}))
         mask = mask_spec(workload_mask(w), w.q_len, w.kv_len)
         kernels()  # imported here, not inside the timed calls
+        bounds = doc_bounds(mask.docs, device) if mask.docs else None
 
         def fn(q, k, v):
-            return attention(q, k, v, mask, cfg)
+            return attention(q, k, v, mask, cfg, bounds=bounds)
 
         return fn

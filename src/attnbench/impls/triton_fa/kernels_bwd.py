@@ -3,16 +3,18 @@
 import triton
 import triton.language as tl
 
-from .kernels_fwd import key_blocks, mma, visible
+from .kernels_fwd import key_blocks, mma, row_bounds, visible
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 
 @triton.jit
-def query_blocks(n0, SQ, SK, SHIFT, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                 HAS_WINDOW: tl.constexpr):
+def query_blocks(n0, SQ, SK, SHIFT, HI_FIRST, HI_LAST, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 CAUSAL: tl.constexpr, HAS_HI: tl.constexpr):
     """Query range of keys n0..n0+BLOCK_N-1, as key_blocks' is of rows: rows of [mid_lo, mid_hi) see every key
-    of the block; [lo, mid_lo) and [mid_hi, hi) need the mask; rows outside [lo, hi) see none of it."""
+    of the block; [lo, mid_lo) and [mid_hi, hi) need the mask; rows outside [lo, hi) see none of it. HAS_HI:
+    keys have a row past the last that reads them (window, document), HI_FIRST that of the first key and
+    HI_LAST that of the last."""
     lo = 0
     hi = SQ
     mid_lo = 0
@@ -20,9 +22,9 @@ def query_blocks(n0, SQ, SK, SHIFT, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.c
     if CAUSAL:  # row i sees key j when i >= j - SHIFT
         lo = (tl.maximum(n0 - SHIFT, 0) // BLOCK_M) * BLOCK_M
         mid_lo = tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - SHIFT, 0), BLOCK_M) * BLOCK_M
-    if HAS_WINDOW:  # and i <= j + WINDOW - SHIFT
-        hi = tl.minimum(hi, tl.maximum(n0 + BLOCK_N + WINDOW - SHIFT, 0))
-        mid_hi = tl.minimum(mid_hi, (tl.maximum(n0 + WINDOW - SHIFT + 1, 0) // BLOCK_M) * BLOCK_M)
+    if HAS_HI:  # and i < HI(j)
+        hi = tl.minimum(hi, tl.maximum(HI_LAST, 0))
+        mid_hi = tl.minimum(mid_hi, (tl.maximum(HI_FIRST, 0) // BLOCK_M) * BLOCK_M)
     mid_lo = tl.where(n0 + BLOCK_N > SK, hi, mid_lo)  # the last key block is partly past SK: mask all of it
     lo = tl.minimum(lo, hi)
     mid_lo = tl.minimum(tl.maximum(mid_lo, lo), hi)
@@ -47,10 +49,10 @@ def bwd_preprocess(O, DO, DELTA, sob, soh, som, sdb, sdh, sdm, HQ, SQ,
 
 
 @triton.jit
-def _kv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, sqm, sdm, cols, offs_m, offs_d, lo, hi,
+def _kv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, DOC, sqm, sdm, cols, offs_m, offs_d, lo, hi,
               SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-              HAS_WINDOW: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, DQ_ATOMIC: tl.constexpr,
-              UPCAST: tl.constexpr):
+              HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+              DQ_ATOMIC: tl.constexpr, UPCAST: tl.constexpr):
     """dK, dV of one key block over query blocks [lo, hi), in the transposed form (keys on axis 0):
     P^T = exp2(K Q^T * qk_scale - lse), dV += P^T dO, dS^T = P^T * (V dO^T - delta), dK += dS^T Q.
     DQ_ATOMIC also adds dS K * sm_scale into the fp32 dQ buffer."""
@@ -65,7 +67,11 @@ def _kv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, sqm, sdm, cols, offs_m, offs_
             lse = tl.load(LSE + rows)
         p_t = tl.exp2(mma(k, tl.trans(q), None, UPCAST) * qk_scale - lse[None, :])
         if MASKED:  # visible() takes queries on axis 0: transpose the tile's mask
-            p_t = tl.where(tl.trans(visible(rows, cols, SK, SHIFT, WINDOW, CAUSAL, HAS_WINDOW)), p_t, 0.0)
+            row_lo = rows
+            if HAS_DOC:
+                row_lo = tl.load(DOC + rows, mask=rmask, other=0)
+            keep = visible(rows, cols, row_lo, SK, SHIFT, WINDOW, CAUSAL, HAS_WINDOW, HAS_DOC)
+            p_t = tl.where(tl.trans(keep), p_t, 0.0)
             do = tl.load(DO + rows[:, None] * sdm + offs_d[None, :], mask=rmask[:, None], other=0.0)
             delta = tl.load(DELTA + rows, mask=rmask, other=0.0)
         else:
@@ -86,11 +92,11 @@ def _kv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, sqm, sdm, cols, offs_m, offs_
 
 
 @triton.jit
-def bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ,
+def bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, DOC,
              sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm, skgb, skgh, skgn, svgb, svgh, svgn,
              HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-             HAS_WINDOW: tl.constexpr, DQ_ATOMIC: tl.constexpr, UPCAST: tl.constexpr):
+             HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, DQ_ATOMIC: tl.constexpr, UPCAST: tl.constexpr):
     """One program: BLOCK_N keys of one (batch, KV head), summed over the GROUP query heads that read them, so
     GQA needs neither repeated K/V nor a reduction afterwards; grid (cdiv(SK, BLOCK_N), B * HKV)."""
     pid_n = tl.program_id(0)
@@ -107,7 +113,16 @@ def bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ,
     v = tl.load(V + off_b * svb + off_hk * svh + cols[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    lo, mid_lo, mid_hi, hi = query_blocks(n0, SQ, SK, SHIFT, WINDOW, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
+    hi_first = 0
+    hi_last = 0
+    if HAS_WINDOW:  # key j is read by rows up to j + WINDOW - SHIFT
+        hi_first = n0 + WINDOW - SHIFT + 1
+        hi_last = n0 + BLOCK_N + WINDOW - SHIFT
+    if HAS_DOC:  # ... and by rows up to the end of its document (SQ == SK)
+        hi_first = tl.load(DOC + SQ + n0)
+        hi_last = tl.load(DOC + SQ + tl.minimum(n0 + BLOCK_N - 1, SK - 1))
+    lo, mid_lo, mid_hi, hi = query_blocks(n0, SQ, SK, SHIFT, hi_first, hi_last, BLOCK_M, BLOCK_N, CAUSAL,
+                                          HAS_WINDOW or HAS_DOC)
     for g in range(0, GROUP):
         off_h = off_hk * GROUP + g
         bh = off_b * HQ + off_h
@@ -116,15 +131,15 @@ def bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ,
         lse_base = LSE + bh * SQ
         delta_base = DELTA + bh * SQ
         dq_base = DQ + bh * SQ * HEAD_DIM
-        dk, dv = _kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdm, cols, offs_m,
-                           offs_d, lo, mid_lo, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, True, CAUSAL, HAS_WINDOW,
-                           BLOCK_M, HEAD_DIM, DQ_ATOMIC, UPCAST)
-        dk, dv = _kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdm, cols, offs_m,
-                           offs_d, mid_lo, mid_hi, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, False, CAUSAL,
-                           HAS_WINDOW, BLOCK_M, HEAD_DIM, DQ_ATOMIC, UPCAST)
-        dk, dv = _kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, sqm, sdm, cols, offs_m,
-                           offs_d, mid_hi, hi, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, True, CAUSAL, HAS_WINDOW,
-                           BLOCK_M, HEAD_DIM, DQ_ATOMIC, UPCAST)
+        dk, dv = _kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, DOC, sqm, sdm, cols,
+                           offs_m, offs_d, lo, mid_lo, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, True, CAUSAL,
+                           HAS_WINDOW, HAS_DOC, BLOCK_M, HEAD_DIM, DQ_ATOMIC, UPCAST)
+        dk, dv = _kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, DOC, sqm, sdm, cols,
+                           offs_m, offs_d, mid_lo, mid_hi, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, False, CAUSAL,
+                           HAS_WINDOW, HAS_DOC, BLOCK_M, HEAD_DIM, DQ_ATOMIC, UPCAST)
+        dk, dv = _kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, DOC, sqm, sdm, cols,
+                           offs_m, offs_d, mid_hi, hi, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, True, CAUSAL,
+                           HAS_WINDOW, HAS_DOC, BLOCK_M, HEAD_DIM, DQ_ATOMIC, UPCAST)
     dk = dk * sm_scale
     tl.store(DK + off_b * skgb + off_hk * skgh + cols[:, None] * skgn + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=kmask)
@@ -133,9 +148,9 @@ def bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ,
 
 
 @triton.jit
-def _q_inner(dq, q, do, lse, delta, K, V, skn, svn, rows, offs_n, offs_d, lo, hi, SK, SHIFT, WINDOW, qk_scale,
-             MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_N: tl.constexpr,
-             UPCAST: tl.constexpr):
+def _q_inner(dq, q, do, lse, delta, K, V, skn, svn, rows, row_lo, offs_n, offs_d, lo, hi, SK, SHIFT, WINDOW,
+             qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr,
+             BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
     """dQ of one query block over key blocks [lo, hi): P = exp2(Q K^T * qk_scale - lse), dS = P * (dO V^T - delta),
     dQ += dS K."""
     for start_n in tl.range(lo, hi, BLOCK_N):
@@ -149,7 +164,7 @@ def _q_inner(dq, q, do, lse, delta, K, V, skn, svn, rows, offs_n, offs_d, lo, hi
             v = tl.load(V + cols[:, None] * svn + offs_d[None, :])
         p = tl.exp2(mma(q, tl.trans(k), None, UPCAST) * qk_scale - lse[:, None])
         if MASKED:
-            p = tl.where(visible(rows, cols, SK, SHIFT, WINDOW, CAUSAL, HAS_WINDOW), p, 0.0)
+            p = tl.where(visible(rows, cols, row_lo, SK, SHIFT, WINDOW, CAUSAL, HAS_WINDOW, HAS_DOC), p, 0.0)
         dp = mma(do, tl.trans(v), None, UPCAST)
         ds = (p * (dp - delta[:, None])).to(k.dtype)
         dq = mma(ds, k, dq, UPCAST)
@@ -157,10 +172,10 @@ def _q_inner(dq, q, do, lse, delta, K, V, skn, svn, rows, offs_n, offs_d, lo, hi
 
 
 @triton.jit
-def bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
+def bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DOC, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
            sqgb, sqgh, sqgm, HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale,
            HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-           HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr):
+           HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, UPCAST: tl.constexpr):
     """One program: dQ of BLOCK_M rows of one (batch, query head), no atomics; grid (cdiv(SQ, BLOCK_M), B * HQ)."""
     pid_m = tl.program_id(0)
     if CAUSAL:
@@ -182,13 +197,15 @@ def bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, sqb, sqh, sqm, skb, skh, skn, svb, svh, 
     k_base = K + off_b * skb + off_hk * skh
     v_base = V + off_b * svb + off_hk * svh
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    lo, mid_lo, mid_hi, hi = key_blocks(m0, SK, SHIFT, WINDOW, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
-    dq = _q_inner(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, offs_n, offs_d, lo, mid_lo, SK, SHIFT,
-                  WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST)
-    dq = _q_inner(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, offs_n, offs_d, mid_lo, mid_hi, SK, SHIFT,
-                  WINDOW, qk_scale, False, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST)
-    dq = _q_inner(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, offs_n, offs_d, mid_hi, hi, SK, SHIFT,
-                  WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, BLOCK_N, UPCAST)
+    row_lo, lo_first, lo_last = row_bounds(DOC, m0, rows, SQ, SHIFT, WINDOW, BLOCK_M, HAS_WINDOW, HAS_DOC)
+    lo, mid_lo, mid_hi, hi = key_blocks(m0, SK, SHIFT, lo_first, lo_last, BLOCK_M, BLOCK_N, CAUSAL,
+                                        HAS_WINDOW or HAS_DOC)
+    dq = _q_inner(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, row_lo, offs_n, offs_d, lo, mid_lo, SK,
+                  SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, HAS_DOC, BLOCK_N, UPCAST)
+    dq = _q_inner(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, row_lo, offs_n, offs_d, mid_lo, mid_hi, SK,
+                  SHIFT, WINDOW, qk_scale, False, CAUSAL, HAS_WINDOW, HAS_DOC, BLOCK_N, UPCAST)
+    dq = _q_inner(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, row_lo, offs_n, offs_d, mid_hi, hi, SK,
+                  SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, HAS_DOC, BLOCK_N, UPCAST)
     dq = dq * sm_scale
     tl.store(DQ + off_b * sqgb + off_h * sqgh + rows[:, None] * sqgm + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=rmask[:, None])

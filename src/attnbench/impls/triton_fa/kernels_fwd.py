@@ -8,7 +8,11 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 
 # Scores and the log-sum-exp live in base 2: qk_scale = sm_scale * log2(e), so exp2 replaces exp.
 # A query row i sees key j when (not CAUSAL or j <= i + SHIFT) and (not HAS_WINDOW or j >= i + SHIFT - WINDOW)
-# and j < SK: SHIFT = 0 is top-left causal, SHIFT = SK - SQ bottom-right (config.mask_spec).
+# and (not HAS_DOC or j >= START[i]) and j < SK: SHIFT = 0 is top-left causal, SHIFT = SK - SQ bottom-right
+# (config.mask_spec). HAS_DOC (packed documents, causal within each) reads DOC, int32 [START; END]: the first
+# token of each token's document, then one past its last (ops.doc_bounds); without it DOC is not read.
+# Every row's lowest visible key (window or document) is non-decreasing in the row, and every key's highest
+# reading row too, which is what lets whole key (row) blocks be skipped or taken without the mask.
 
 
 @triton.jit
@@ -23,11 +27,13 @@ def mma(a, b, acc, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def key_blocks(m0, SK, SHIFT, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-               HAS_WINDOW: tl.constexpr):
+def key_blocks(m0, SK, SHIFT, LO_FIRST, LO_LAST, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+               HAS_LO: tl.constexpr):
     """Key range of query rows m0..m0+BLOCK_M-1 as lo <= mid_lo <= mid_hi <= hi: every row sees every key of
     [mid_lo, mid_hi) (no mask needed; whole blocks inside SK); [lo, mid_lo) and [mid_hi, hi) need the mask;
-    keys outside [lo, hi) are seen by no row. Divisions only of non-negative values (C and numpy differ)."""
+    keys outside [lo, hi) are seen by no row. HAS_LO: rows have a lowest visible key (window, document),
+    LO_FIRST that of the first row and LO_LAST that of the last. Divisions only of non-negative values (C and
+    numpy differ)."""
     hi = SK
     mid_hi = (SK // BLOCK_N) * BLOCK_N
     lo = 0
@@ -35,9 +41,9 @@ def key_blocks(m0, SK, SHIFT, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constex
     if CAUSAL:
         hi = tl.minimum(hi, tl.maximum(m0 + BLOCK_M + SHIFT, 0))
         mid_hi = tl.minimum(mid_hi, (tl.maximum(m0 + SHIFT + 1, 0) // BLOCK_N) * BLOCK_N)
-    if HAS_WINDOW:
-        lo = (tl.maximum(m0 + SHIFT - WINDOW, 0) // BLOCK_N) * BLOCK_N
-        mid_lo = tl.cdiv(tl.maximum(m0 + BLOCK_M - 1 + SHIFT - WINDOW, 0), BLOCK_N) * BLOCK_N
+    if HAS_LO:
+        lo = (tl.maximum(LO_FIRST, 0) // BLOCK_N) * BLOCK_N
+        mid_lo = tl.cdiv(tl.maximum(LO_LAST, 0), BLOCK_N) * BLOCK_N
     lo = tl.minimum(lo, hi)
     mid_lo = tl.minimum(tl.maximum(mid_lo, lo), hi)
     mid_hi = tl.minimum(tl.maximum(mid_hi, mid_lo), hi)
@@ -45,20 +51,42 @@ def key_blocks(m0, SK, SHIFT, WINDOW, BLOCK_M: tl.constexpr, BLOCK_N: tl.constex
 
 
 @triton.jit
-def visible(rows, cols, SK, SHIFT, WINDOW, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """The mask of one tile: rows (queries) on axis 0, cols (keys) on axis 1."""
+def row_bounds(DOC, m0, rows, SQ, SHIFT, WINDOW, BLOCK_M: tl.constexpr, HAS_WINDOW: tl.constexpr,
+               HAS_DOC: tl.constexpr):
+    """(each row's lowest visible key, where a document mask needs it; that of the first and of the last row of
+    the block) for key_blocks and visible."""
+    row_lo = rows
+    lo_first = 0
+    lo_last = 0
+    if HAS_WINDOW:
+        lo_first = m0 + SHIFT - WINDOW
+        lo_last = m0 + BLOCK_M - 1 + SHIFT - WINDOW
+    if HAS_DOC:
+        row_lo = tl.load(DOC + tl.minimum(rows, SQ - 1))
+        lo_first = tl.load(DOC + m0)
+        lo_last = tl.load(DOC + tl.minimum(m0 + BLOCK_M - 1, SQ - 1))
+    return row_lo, lo_first, lo_last
+
+
+@triton.jit
+def visible(rows, cols, row_lo, SK, SHIFT, WINDOW, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+            HAS_DOC: tl.constexpr):
+    """The mask of one tile: rows (queries) on axis 0, cols (keys) on axis 1; row_lo is each row's first
+    visible key under a document mask (read only with HAS_DOC)."""
     keep = cols[None, :] < SK
     if CAUSAL:
         keep = keep & (cols[None, :] <= rows[:, None] + SHIFT)
     if HAS_WINDOW:
         keep = keep & (cols[None, :] >= rows[:, None] + SHIFT - WINDOW)
+    if HAS_DOC:
+        keep = keep & (cols[None, :] >= row_lo[:, None])
     return keep
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, rows, offs_n, offs_d, lo, hi,
+def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, rows, row_lo, offs_n, offs_d, lo, hi,
                SK, SHIFT, WINDOW, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-               BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
+               HAS_DOC: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
     """Online softmax over key blocks [lo, hi). Only MASKED ranges pay for the mask and the bounds checks."""
     for start_n in tl.range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
@@ -70,7 +98,8 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, rows, offs_n, o
             k = tl.load(K + cols[:, None] * skn + offs_d[None, :])
         s = mma(q, tl.trans(k), None, UPCAST)
         if MASKED:
-            s = tl.where(visible(rows, cols, SK, SHIFT, WINDOW, CAUSAL, HAS_WINDOW), s, float("-inf"))
+            s = tl.where(visible(rows, cols, row_lo, SK, SHIFT, WINDOW, CAUSAL, HAS_WINDOW, HAS_DOC), s,
+                         float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         if MASKED:  # a row that has seen no key yet keeps m = -inf; subtract 0 instead (exp2(-inf) = 0)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -92,10 +121,11 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, rows, offs_n, o
 
 
 @triton.jit
-def attn_fwd(Q, K, V, O, LSE, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
+def attn_fwd(Q, K, V, O, LSE, DOC, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
              HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-             HAS_WINDOW: tl.constexpr, USE_TMA: tl.constexpr, STORE_LSE: tl.constexpr, UPCAST: tl.constexpr):
+             HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, USE_TMA: tl.constexpr, STORE_LSE: tl.constexpr,
+             UPCAST: tl.constexpr):
     """One program: BLOCK_M query rows of one (batch, query head); grid (cdiv(SQ, BLOCK_M), B * HQ).
     The KV head is query head // GROUP (GQA/MQA without repeating K and V)."""
     pid_m = tl.program_id(0)
@@ -128,17 +158,19 @@ def attn_fwd(Q, K, V, O, LSE, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    lo, mid_lo, mid_hi, hi = key_blocks(m0, SK, SHIFT, WINDOW, BLOCK_M, BLOCK_N, CAUSAL, HAS_WINDOW)
-    if HAS_WINDOW:
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, offs_n, offs_d,
-                                   lo, mid_lo, SK, SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, BLOCK_N,
-                                   USE_TMA, UPCAST)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, offs_n, offs_d,
-                               mid_lo, mid_hi, SK, SHIFT, WINDOW, qk_scale, False, CAUSAL, HAS_WINDOW, BLOCK_N,
-                               USE_TMA, UPCAST)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, offs_n, offs_d,
-                               mid_hi, hi, SK, SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, BLOCK_N,
-                               USE_TMA, UPCAST)
+    row_lo, lo_first, lo_last = row_bounds(DOC, m0, rows, SQ, SHIFT, WINDOW, BLOCK_M, HAS_WINDOW, HAS_DOC)
+    lo, mid_lo, mid_hi, hi = key_blocks(m0, SK, SHIFT, lo_first, lo_last, BLOCK_M, BLOCK_N, CAUSAL,
+                                        HAS_WINDOW or HAS_DOC)
+    if HAS_WINDOW or HAS_DOC:
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, row_lo, offs_n,
+                                   offs_d, lo, mid_lo, SK, SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, HAS_DOC,
+                                   BLOCK_N, USE_TMA, UPCAST)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, row_lo, offs_n,
+                               offs_d, mid_lo, mid_hi, SK, SHIFT, WINDOW, qk_scale, False, CAUSAL, HAS_WINDOW,
+                               HAS_DOC, BLOCK_N, USE_TMA, UPCAST)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, row_lo, offs_n,
+                               offs_d, mid_hi, hi, SK, SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, HAS_DOC,
+                               BLOCK_N, USE_TMA, UPCAST)
     # A row that saw no key (bottom-right masks with SQ > SK) gets 0 and lse = +inf, so its backward is 0.
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -187,8 +219,9 @@ def attn_fwd_split(Q, K, V, OP, LP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     # `hi` stands for SK in the masks: keys past this slice belong to the next program.
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_base, v_base, skn, svn, pos, offs_n, offs_d,
-                               lo, hi, hi, SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, BLOCK_N, False, UPCAST)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_base, v_base, skn, svn, pos, pos, offs_n, offs_d,
+                               lo, hi, hi, SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, False, BLOCK_N, False,
+                               UPCAST)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     bh = off_b * HQ + head

@@ -94,19 +94,40 @@ def _upcast(dtype: torch.dtype) -> bool:
     return _interpreting() and dtype == torch.bfloat16
 
 
+def doc_bounds(docs: tuple[int, ...], device) -> torch.Tensor:
+    """The document mask's kernel argument: int32 [START; END] over the packed tokens, START[t] the first token of
+    t's document and END[t] one past its last. Built once per workload, outside the timed calls."""
+    lengths = torch.tensor(docs, dtype=torch.int64)
+    ends = torch.cumsum(lengths, 0)
+    starts = ends - lengths
+    per_token = (torch.repeat_interleave(starts, lengths), torch.repeat_interleave(ends, lengths))
+    return torch.cat(per_token).to(torch.int32).to(device)
+
+
+def _doc_arg(mask: MaskSpec, bounds, q: torch.Tensor, sq: int, sk: int):
+    """DOC for the kernels: the bounds (made here when the caller has none), or any pointer when unread."""
+    if mask.docs is None:
+        return q
+    if not sq == sk == sum(mask.docs):
+        raise Unsupported(f"packed documents need q_len == kv_len == the sum of their lengths ({sum(mask.docs)}), "
+                          f"got {sq} and {sk}")
+    return doc_bounds(mask.docs, q.device) if bounds is None else bounds
+
+
 def split_layout(kv_len: int, splits: int, block_n: int) -> tuple[int, int]:
     """(keys per split, a multiple of block_n; number of splits actually used)."""
     split_len = triton.cdiv(triton.cdiv(kv_len, max(1, splits)), block_n) * block_n
     return split_len, triton.cdiv(kv_len, split_len)
 
 
-def forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool):
-    """(out, lse): out like q; lse (B*HQ, SQ) fp32 in base 2 (+inf for rows that see no key), or None."""
+def forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool, bounds=None):
+    """(out, lse): out like q; lse (B*HQ, SQ) fp32 in base 2 (+inf for rows that see no key), or None.
+    bounds: doc_bounds(mask.docs) for a document mask, made here when None."""
     with _launching():
-        return _forward(q, k, v, mask, cfg, scale, need_lse)
+        return _forward(q, k, v, mask, cfg, scale, need_lse, bounds)
 
 
-def _forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool):
+def _forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool, bounds):
     fwd, _ = kernels()
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     b, hq, sq, d = q.shape
@@ -117,6 +138,9 @@ def _forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool)
                   qk_scale=scale * LOG2E, HEAD_DIM=d, CAUSAL=mask.causal, HAS_WINDOW=mask.window is not None,
                   UPCAST=_upcast(q.dtype))
     if cfg.split_kv:
+        if mask.docs is not None:
+            raise Unsupported("split_kv takes no document mask (packed documents have q_len == kv_len: use the "
+                              "row-block kernel, split_kv=0)")
         if (hq // hkv) * sq > SPLIT_ROWS:
             raise Unsupported(f"split_kv packs a KV head's query rows into one block: GROUP * q_len = "
                               f"{(hq // hkv) * sq} > {SPLIT_ROWS}")
@@ -136,26 +160,29 @@ def _forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool)
     if tma:
         _ensure_allocator(q.device)
     grid = (triton.cdiv(sq, cfg.block_m), b * hq)
-    fwd.attn_fwd[grid](q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-                       BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=tma, STORE_LSE=need_lse,
+    doc = _doc_arg(mask, bounds, q, sq, sk)
+    fwd.attn_fwd[grid](q, k, v, out, lse, doc, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+                       BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOC=mask.docs is not None, USE_TMA=tma,
+                       STORE_LSE=need_lse,
                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common)
     return out, (lse if need_lse else None)
 
 
-def backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float):
+def backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float, bounds=None):
     """(dq, dk, dv), shaped like q, k, v."""
     with _launching():
-        return _backward(do, q, k, v, out, lse, mask, cfg, scale)
+        return _backward(do, q, k, v, out, lse, mask, cfg, scale, bounds)
 
 
-def _backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float):
+def _backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float, bounds):
     _, bwd = kernels()
     do = _last_dim_contiguous(do)
     b, hq, sq, d = q.shape
     hkv, sk = k.shape[1], k.shape[2]
     common = dict(HQ=hq, GROUP=hq // hkv, SQ=sq, SK=sk, SHIFT=mask.shift, WINDOW=mask.window or 0,
                   qk_scale=scale * LOG2E, sm_scale=scale, HEAD_DIM=d, CAUSAL=mask.causal,
-                  HAS_WINDOW=mask.window is not None, UPCAST=_upcast(q.dtype))
+                  HAS_WINDOW=mask.window is not None, HAS_DOC=mask.docs is not None, UPCAST=_upcast(q.dtype))
+    doc = _doc_arg(mask, bounds, q, sq, sk)
     delta = torch.empty((b * hq, sq), dtype=torch.float32, device=q.device)
     pre_m = 64
     bwd.bwd_preprocess[(triton.cdiv(sq, pre_m), b * hq)](out, do, delta, *out.stride()[:3], *do.stride()[:3], hq, sq,
@@ -170,7 +197,7 @@ def _backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float):
     else:
         dq_acc = delta  # unused by the kernel
     bwd.bwd_dkdv[(triton.cdiv(sk, resident), b * hkv)](
-        q, k, v, do, lse, delta, dk, dv, dq_acc, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        q, k, v, do, lse, delta, dk, dv, dq_acc, doc, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *do.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], BLOCK_M=stream, BLOCK_N=resident,
         DQ_ATOMIC=cfg.dq_atomic, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages, **common)
     if cfg.dq_atomic:
@@ -178,7 +205,7 @@ def _backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float):
     else:
         dq = torch.empty((b, hq, sq, d), dtype=q.dtype, device=q.device)
         bwd.bwd_dq[(triton.cdiv(sq, cfg.dq_block_m), b * hq)](
-            q, k, v, do, lse, delta, dq, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
+            q, k, v, do, lse, delta, dq, doc, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
             *dq.stride()[:3], BLOCK_M=cfg.dq_block_m, BLOCK_N=cfg.dq_block_n, num_warps=cfg.bwd_warps,
             num_stages=cfg.dq_stages, **common)
     return dq, dk, dv
@@ -186,22 +213,23 @@ def _backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float):
 
 class _Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, cfg, scale):
-        out, lse = forward(q, k, v, mask, cfg, scale, need_lse=True)
+    def forward(ctx, q, k, v, mask, cfg, scale, bounds):
+        out, lse = forward(q, k, v, mask, cfg, scale, need_lse=True, bounds=bounds)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.mask, ctx.cfg, ctx.scale = mask, cfg, scale
+        ctx.mask, ctx.cfg, ctx.scale, ctx.bounds = mask, cfg, scale, bounds
         return out
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = backward(do, q, k, v, out, lse, ctx.mask, ctx.cfg, ctx.scale)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = backward(do, q, k, v, out, lse, ctx.mask, ctx.cfg, ctx.scale, ctx.bounds)
+        return dq, dk, dv, None, None, None, None
 
 
-def attention(q, k, v, mask: MaskSpec, cfg: Config, scale: float | None = None):
-    """softmax(q k^T * scale + mask) v for q (B, HQ, SQ, D), k and v (B, HKV, SK, D); differentiable."""
+def attention(q, k, v, mask: MaskSpec, cfg: Config, scale: float | None = None, bounds=None):
+    """softmax(q k^T * scale + mask) v for q (B, HQ, SQ, D), k and v (B, HKV, SK, D); differentiable.
+    bounds: doc_bounds(mask.docs, device) for a document mask, made once by the caller (else on every call)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        return _Attention.apply(q, k, v, mask, cfg, scale)
-    return forward(q, k, v, mask, cfg, scale, need_lse=False)[0]
+        return _Attention.apply(q, k, v, mask, cfg, scale, bounds)
+    return forward(q, k, v, mask, cfg, scale, need_lse=False, bounds=bounds)[0]
