@@ -89,7 +89,8 @@ def test_mask_and_other_fields_of_a_workload(monkeypatch):
         assert C.workload_mask(w) == w.mask
         why = IMPL.supports(w, "cpu")
         assert want in why if want else why.startswith("triton-fa needs a CUDA GPU")
-    assert "softcap" in IMPL.supports(W(score_mod="softcap:30"), "cpu")
+    for mod in ("softcap:30", "alibi"):
+        assert IMPL.supports(W(score_mod=mod), "cpu").startswith("triton-fa needs a CUDA GPU")
     assert "paged" in IMPL.supports(W(q_len=1, kv_len=64, mask="causal-br", layout="paged:16"), "cpu")
 
 
@@ -111,6 +112,10 @@ def test_mask_spec_maps_every_kind():
     assert C.mask_spec("document:rand:3", 40, 40).docs == masks.doc_lengths("document:rand:3", 40)
     with pytest.raises(UserError, match="sum to 7"):
         C.mask_spec("document:3+4", 8, 8)
+    assert C.mask_spec("window:5", 8, 12, "softcap:30") == C.MaskSpec(causal=True, shift=4, window=5, softcap=30.0)
+    assert C.mask_spec("full", 8, 8, "alibi") == C.MaskSpec(alibi=True)
+    with pytest.raises(UserError, match="unknown score modifier"):
+        C.mask_spec("full", 8, 8, "tanh")
     assert "non-negative integer" in C.mask_problem("window:-1")
     with pytest.raises(UserError, match="unknown mask kind 'diagonal'"):
         C.mask_spec("diagonal", 8, 8)
@@ -125,6 +130,12 @@ def masked_reference(q, k, v, spec: C.MaskSpec):
     s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
     i = torch.arange(q.shape[2])[:, None]
     j = torch.arange(k.shape[2])[None, :]
+    if spec.softcap is not None:
+        s = spec.softcap * torch.tanh(s / spec.softcap)
+    if spec.alibi:
+        hq = q.shape[1]
+        slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / hq) for h in range(hq)], dtype=s.dtype).view(1, hq, 1, 1)
+        s = s + slopes * (j - (i + spec.shift))
     keep = torch.ones_like(i + j, dtype=torch.bool)
     if spec.causal:
         keep &= j <= i + spec.shift
@@ -151,6 +162,9 @@ FORWARD = {
     "decode": W(batch=2, q_heads=8, kv_heads=2, q_len=1, kv_len=300, causal=True),  # the split-KV kernel
     "decode-rows": W(batch=1, q_heads=8, kv_heads=2, q_len=1, kv_len=300, causal=True),  # row-block kernel
     "documents": W(batch=2, q_heads=4, kv_heads=2, q_len=70, kv_len=70, mask="document:rand:5"),  # packed, GQA
+    "softcap": W(causal=True, score_mod="softcap:2"),  # a cap that bends most scores
+    "alibi-window": W(q_heads=4, kv_heads=2, q_len=30, kv_len=50, mask="window:12", score_mod="alibi"),
+    "alibi-decode-split": W(batch=2, q_heads=8, kv_heads=2, q_len=2, kv_len=300, mask="causal-br", score_mod="alibi"),
 }
 
 
@@ -158,7 +172,7 @@ def _forward_case(name, w):
     @case(f"forward-{name}")
     def run():
         params = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1, "split_kv": 0}
-        if name == "decode":
+        if name == "decode" or name.endswith("-split"):
             params = {"BLOCK_N": 32, "split_kv": 4}
         res = check(IMPL.build(w, "cpu", params), w, "cpu", seed=1)
         assert res.ok, res.reason
@@ -175,6 +189,9 @@ GRADIENTS = {
     "mqa-full-bwd": W(q_heads=2, kv_heads=1, q_len=36, kv_len=20, direction="bwd"),
     "documents-bf16": W(q_heads=4, kv_heads=2, q_len=60, kv_len=60, dtype="bf16", mask="document:9+30+1+20",
                         direction="fwd+bwd"),
+    "softcap-gqa": W(q_heads=4, kv_heads=2, causal=True, score_mod="softcap:2", direction="fwd+bwd"),
+    "alibi-documents-bf16": W(q_len=50, kv_len=50, dtype="bf16", mask="document:rand:3", score_mod="alibi",
+                              direction="fwd+bwd"),
 }
 
 
@@ -206,6 +223,9 @@ MASKS = {
     "documents-tma": ("document:16+16+40", 72, 72, {"tma": True}),
     "documents-atomic-dq": ("document:rand:4", 50, 50, {"dq_atomic": True}),
     "documents-long": ("document:100+28", 128, 128, {}),  # long enough for unmasked blocks inside a document
+    "softcap-atomic-dq": ("causal", 40, 40, {"dq_atomic": True}, "softcap:2"),
+    "alibi-br-tma": ("causal-br", 30, 60, {"tma": True}, "alibi"),
+    "alibi-long-q": ("causal-br", 56, 24, {}, "alibi"),
 }
 
 
@@ -213,11 +233,11 @@ def _mask_case(name, args):
     case(f"mask-{name}")(lambda: _mask_check(*args))
 
 
-def _mask_check(mask, sq, sk, cfg):
+def _mask_check(mask, sq, sk, cfg, score_mod=""):
     from attnbench.impls.triton_fa import ops
 
     torch.manual_seed(3)
-    spec = C.mask_spec(mask, sq, sk)
+    spec = C.mask_spec(mask, sq, sk, score_mod)
     base = C.Config(block_m=16, block_n=16, num_warps=4, num_stages=1, bwd_block_m=16, bwd_block_n=32,
                     dq_block_m=32, dq_block_n=16)
     config = base.with_params({"BLOCK_N": 32, **cfg} if "split_kv" in cfg else cfg)
@@ -228,7 +248,7 @@ def _mask_check(mask, sq, sk, cfg):
     q6, k6, v6 = (t.to(torch.float64).requires_grad_() for t in (q, k, v))
     ref = masked_reference(q6, k6, v6, spec)
     assert rel(out, ref.detach()) < 2e-3
-    if mask == "causal-br":  # the same mask through attnbench's reference (bottom-right: a row offset)
+    if mask == "causal-br" and not score_mod:  # the mask through attnbench's reference (bottom-right: a row offset)
         if sq <= sk:
             assert rel(out, attention_math(q6, k6, v6, True, q_offset=sk - sq).detach()) < 2e-3
         else:
@@ -358,7 +378,7 @@ def _compile_sm90(fn, constexprs, warps, stages, dtype="bf16"):
             sig[name] = "*" + ("fp32" if name in ("LSE", "DELTA", "OP", "LP") else "i32" if name == "DOC" else dtype)
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
-            sig[name] = "fp32" if name in ("qk_scale", "sm_scale") else "i32"
+            sig[name] = "fp32" if name in ("qk_scale", "sm_scale", "SC_IN", "SC_OUT") else "i32"
             if name.startswith("s") and name not in ("sm_scale",):  # strides: sqb, skn, ...
                 attrs[(i,)] = [["tt.divisibility", 16]]
     kernel = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
@@ -372,15 +392,17 @@ def _compile_sm90(fn, constexprs, warps, stages, dtype="bf16"):
     return regs, stack, kernel.metadata.shared, kernel.asm["ptx"].count("wgmma.mma_async")
 
 
-@pytest.mark.parametrize("docs", [False, True], ids=["causal", "documents"])
-def test_defaults_compile_for_sm90_without_spills(docs):
+@pytest.mark.parametrize("docs,mod", [(False, 0), (True, 0), (False, 1), (True, 2)],
+                         ids=["causal", "documents", "softcap", "documents-alibi"])
+def test_defaults_compile_for_sm90_without_spills(docs, mod):
     from attnbench.impls.triton_fa import ops
 
     fwd, bwd = ops.kernels()
     assert not fwd.INTERPRETED, "run the suite without TRITON_INTERPRET (the interpreter cases start their own)"
-    w = Workload(1, 16, 16, 4096, 4096, 128, "bf16", True, "fwd+bwd")
+    w = Workload(1, 16, 16, 4096, 4096, 128, "bf16", not docs, "fwd+bwd", mask="document:rand:9" if docs else None,
+                 score_mod=("", "softcap:30", "alibi")[mod])
     c = C.default_config(w)
-    common = dict(HEAD_DIM=128, CAUSAL=True, HAS_WINDOW=False, HAS_DOC=docs, UPCAST=False)
+    common = dict(HEAD_DIM=128, CAUSAL=True, HAS_WINDOW=False, HAS_DOC=docs, MOD=mod, UPCAST=False)
     for tma in (False, True):
         regs, stack, shared, wgmma = _compile_sm90(
             fwd.attn_fwd, dict(common, BLOCK_M=c.block_m, BLOCK_N=c.block_n, USE_TMA=tma, STORE_LSE=True),
@@ -408,8 +430,10 @@ def test_defaults_compile_for_sm90_without_spills(docs):
     (Workload(2, 16, 16, 1024, 1024, 128, "bf16", True, "fwd+bwd"), {}),
     (Workload(1, 32, 8, 1000, 1200, 64, "fp16", False, "fwd+bwd"), {"dq_atomic": True}),
     (Workload(2, 16, 8, 4096, 4096, 128, "bf16", direction="fwd+bwd", mask="document:rand:7"), {}),
+    (Workload(2, 16, 8, 2048, 2048, 128, "bf16", True, "fwd+bwd", score_mod="softcap:30"), {}),
+    (Workload(16, 32, 8, 1, 4096, 128, "bf16", True, score_mod="alibi"), {}),
 ], ids=["d64", "d128-causal", "d128-causal-tma", "gqa-q<kv", "decode-split", "d128-bwd", "gqa-bwd-atomic",
-        "documents-bwd"])
+        "documents-bwd", "softcap-bwd", "alibi-decode-split"])
 def test_on_the_gpu(w, params):
     assert IMPL.supports(w, "cuda") is None
     res = check(IMPL.build(w, "cuda", params), w, "cuda", seed=5)

@@ -13,12 +13,15 @@ from ...errors import UserError
 class MaskSpec:
     """What the kernels take: query i sees key j when (not causal or j <= i + shift) and
     (window is None or j >= i + shift - window) and (docs is None or j is in i's document: docs are the
-    lengths of the packed documents, q_len == kv_len)."""
+    lengths of the packed documents, q_len == kv_len). The scores are first modified by softcap (C tanh(s / C))
+    or alibi (ALiBi's bias, the query at i + shift), as spec/masks.py defines them."""
 
     causal: bool = False
     shift: int = 0
     window: int | None = None
     docs: tuple[int, ...] | None = None
+    softcap: float | None = None
+    alibi: bool = False
 
 
 def mask_problem(mask: str) -> str | None:
@@ -33,7 +36,20 @@ def mask_problem(mask: str) -> str | None:
     return f"unknown mask kind {mask!r}"
 
 
-def mask_spec(mask: str, q_len: int, kv_len: int) -> MaskSpec:
+def mask_spec(mask: str, q_len: int, kv_len: int, score_mod: str = "") -> MaskSpec:
+    """mask_kind's MaskSpec with the score modifier (softcap:C or alibi) added."""
+    spec = mask_kind(mask, q_len, kv_len)
+    if not score_mod:
+        return spec
+    from ...spec.masks import canonical_score_mod
+
+    mod = canonical_score_mod(score_mod)
+    if mod == "alibi":
+        return dataclasses.replace(spec, alibi=True)
+    return dataclasses.replace(spec, softcap=float(mod.split(":", 1)[1]))
+
+
+def mask_kind(mask: str, q_len: int, kv_len: int) -> MaskSpec:
     """The one place that turns a mask kind into kernel arguments:
     full; causal (top-left, SDPA's is_causal: i sees j <= i); causal-br (bottom-right: j <= i + kv_len - q_len);
     window:W (bottom-right causal with W keys to the left: pos - W <= j <= pos, pos = i + kv_len - q_len, as
@@ -230,6 +246,10 @@ def default_config(workload, sms: int = HOPPER_SMS) -> Config:
     else:
         cfg = Config(block_m=128, block_n=64, num_warps=8, num_stages=2, bwd_block_m=16, bwd_block_n=32,
                      bwd_warps=8, bwd_stages=2, dq_block_m=64, dq_block_n=32, dq_stages=2)
+    if 64 < d <= 128 and workload_mask(w).startswith("document:") and getattr(w, "score_mod", ""):
+        # the dK/dV kernel with a document mask and a score modifier spilled 40-56 bytes at BWD_BLOCK_M 32 (sm_90,
+        # triton 3.6), none at 16
+        cfg = dataclasses.replace(cfg, bwd_block_m=16)
     group = w.q_heads // w.kv_heads
     if is_decode(group, w.q_len, w.kv_len):
         bn = 64 if d > 128 else 128

@@ -49,7 +49,8 @@ class TritonFAImpl(Impl):
     name = "triton-fa"
     family = "triton"
     description = ("attnbench's Triton flash-attention: FA2 forward and backward, causal, window and document "
-                   "masks, GQA without repeated K/V, split-KV decode; explicit params (tune races them)")
+                   "masks, soft-capping and ALiBi, GQA without repeated K/V, split-KV decode; explicit params "
+                   "(tune races them)")
     # Triton keeps every compiled config; candidates can stay built side by side while racing.
     exclusive_compile = False
 
@@ -62,9 +63,7 @@ class TritonFAImpl(Impl):
         why = mask_problem(workload_mask(w))
         if why:
             return why
-        # Fields a Workload may carry (spec's masks): score modifiers and other layouts are not implemented.
-        if getattr(w, "score_mod", ""):
-            return f"triton-fa does not apply score modifiers ({w.score_mod})"
+        # Fields a Workload may carry (spec's masks): other layouts (paged KV) are not implemented.
         if getattr(w, "layout", "dense") not in ("dense", ""):
             return f"triton-fa takes dense (batch, heads, seq, dim) tensors, not layout {w.layout!r}"
         why = triton_problem()
@@ -92,7 +91,7 @@ class TritonFAImpl(Impl):
 
         w = workload
         cfg = default_config(w, _sms(device)).with_params(dict(params or {}))
-        mask = mask_spec(workload_mask(w), w.q_len, w.kv_len)
+        mask = mask_spec(workload_mask(w), w.q_len, w.kv_len, getattr(w, "score_mod", ""))
         kernels()  # imported here, not inside the timed calls
         bounds = doc_bounds(mask.docs, device) if mask.docs else None
 

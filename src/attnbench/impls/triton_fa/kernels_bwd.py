@@ -3,7 +3,7 @@
 import triton
 import triton.language as tl
 
-from .kernels_fwd import key_blocks, mma, row_bounds, visible
+from .kernels_fwd import alibi_slope, key_blocks, mma, modified, row_bounds, visible
 
 INTERPRETED = bool(triton.knobs.runtime.interpret)
 
@@ -49,10 +49,10 @@ def bwd_preprocess(O, DO, DELTA, sob, soh, som, sdb, sdh, sdm, HQ, SQ,
 
 
 @triton.jit
-def _kv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, DOC, sqm, sdm, cols, offs_m, offs_d, lo, hi,
-              SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-              HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
-              DQ_ATOMIC: tl.constexpr, UPCAST: tl.constexpr):
+def _kv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, DOC, slope, sqm, sdm, cols, offs_m, offs_d, lo, hi,
+              SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, SC_IN, SC_OUT, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+              HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, MOD: tl.constexpr, BLOCK_M: tl.constexpr,
+              HEAD_DIM: tl.constexpr, DQ_ATOMIC: tl.constexpr, UPCAST: tl.constexpr):
     """dK, dV of one key block over query blocks [lo, hi), in the transposed form (keys on axis 0):
     P^T = exp2(K Q^T * qk_scale - lse), dV += P^T dO, dS^T = P^T * (V dO^T - delta), dK += dS^T Q.
     DQ_ATOMIC also adds dS K * sm_scale into the fp32 dQ buffer."""
@@ -65,7 +65,12 @@ def _kv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, DOC, sqm, sdm, cols, offs_m, 
         else:
             q = tl.load(Q + rows[:, None] * sqm + offs_d[None, :])
             lse = tl.load(LSE + rows)
-        p_t = tl.exp2(mma(k, tl.trans(q), None, UPCAST) * qk_scale - lse[None, :])
+        if MOD == 0:
+            p_t = tl.exp2(mma(k, tl.trans(q), None, UPCAST) * qk_scale - lse[None, :])
+        else:
+            s_t, dmod_t = modified(mma(k, tl.trans(q), None, UPCAST), rows[None, :], cols[:, None], slope, SHIFT,
+                                   qk_scale, SC_IN, SC_OUT, MOD)
+            p_t = tl.exp2(s_t - lse[None, :])
         if MASKED:  # visible() takes queries on axis 0: transpose the tile's mask
             row_lo = rows
             if HAS_DOC:
@@ -79,7 +84,10 @@ def _kv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, DOC, sqm, sdm, cols, offs_m, 
             delta = tl.load(DELTA + rows)
         dv = mma(p_t.to(do.dtype), do, dv, UPCAST)
         dp_t = mma(v, tl.trans(do), None, UPCAST)
-        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
+        if MOD == 1:  # through the soft cap
+            ds_t = (p_t * (dp_t - delta[None, :]) * dmod_t).to(q.dtype)
+        else:
+            ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
         dk = mma(ds_t, q, dk, UPCAST)
         if DQ_ATOMIC:
             dq = mma(tl.trans(ds_t), k, None, UPCAST) * sm_scale
@@ -94,9 +102,10 @@ def _kv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, DOC, sqm, sdm, cols, offs_m, 
 @triton.jit
 def bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, DOC,
              sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm, skgb, skgh, skgn, svgb, svgh, svgn,
-             HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale,
+             HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, SC_IN, SC_OUT,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-             HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, DQ_ATOMIC: tl.constexpr, UPCAST: tl.constexpr):
+             HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, MOD: tl.constexpr, DQ_ATOMIC: tl.constexpr,
+             UPCAST: tl.constexpr):
     """One program: BLOCK_N keys of one (batch, KV head), summed over the GROUP query heads that read them, so
     GQA needs neither repeated K/V nor a reduction afterwards; grid (cdiv(SK, BLOCK_N), B * HKV)."""
     pid_n = tl.program_id(0)
@@ -131,15 +140,16 @@ def bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, DOC,
         lse_base = LSE + bh * SQ
         delta_base = DELTA + bh * SQ
         dq_base = DQ + bh * SQ * HEAD_DIM
-        dk, dv = _kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, DOC, sqm, sdm, cols,
-                           offs_m, offs_d, lo, mid_lo, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, True, CAUSAL,
-                           HAS_WINDOW, HAS_DOC, BLOCK_M, HEAD_DIM, DQ_ATOMIC, UPCAST)
-        dk, dv = _kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, DOC, sqm, sdm, cols,
-                           offs_m, offs_d, mid_lo, mid_hi, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, False, CAUSAL,
-                           HAS_WINDOW, HAS_DOC, BLOCK_M, HEAD_DIM, DQ_ATOMIC, UPCAST)
-        dk, dv = _kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, DOC, sqm, sdm, cols,
-                           offs_m, offs_d, mid_hi, hi, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, True, CAUSAL,
-                           HAS_WINDOW, HAS_DOC, BLOCK_M, HEAD_DIM, DQ_ATOMIC, UPCAST)
+        slope = alibi_slope(off_h, HQ, MOD)
+        dk, dv = _kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, DOC, slope, sqm, sdm,
+                           cols, offs_m, offs_d, lo, mid_lo, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, SC_IN, SC_OUT,
+                           True, CAUSAL, HAS_WINDOW, HAS_DOC, MOD, BLOCK_M, HEAD_DIM, DQ_ATOMIC, UPCAST)
+        dk, dv = _kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, DOC, slope, sqm, sdm,
+                           cols, offs_m, offs_d, mid_lo, mid_hi, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, SC_IN,
+                           SC_OUT, False, CAUSAL, HAS_WINDOW, HAS_DOC, MOD, BLOCK_M, HEAD_DIM, DQ_ATOMIC, UPCAST)
+        dk, dv = _kv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, DOC, slope, sqm, sdm,
+                           cols, offs_m, offs_d, mid_hi, hi, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, SC_IN, SC_OUT,
+                           True, CAUSAL, HAS_WINDOW, HAS_DOC, MOD, BLOCK_M, HEAD_DIM, DQ_ATOMIC, UPCAST)
     dk = dk * sm_scale
     tl.store(DK + off_b * skgb + off_hk * skgh + cols[:, None] * skgn + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=kmask)
@@ -148,9 +158,9 @@ def bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, DOC,
 
 
 @triton.jit
-def _q_inner(dq, q, do, lse, delta, K, V, skn, svn, rows, row_lo, offs_n, offs_d, lo, hi, SK, SHIFT, WINDOW,
-             qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr,
-             BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
+def _q_inner(dq, q, do, lse, delta, K, V, skn, svn, rows, row_lo, slope, offs_n, offs_d, lo, hi, SK, SHIFT, WINDOW,
+             qk_scale, SC_IN, SC_OUT, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+             HAS_DOC: tl.constexpr, MOD: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr):
     """dQ of one query block over key blocks [lo, hi): P = exp2(Q K^T * qk_scale - lse), dS = P * (dO V^T - delta),
     dQ += dS K."""
     for start_n in tl.range(lo, hi, BLOCK_N):
@@ -162,20 +172,28 @@ def _q_inner(dq, q, do, lse, delta, K, V, skn, svn, rows, row_lo, offs_n, offs_d
         else:
             k = tl.load(K + cols[:, None] * skn + offs_d[None, :])
             v = tl.load(V + cols[:, None] * svn + offs_d[None, :])
-        p = tl.exp2(mma(q, tl.trans(k), None, UPCAST) * qk_scale - lse[:, None])
+        if MOD == 0:
+            p = tl.exp2(mma(q, tl.trans(k), None, UPCAST) * qk_scale - lse[:, None])
+        else:
+            s, dmod = modified(mma(q, tl.trans(k), None, UPCAST), rows[:, None], cols[None, :], slope, SHIFT,
+                               qk_scale, SC_IN, SC_OUT, MOD)
+            p = tl.exp2(s - lse[:, None])
         if MASKED:
             p = tl.where(visible(rows, cols, row_lo, SK, SHIFT, WINDOW, CAUSAL, HAS_WINDOW, HAS_DOC), p, 0.0)
         dp = mma(do, tl.trans(v), None, UPCAST)
-        ds = (p * (dp - delta[:, None])).to(k.dtype)
+        if MOD == 1:
+            ds = (p * (dp - delta[:, None]) * dmod).to(k.dtype)
+        else:
+            ds = (p * (dp - delta[:, None])).to(k.dtype)
         dq = mma(ds, k, dq, UPCAST)
     return dq
 
 
 @triton.jit
 def bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DOC, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm,
-           sqgb, sqgh, sqgm, HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale,
+           sqgb, sqgh, sqgm, HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale, sm_scale, SC_IN, SC_OUT,
            HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-           HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, UPCAST: tl.constexpr):
+           HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, MOD: tl.constexpr, UPCAST: tl.constexpr):
     """One program: dQ of BLOCK_M rows of one (batch, query head), no atomics; grid (cdiv(SQ, BLOCK_M), B * HQ)."""
     pid_m = tl.program_id(0)
     if CAUSAL:
@@ -200,12 +218,13 @@ def bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, DOC, sqb, sqh, sqm, skb, skh, skn, svb, 
     row_lo, lo_first, lo_last = row_bounds(DOC, m0, rows, SQ, SHIFT, WINDOW, BLOCK_M, HAS_WINDOW, HAS_DOC)
     lo, mid_lo, mid_hi, hi = key_blocks(m0, SK, SHIFT, lo_first, lo_last, BLOCK_M, BLOCK_N, CAUSAL,
                                         HAS_WINDOW or HAS_DOC)
-    dq = _q_inner(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, row_lo, offs_n, offs_d, lo, mid_lo, SK,
-                  SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, HAS_DOC, BLOCK_N, UPCAST)
-    dq = _q_inner(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, row_lo, offs_n, offs_d, mid_lo, mid_hi, SK,
-                  SHIFT, WINDOW, qk_scale, False, CAUSAL, HAS_WINDOW, HAS_DOC, BLOCK_N, UPCAST)
-    dq = _q_inner(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, row_lo, offs_n, offs_d, mid_hi, hi, SK,
-                  SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, HAS_DOC, BLOCK_N, UPCAST)
+    slope = alibi_slope(off_h, HQ, MOD)
+    dq = _q_inner(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, row_lo, slope, offs_n, offs_d, lo, mid_lo,
+                  SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, True, CAUSAL, HAS_WINDOW, HAS_DOC, MOD, BLOCK_N, UPCAST)
+    dq = _q_inner(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, row_lo, slope, offs_n, offs_d, mid_lo, mid_hi,
+                  SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, False, CAUSAL, HAS_WINDOW, HAS_DOC, MOD, BLOCK_N, UPCAST)
+    dq = _q_inner(dq, q, do, lse, delta, k_base, v_base, skn, svn, rows, row_lo, slope, offs_n, offs_d, mid_hi, hi,
+                  SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, True, CAUSAL, HAS_WINDOW, HAS_DOC, MOD, BLOCK_N, UPCAST)
     dq = dq * sm_scale
     tl.store(DQ + off_b * sqgb + off_h * sqgh + rows[:, None] * sqgm + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=rmask[:, None])

@@ -11,6 +11,7 @@ INTERPRETED = bool(triton.knobs.runtime.interpret)
 # and (not HAS_DOC or j >= START[i]) and j < SK: SHIFT = 0 is top-left causal, SHIFT = SK - SQ bottom-right
 # (config.mask_spec). HAS_DOC (packed documents, causal within each) reads DOC, int32 [START; END]: the first
 # token of each token's document, then one past its last (ops.doc_bounds); without it DOC is not read.
+# MOD applies a score modifier (spec/masks.py) before the mask: 1 soft-capping, 2 ALiBi (modified()).
 # Every row's lowest visible key (window or document) is non-decreasing in the row, and every key's highest
 # reading row too, which is what lets whole key (row) blocks be skipped or taken without the mask.
 
@@ -84,9 +85,37 @@ def visible(rows, cols, row_lo, SK, SHIFT, WINDOW, CAUSAL: tl.constexpr, HAS_WIN
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, rows, row_lo, offs_n, offs_d, lo, hi,
-               SK, SHIFT, WINDOW, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
-               HAS_DOC: tl.constexpr, BLOCK_N: tl.constexpr, USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
+def modified(s, qpos, kpos, slope, SHIFT, qk_scale, SC_IN, SC_OUT, MOD: tl.constexpr):
+    """Base-2 scores from raw q.k under a score modifier, and d(modified x)/dx for the backward (x the scaled
+    score). MOD 1, soft-capping: C tanh(x / C), tanh(y) = 1 - 2 / (exp(2y) + 1) with SC_IN = 2 log2(e) scale / C
+    and SC_OUT = C log2(e); its derivative 1 - tanh^2. MOD 2, ALiBi: x + slope (key position - query position),
+    the query at qpos + SHIFT, slope already times log2(e); derivative 1. qpos and kpos broadcast against s."""
+    out = s * qk_scale
+    grad = 1.0
+    if MOD == 1:
+        th = 1.0 - 2.0 / (tl.exp2(s * SC_IN) + 1.0)
+        out = th * SC_OUT
+        grad = 1.0 - th * th
+    if MOD == 2:
+        out = out + slope * (kpos - qpos - SHIFT).to(tl.float32)
+    return out, grad
+
+
+@triton.jit
+def alibi_slope(head, HQ, MOD: tl.constexpr):
+    """ALiBi's slope of query head(s) `head`, 2^(-8 (h + 1) / HQ), times log2(e) (scores are in base 2); 0 unless
+    MOD is 2."""
+    slope = 0.0
+    if MOD == 2:
+        slope = tl.exp2((head + 1).to(tl.float32) * (-8.0 / HQ)) * 1.4426950408889634
+    return slope
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, rows, row_lo, slope, offs_n, offs_d, lo, hi,
+               SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, MOD: tl.constexpr, BLOCK_N: tl.constexpr,
+               USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
     """Online softmax over key blocks [lo, hi). Only MASKED ranges pay for the mask and the bounds checks."""
     for start_n in tl.range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
@@ -97,15 +126,20 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, rows, row_lo, o
         else:
             k = tl.load(K + cols[:, None] * skn + offs_d[None, :])
         s = mma(q, tl.trans(k), None, UPCAST)
+        if MOD == 0:
+            sc = qk_scale
+        else:  # s in base 2 already
+            s, _ = modified(s, rows[:, None], cols[None, :], slope, SHIFT, qk_scale, SC_IN, SC_OUT, MOD)
+            sc = 1.0
         if MASKED:
             s = tl.where(visible(rows, cols, row_lo, SK, SHIFT, WINDOW, CAUSAL, HAS_WINDOW, HAS_DOC), s,
                          float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_new = tl.maximum(m_i, tl.max(s, 1) * sc)
         if MASKED:  # a row that has seen no key yet keeps m = -inf; subtract 0 instead (exp2(-inf) = 0)
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
             m_use = m_new
-        p = tl.exp2(s * qk_scale - m_use[:, None])
+        p = tl.exp2(s * sc - m_use[:, None])
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
@@ -122,10 +156,10 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, rows, row_lo, o
 
 @triton.jit
 def attn_fwd(Q, K, V, O, LSE, DOC, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
-             HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale,
+             HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-             HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, USE_TMA: tl.constexpr, STORE_LSE: tl.constexpr,
-             UPCAST: tl.constexpr):
+             HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, MOD: tl.constexpr, USE_TMA: tl.constexpr,
+             STORE_LSE: tl.constexpr, UPCAST: tl.constexpr):
     """One program: BLOCK_M query rows of one (batch, query head); grid (cdiv(SQ, BLOCK_M), B * HQ).
     The KV head is query head // GROUP (GQA/MQA without repeating K and V)."""
     pid_m = tl.program_id(0)
@@ -161,16 +195,17 @@ def attn_fwd(Q, K, V, O, LSE, DOC, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, 
     row_lo, lo_first, lo_last = row_bounds(DOC, m0, rows, SQ, SHIFT, WINDOW, BLOCK_M, HAS_WINDOW, HAS_DOC)
     lo, mid_lo, mid_hi, hi = key_blocks(m0, SK, SHIFT, lo_first, lo_last, BLOCK_M, BLOCK_N, CAUSAL,
                                         HAS_WINDOW or HAS_DOC)
+    slope = alibi_slope(off_h, HQ, MOD)
     if HAS_WINDOW or HAS_DOC:
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, row_lo, offs_n,
-                                   offs_d, lo, mid_lo, SK, SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, HAS_DOC,
-                                   BLOCK_N, USE_TMA, UPCAST)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, row_lo, offs_n,
-                               offs_d, mid_lo, mid_hi, SK, SHIFT, WINDOW, qk_scale, False, CAUSAL, HAS_WINDOW,
-                               HAS_DOC, BLOCK_N, USE_TMA, UPCAST)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, row_lo, offs_n,
-                               offs_d, mid_hi, hi, SK, SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, HAS_DOC,
-                               BLOCK_N, USE_TMA, UPCAST)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, row_lo, slope,
+                                   offs_n, offs_d, lo, mid_lo, SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, True, CAUSAL,
+                                   HAS_WINDOW, HAS_DOC, MOD, BLOCK_N, USE_TMA, UPCAST)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, row_lo, slope,
+                               offs_n, offs_d, mid_lo, mid_hi, SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, False,
+                               CAUSAL, HAS_WINDOW, HAS_DOC, MOD, BLOCK_N, USE_TMA, UPCAST)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, row_lo, slope,
+                               offs_n, offs_d, mid_hi, hi, SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, True, CAUSAL,
+                               HAS_WINDOW, HAS_DOC, MOD, BLOCK_N, USE_TMA, UPCAST)
     # A row that saw no key (bottom-right masks with SQ > SK) gets 0 and lse = +inf, so its backward is 0.
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -188,9 +223,9 @@ def attn_fwd(Q, K, V, O, LSE, DOC, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, 
 
 @triton.jit
 def attn_fwd_split(Q, K, V, OP, LP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
-                   HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale, SPLIT_LEN, NUM_SPLITS,
+                   HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, SPLIT_LEN, NUM_SPLITS,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                   HAS_WINDOW: tl.constexpr, UPCAST: tl.constexpr):
+                   HAS_WINDOW: tl.constexpr, MOD: tl.constexpr, UPCAST: tl.constexpr):
     """Split-KV forward for few query rows (decode): one program takes every query row of one KV head's group
     (GROUP heads x SQ positions packed into BLOCK_M rows) over one SPLIT_LEN slice of the keys, and writes that
     slice's normalised output and its lse in fp32; attn_combine merges the slices. Grid (NUM_SPLITS, B * HKV)."""
@@ -219,9 +254,12 @@ def attn_fwd_split(Q, K, V, OP, LP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     # `hi` stands for SK in the masks: keys past this slice belong to the next program.
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_base, v_base, skn, svn, pos, pos, offs_n, offs_d,
-                               lo, hi, hi, SHIFT, WINDOW, qk_scale, True, CAUSAL, HAS_WINDOW, False, BLOCK_N, False,
-                               UPCAST)
+    slope = alibi_slope(head, HQ, MOD)  # a head per row: rows pack the group's heads
+    if MOD == 2:
+        slope = slope[:, None]
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_base, v_base, skn, svn, pos, pos, slope, offs_n,
+                               offs_d, lo, hi, hi, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, True, CAUSAL, HAS_WINDOW,
+                               False, MOD, BLOCK_N, False, UPCAST)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     bh = off_b * HQ + head

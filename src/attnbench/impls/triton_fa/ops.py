@@ -114,6 +114,13 @@ def _doc_arg(mask: MaskSpec, bounds, q: torch.Tensor, sq: int, sk: int):
     return doc_bounds(mask.docs, q.device) if bounds is None else bounds
 
 
+def _score_mod_args(mask: MaskSpec, scale: float) -> dict:
+    """The kernels' MOD (0 none, 1 soft-capping, 2 ALiBi) and soft-capping's constants (kernels_fwd.modified)."""
+    if mask.softcap is not None:
+        return dict(MOD=1, SC_IN=2.0 * LOG2E * scale / mask.softcap, SC_OUT=mask.softcap * LOG2E)
+    return dict(MOD=2 if mask.alibi else 0, SC_IN=0.0, SC_OUT=0.0)
+
+
 def split_layout(kv_len: int, splits: int, block_n: int) -> tuple[int, int]:
     """(keys per split, a multiple of block_n; number of splits actually used)."""
     split_len = triton.cdiv(triton.cdiv(kv_len, max(1, splits)), block_n) * block_n
@@ -136,7 +143,7 @@ def _forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool,
     lse = torch.empty((b * hq, sq), dtype=torch.float32, device=q.device) if need_lse else out
     common = dict(HQ=hq, GROUP=hq // hkv, SQ=sq, SK=sk, SHIFT=mask.shift, WINDOW=mask.window or 0,
                   qk_scale=scale * LOG2E, HEAD_DIM=d, CAUSAL=mask.causal, HAS_WINDOW=mask.window is not None,
-                  UPCAST=_upcast(q.dtype))
+                  UPCAST=_upcast(q.dtype), **_score_mod_args(mask, scale))
     if cfg.split_kv:
         if mask.docs is not None:
             raise Unsupported("split_kv takes no document mask (packed documents have q_len == kv_len: use the "
@@ -181,7 +188,8 @@ def _backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float, 
     hkv, sk = k.shape[1], k.shape[2]
     common = dict(HQ=hq, GROUP=hq // hkv, SQ=sq, SK=sk, SHIFT=mask.shift, WINDOW=mask.window or 0,
                   qk_scale=scale * LOG2E, sm_scale=scale, HEAD_DIM=d, CAUSAL=mask.causal,
-                  HAS_WINDOW=mask.window is not None, HAS_DOC=mask.docs is not None, UPCAST=_upcast(q.dtype))
+                  HAS_WINDOW=mask.window is not None, HAS_DOC=mask.docs is not None, UPCAST=_upcast(q.dtype),
+                  **_score_mod_args(mask, scale))
     doc = _doc_arg(mask, bounds, q, sq, sk)
     delta = torch.empty((b * hq, sq), dtype=torch.float32, device=q.device)
     pre_m = 64
