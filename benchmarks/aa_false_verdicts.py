@@ -88,7 +88,8 @@ def power(env: dict[str, str], tmp: Path) -> dict[str, Any]:
     return {"row": row, "pass": ok}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpu", action="store_true", help="the GPU checks: sdpa-auto A/A on characterize, cudnn vs flash")
     ap.add_argument("--preset", default=None, help="sweep of the A/A suites (default: cpu-smoke; --gpu: characterize)")
@@ -96,7 +97,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=None, help="A/A repetitions (default 20, 10 on --gpu)")
     ap.add_argument("--out", default=None, help="folder for aa_false_verdicts.json and .md")
     ap.add_argument("compare_args", nargs="*", help="more `attnbench compare` options, after --")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     impl = args.impl or ("sdpa-auto" if args.gpu else "sdpa-math")
     preset = args.preset or ("characterize" if args.gpu else "cpu-smoke")
     reps = args.reps or (10 if args.gpu else 20)

@@ -100,7 +100,8 @@ def check_impl(impl, w, device: str, seeds: int) -> list[dict]:
     return out
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu", action="store_true", help="the CPU evidence sweep")
     ap.add_argument("--seeds", type=int, default=1, help="checks per (impl, workload), each on fresh inputs")
@@ -108,7 +109,11 @@ def main() -> int:
     ap.add_argument("--impl", action="append", default=None, help="only these impls (repeatable)")
     ap.add_argument("--budget-s", type=float, default=420.0,
                     help="stop starting correct-kernel checks after this many seconds (the corrupted ones run first)")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = build_parser().parse_args()
 
     import torch
 

@@ -89,14 +89,19 @@ def rows_of(data: dict, model: str, timer: str) -> list[dict]:
     return out
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--budget", default="15s", help="tune's racing budget per workload")
     ap.add_argument("--impls", default="sdpa-flash,sdpa-cudnn,sdpa-efficient")
     ap.add_argument("--samples", type=int, default=50)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     import torch
 
     if not torch.cuda.is_available():

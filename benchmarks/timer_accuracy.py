@@ -392,7 +392,8 @@ def verdict(c: dict) -> dict:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-ncu", action="store_true")
@@ -400,7 +401,11 @@ def main() -> None:
     ap.add_argument("--decode", action="store_true", help="decode shapes (DECODE_SHAPES) instead of prefill ones")
     ap.add_argument("--budget-s", type=float, default=170.0, help="stop starting new cases after this long")
     ap.add_argument("--ncu-child", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.ncu_child:
         return ncu_child(args.ncu_child)
 

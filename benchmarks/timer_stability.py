@@ -67,7 +67,8 @@ def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--preset", default="characterize")
@@ -78,7 +79,11 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--timer", default="cold")
     ap.add_argument("--impl", action="append", help=f"repeatable (default: {', '.join(IMPLS)})")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     t0 = time.time()
     runs, errors = [], []
