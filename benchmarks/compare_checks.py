@@ -32,6 +32,8 @@ def main() -> None:
 
     import torch
 
+    if not torch.cuda.is_available():
+        raise SystemExit("compare_checks: needs a CUDA GPU")
     from attnbench.compare.comparison import compare_impls
     from attnbench.compare.format import to_json, to_markdown
     from attnbench.spec import Workload, load_preset
