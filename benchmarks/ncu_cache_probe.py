@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
+    import torch
+
+    if not torch.cuda.is_available():   # the children profile CUDA kernels: ncu alone is not enough
+        raise SystemExit("ncu_cache_probe: needs a CUDA GPU")
     ncu = find_ncu()
     if ncu is None:
         raise SystemExit("ncu_cache_probe: no ncu found")
