@@ -26,6 +26,9 @@ def main() -> None:
     args = build_parser().parse_args()
 
     import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("sdpa_vs_dobench: needs a CUDA GPU")
     import triton.testing
 
     from attnbench.impls import make_call, make_inputs, resolve
