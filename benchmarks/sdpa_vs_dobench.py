@@ -31,13 +31,17 @@ def main() -> None:
         raise SystemExit("sdpa_vs_dobench: needs a CUDA GPU")
     import triton.testing
 
+    from attnbench.errors import UserError
     from attnbench.impls import make_call, make_inputs, resolve
     from attnbench.store import Store
 
     impl = resolve(args.impl)
     rows = []
     with Store(args.db) as store:
-        info = store.run(args.run)
+        try:
+            info = store.run(args.run)
+        except UserError as exc:   # no run stored (gpu_check's run step failed): one line, not a traceback
+            raise SystemExit(f"sdpa_vs_dobench: {exc}") from None
         for m in store.measurements(info.run_id, impl=args.impl):
             if not m.ok:
                 continue
