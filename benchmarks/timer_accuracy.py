@@ -412,6 +412,8 @@ def main() -> None:
     t_start = time.time()
     import torch
 
+    if not torch.cuda.is_available():   # before the ncu pass, which would profile nothing
+        raise SystemExit("timer_accuracy: needs a CUDA GPU")
     from attnbench.measure.clocks import open_reader
     from attnbench.measure.cuda_timers import CudaEventTimer
     from attnbench.measure.timing import TimingPolicy, make_timer
