@@ -54,6 +54,8 @@ def main() -> None:
 
     import torch
 
+    if not torch.cuda.is_available():
+        raise SystemExit("timer_cost: needs a CUDA GPU")
     from attnbench.impls import make_call, make_inputs, resolve
     from attnbench.spec import load_preset
     from attnbench.analysis.stats import relative_halfwidth
