@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():   # else both runs fail and it exits 0 with an empty table
+            raise SystemExit(f"timer_stability: --device {args.device} needs a CUDA GPU")
 
     t0 = time.time()
     runs, errors = [], []
