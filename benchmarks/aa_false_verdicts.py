@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():   # before a child process finds it out
+            raise SystemExit("aa_false_verdicts: --gpu needs a CUDA GPU")
     impl = args.impl or ("sdpa-auto" if args.gpu else "sdpa-math")
     preset = args.preset or ("characterize" if args.gpu else "cpu-smoke")
     reps = args.reps or (10 if args.gpu else 20)
