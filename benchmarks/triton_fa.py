@@ -363,13 +363,13 @@ def main() -> None:
         DEVICE, DRY = "cpu", True
 
     import torch
+
+    if not DRY and not torch.cuda.is_available():   # before importing triton, which a CPU machine may lack
+        raise SystemExit("triton_fa: needs a CUDA GPU (or --dry-run with TRITON_INTERPRET=1)")
     import triton
 
     from attnbench.measure.timing import TimingPolicy
     from attnbench.store import Store
-
-    if not DRY and not torch.cuda.is_available():
-        raise SystemExit("triton_fa: needs a CUDA GPU (or --dry-run with TRITON_INTERPRET=1)")
     out_dir = Path(args.out) if args.out else None
     data: dict = {"gpu": "cpu (dry run)" if DRY else torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                   "cuda": torch.version.cuda, "args": vars(args), "skipped": []}
