@@ -156,8 +156,8 @@ def check_benchmark(path: Path, args: list[str]) -> None:
             check_impls(ns.impl if name == "impl" else ns.impls)
     if isinstance(getattr(ns, "budget", None), str):
         parse_duration(ns.budget)
-    if getattr(ns, "compare_args", None):   # aa_false_verdicts passes these on to `attnbench compare`
-        check_attnbench(["compare", "--impl", "sdpa-auto", "--impl", "sdpa-auto", *ns.compare_args])
+    for argv in getattr(mod, "attnbench_commands", lambda ns: [])(ns):   # the attnbench children it starts
+        check_attnbench(argv)
 
 
 def check_call(argv: list[str], stdin: str | None) -> None:
