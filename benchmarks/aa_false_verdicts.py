@@ -33,9 +33,33 @@ from typing import Any
 FLAGGED = ("faster", "slower")
 
 
+POWER_SHAPE = ["-b", "32", "-H", "8", "-s", "512", "-d", "64", "--dtype", "fp16"]
+
+
+def compare_argv(args: list[str], db: Path) -> list[str]:
+    """The arguments of one `attnbench compare ... --format json`."""
+    return ["compare", *args, "--format", "json", "-q", "--db", str(db)]
+
+
+def settings(args: argparse.Namespace) -> tuple[str, str, int, list[str]]:
+    """(impl, preset, repetitions, more compare options) of a run: the defaults depend on --gpu."""
+    extra = list(args.compare_args) + (["--device", "cuda"] if args.gpu else [])
+    return (args.impl or ("sdpa-auto" if args.gpu else "sdpa-math"),
+            args.preset or ("characterize" if args.gpu else "cpu-smoke"), args.reps or (10 if args.gpu else 20), extra)
+
+
+def attnbench_commands(args: argparse.Namespace) -> list[list[str]]:
+    """The attnbench commands a run starts, with a placeholder store (tests parse them with the CLI's parser)."""
+    impl, preset, _, extra = settings(args)
+    cmds = [compare_argv(["--impl", impl, "--impl", impl, "--preset", preset, *extra], Path("aa.db"))]
+    if args.gpu:
+        cmds.append(compare_argv(["--impl", "sdpa-cudnn", "--impl", "sdpa-flash", *POWER_SHAPE], Path("power.db")))
+    return cmds
+
+
 def compare(args: list[str], db: Path, env: dict[str, str]) -> dict[str, Any]:
     """One `attnbench compare ... --format json` in its own process; its JSON."""
-    cmd = [sys.executable, "-m", "attnbench", "compare", *args, "--format", "json", "-q", "--db", str(db)]
+    cmd = [sys.executable, "-m", "attnbench", *compare_argv(args, db)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if out.returncode != 0:
         raise SystemExit(f"aa_false_verdicts: {' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()[-500:]}")
@@ -81,14 +105,14 @@ def aa(impl: str, preset: str, reps: int, extra: list[str], env: dict[str, str],
 
 
 def power(env: dict[str, str], tmp: Path) -> dict[str, Any]:
-    shape = ["-b", "32", "-H", "8", "-s", "512", "-d", "64", "--dtype", "fp16"]
-    res = compare(["--impl", "sdpa-cudnn", "--impl", "sdpa-flash", *shape], tmp / "power.db", env)
+    res = compare(["--impl", "sdpa-cudnn", "--impl", "sdpa-flash", *POWER_SHAPE], tmp / "power.db", env)
     (row,) = res["rows"]
     ok = row["verdict"] == "faster" and row["speedup_ci"][0] > 1.0
     return {"row": row, "pass": ok}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpu", action="store_true", help="the GPU checks: sdpa-auto A/A on characterize, cudnn vs flash")
     ap.add_argument("--preset", default=None, help="sweep of the A/A suites (default: cpu-smoke; --gpu: characterize)")
@@ -96,17 +120,21 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=None, help="A/A repetitions (default 20, 10 on --gpu)")
     ap.add_argument("--out", default=None, help="folder for aa_false_verdicts.json and .md")
     ap.add_argument("compare_args", nargs="*", help="more `attnbench compare` options, after --")
-    args = ap.parse_args()
-    impl = args.impl or ("sdpa-auto" if args.gpu else "sdpa-math")
-    preset = args.preset or ("characterize" if args.gpu else "cpu-smoke")
-    reps = args.reps or (10 if args.gpu else 20)
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():   # before a child process finds it out
+            raise SystemExit("aa_false_verdicts: --gpu needs a CUDA GPU")
+    impl, preset, reps, extra = settings(args)
     target = 0 if args.gpu else 1
     env = dict(os.environ)
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join([str(root / "src"), str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    extra = list(args.compare_args)
-    if args.gpu:
-        extra += ["--device", "cuda"]
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="aa-") as tmp:
         report: dict[str, Any] = {"aa": aa(impl, preset, reps, extra, env, Path(tmp))}

@@ -18,15 +18,22 @@ import time
 from pathlib import Path
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--impl", default="sdpa-auto")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     import torch
 
+    if not torch.cuda.is_available():
+        raise SystemExit("compare_checks: needs a CUDA GPU")
     from attnbench.compare.comparison import compare_impls
     from attnbench.compare.format import to_json, to_markdown
     from attnbench.spec import Workload, load_preset

@@ -4,9 +4,9 @@ Every impl (built-in, plus the correct test fixtures) is checked with `attnbench
 each workload and seed; each check's ratio (error / limit, <= 1 passes) of the element, row and head criteria
 is kept, over out, dq, dk and dv. The corrupted fixtures (errors in >= 1% of the rows) must be `incorrect`.
 
-- GPU (default where CUDA is available): the presets characterize and llm-prefill in bf16 and fp16, every
-  built-in impl; gradients at three shapes; the corrupted fixtures at B8 H8 S1024 D64 and the llm-prefill
-  S2048 shape, causal. Takes a few minutes on an H100/H200 (flex compiles once per workload and dtype).
+- GPU (the default; with no CUDA GPU it stops, unless --cpu): the presets characterize and llm-prefill in bf16
+  and fp16, every built-in impl; gradients at three shapes; the corrupted fixtures at B8 H8 S1024 D64 and the
+  llm-prefill S2048 shape, causal. Takes a few minutes on an H100/H200 (flex compiles once per workload and dtype).
 - `--cpu`: CPU-sized shapes of the presets and masked workloads (the evidence behind the floors in
   measure/criteria.py), with the CPU impls and the correct fixtures (eager_reordered, masked_sdpa,
   query_chunked, tf32_matmuls for fp32).
@@ -100,7 +100,8 @@ def check_impl(impl, w, device: str, seeds: int) -> list[dict]:
     return out
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu", action="store_true", help="the CPU evidence sweep")
     ap.add_argument("--seeds", type=int, default=1, help="checks per (impl, workload), each on fresh inputs")
@@ -108,13 +109,19 @@ def main() -> int:
     ap.add_argument("--impl", action="append", default=None, help="only these impls (repeatable)")
     ap.add_argument("--budget-s", type=float, default=420.0,
                     help="stop starting correct-kernel checks after this many seconds (the corrupted ones run first)")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = build_parser().parse_args()
 
     import torch
 
     from attnbench.impls import builtin_impls, resolve
 
-    device = "cpu" if args.cpu or not torch.cuda.is_available() else "cuda"
+    if not args.cpu and not torch.cuda.is_available():   # never the CPU sweep in place of the GPU one, unasked
+        raise SystemExit("correctness_margins: needs a CUDA GPU (--cpu: the CPU sweep)")
+    device = "cpu" if args.cpu else "cuda"
     cases, bad_cases = cpu_cases() if device == "cpu" else gpu_cases()
     names = args.impl or list(builtin_impls()) + CORRECT_FIXTURES + (
         ["tests.fixtures.kernels:tf32_matmuls"] if device == "cpu" else [])

@@ -88,11 +88,16 @@ def compare_samples(w, a: list[float], b: list[float]) -> dict:
         return {"ratio": r, "ci": [lo, hi], "p": p, "verdict": stats.verdict_from(r, lo, hi, p), "via": "stats"}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None, help="folder for dispatch_overhead.json")
     ap.add_argument("--table", default=None, help="a dispatch table (default: tune one now)")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     import torch
     import torch.nn.functional as F

@@ -15,14 +15,19 @@ import json
 from pathlib import Path
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", required=True)
     ap.add_argument("--a", default="characterize-inproc", help="the in-process run's name")
     ap.add_argument("--b", default="characterize-gpus", help="the executor run's name")
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     from attnbench.analysis.stats import median, median_ci
     from attnbench.store import Store

@@ -139,13 +139,18 @@ def gate_run(opts, measurer) -> dict[str, Any]:
             "median_ratio": statistics.median(c.ratio for c in compared) if compared else None}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="folder for gate_power.json")
     ap.add_argument("--full", action="store_true", help="A/A and detection over all 15 workloads (~6-8 min)")
     ap.add_argument("--quick", action="store_true", help="the default: 4 power workloads (~2 min)")
     ap.add_argument("--runs", type=int, default=10, help="gate runs per experiment")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     import torch
 

@@ -43,6 +43,27 @@ def configs():
     }
 
 
+COMPARE_TIMERS = (("host", ["--train"]), ("cold", ["--timer", "cold"]))
+
+
+def tune_argv(folder: str, table: str, db: str, args: argparse.Namespace) -> list[str]:
+    """The arguments of `attnbench tune --from-model` for one model: its dispatch table."""
+    return ["tune", "--from-model", folder, "-b", "1", "-s", str(args.seq), "--pass", "fwd,fwd+bwd", "-i", args.impls,
+            "--budget", args.budget, "-o", table, "--db", db]
+
+
+def compare_argv(folder: str, table: str, extra: list[str], args: argparse.Namespace) -> list[str]:
+    """The arguments of `attnbench compare --model` for one model and timer."""
+    return ["compare", "--model", folder, "--table", table, "-b", "1", "-s", str(args.seq), "--samples",
+            str(args.samples), "--min-samples", "20", "--format", "json", *extra]
+
+
+def attnbench_commands(args: argparse.Namespace) -> list[list[str]]:
+    """The attnbench commands a run starts per model, with placeholder paths (tests parse them with the CLI)."""
+    return [tune_argv("model", "table.json", "tune.db", args)] + [
+        compare_argv("model", "table.json", extra, args) for _, extra in COMPARE_TIMERS]
+
+
 def attnbench(*args: str) -> tuple[int, str]:
     """Run the CLI in a child process (as a user would); its stderr (progress, errors) goes to ours."""
     t0 = time.time()
@@ -89,14 +110,19 @@ def rows_of(data: dict, model: str, timer: str) -> list[dict]:
     return out
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--budget", default="15s", help="tune's racing budget per workload")
     ap.add_argument("--impls", default="sdpa-flash,sdpa-cudnn,sdpa-efficient")
     ap.add_argument("--samples", type=int, default=50)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = build_parser().parse_args()
     import torch
 
     if not torch.cuda.is_available():
@@ -113,18 +139,15 @@ def main() -> int:
         cfg.save_pretrained(folder)
         table = str(work / f"{name}-table.json")
         res: dict = {"config": cfg.to_dict()}
-        rc, text = attnbench("tune", "--from-model", str(folder), "-b", "1", "-s", str(args.seq), "--pass",
-                             "fwd,fwd+bwd", "-i", args.impls, "--budget", args.budget, "-o", table, "--db", db)
+        rc, text = attnbench(*tune_argv(str(folder), table, db, args))
         res["tune_exit"] = rc
         if rc != 0 or not Path(table).exists():
             failures.append(f"{name}: tune exited {rc}")
             results["models"][name] = res
             continue
         res["table"] = json.loads(Path(table).read_text())
-        for timer, extra in (("host", ["--train"]), ("cold", ["--timer", "cold"])):
-            rc, text = attnbench("compare", "--model", str(folder), "--table", table, "-b", "1", "-s",
-                                 str(args.seq), "--samples", str(args.samples), "--min-samples", "20",
-                                 "--format", "json", *extra)
+        for timer, extra in COMPARE_TIMERS:
+            rc, text = attnbench(*compare_argv(str(folder), table, extra, args))
             if rc != 0:
                 failures.append(f"{name}: compare ({timer}) exited {rc}")
                 continue

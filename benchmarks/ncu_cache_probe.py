@@ -46,10 +46,19 @@ def durations(ncu: str, backend: str, kernel: str, cache: str) -> dict:
             "median_mhz": cyc[len(cyc) // 2] / ns[len(ns) // 2] * 1e3}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    import torch
+
+    if not torch.cuda.is_available():   # the children profile CUDA kernels: ncu alone is not enough
+        raise SystemExit("ncu_cache_probe: needs a CUDA GPU")
     ncu = find_ncu()
     if ncu is None:
         raise SystemExit("ncu_cache_probe: no ncu found")

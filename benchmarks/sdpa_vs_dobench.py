@@ -12,24 +12,36 @@ import json
 from pathlib import Path
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", default="attnbench.db")
     ap.add_argument("--run", default=None)
     ap.add_argument("--impl", default="sdpa-cudnn")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit("sdpa_vs_dobench: needs a CUDA GPU")
     import triton.testing
 
+    from attnbench.errors import UserError
     from attnbench.impls import make_call, make_inputs, resolve
     from attnbench.store import Store
 
     impl = resolve(args.impl)
     rows = []
     with Store(args.db) as store:
-        info = store.run(args.run)
+        try:
+            info = store.run(args.run)
+        except UserError as exc:   # no run stored (gpu_check's run step failed): one line, not a traceback
+            raise SystemExit(f"sdpa_vs_dobench: {exc}") from None
         for m in store.measurements(info.run_id, impl=args.impl):
             if not m.ok:
                 continue

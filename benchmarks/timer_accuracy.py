@@ -392,7 +392,8 @@ def verdict(c: dict) -> dict:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-ncu", action="store_true")
@@ -400,13 +401,19 @@ def main() -> None:
     ap.add_argument("--decode", action="store_true", help="decode shapes (DECODE_SHAPES) instead of prefill ones")
     ap.add_argument("--budget-s", type=float, default=170.0, help="stop starting new cases after this long")
     ap.add_argument("--ncu-child", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.ncu_child:
         return ncu_child(args.ncu_child)
 
     t_start = time.time()
     import torch
 
+    if not torch.cuda.is_available():   # before the ncu pass, which would profile nothing
+        raise SystemExit("timer_accuracy: needs a CUDA GPU")
     from attnbench.measure.clocks import open_reader
     from attnbench.measure.cuda_timers import CudaEventTimer
     from attnbench.measure.timing import TimingPolicy, make_timer

@@ -39,16 +39,23 @@ def do_bench_samples(call) -> tuple[list[float] | None, float]:
     return None, float(triton.testing.do_bench(call, warmup=25, rep=100, return_mode="median"))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--preset", default="characterize")
     ap.add_argument("--impl", default="sdpa-cudnn")
     ap.add_argument("--target", type=float, default=0.01)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     import torch
 
+    if not torch.cuda.is_available():
+        raise SystemExit("timer_cost: needs a CUDA GPU")
     from attnbench.impls import make_call, make_inputs, resolve
     from attnbench.spec import load_preset
     from attnbench.analysis.stats import relative_halfwidth

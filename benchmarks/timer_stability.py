@@ -26,13 +26,23 @@ LONG_MS = 0.050
 TARGET = 0.015
 
 
+def run_argv(db: Path, args: argparse.Namespace) -> list[str]:
+    """The arguments of one `attnbench run` of the preset."""
+    argv = ["run", "--preset", args.preset, "--timer", args.timer, "--device", args.device, "--db", str(db),
+            "--format", "json", "-q", "--target-precision", str(args.target_precision), "--name", "stability"]
+    for impl in args.impl or IMPLS:
+        argv += ["--impl", impl]
+    return argv
+
+
+def attnbench_commands(args: argparse.Namespace) -> list[list[str]]:
+    """The attnbench commands a run starts, with a placeholder store (tests parse them with the CLI's parser)."""
+    return [run_argv(Path("run.db"), args)]
+
+
 def one_run(db: Path, args: argparse.Namespace) -> tuple[dict, str]:
     """{(workload key, impl): (median ms, median MHz, label)} of one `attnbench run` process, or an error."""
-    cmd = [sys.executable, "-m", "attnbench", "run", "--preset", args.preset, "--timer", args.timer, "--device",
-           args.device, "--db", str(db), "--format", "json", "-q", "--target-precision", str(args.target_precision),
-           "--name", "stability"]
-    for impl in args.impl or IMPLS:
-        cmd += ["--impl", impl]
+    cmd = [sys.executable, "-m", "attnbench", *run_argv(db, args)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     try:
@@ -67,7 +77,8 @@ def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--preset", default="characterize")
@@ -78,7 +89,16 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--timer", default="cold")
     ap.add_argument("--impl", action="append", help=f"repeatable (default: {', '.join(IMPLS)})")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():   # else both runs fail and it exits 0 with an empty table
+            raise SystemExit(f"timer_stability: --device {args.device} needs a CUDA GPU")
 
     t0 = time.time()
     runs, errors = [], []

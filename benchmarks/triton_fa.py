@@ -340,7 +340,8 @@ def verdicts(rows: list[dict], bwd: bool) -> list[str]:
 
 # -- main -------------------------------------------------------------------------------------------
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None, help="folder for triton_fa.json and triton_fa.md")
     ap.add_argument("--quick", action="store_true", help="one shape per suite (a smoke run, ~1-2 min)")
@@ -352,19 +353,23 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="CPU + TRITON_INTERPRET=1, tiny shapes: the plumbing only")
     ap.add_argument("--part", choices=("all", "fwd", "bwd"), default="all",
                     help="the forward steps (2, 3) or the backward ones (4) only, to split the work over two calls")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     global DEVICE, DRY
     if args.dry_run:
         DEVICE, DRY = "cpu", True
 
     import torch
+
+    if not DRY and not torch.cuda.is_available():   # before importing triton, which a CPU machine may lack
+        raise SystemExit("triton_fa: needs a CUDA GPU (or --dry-run with TRITON_INTERPRET=1)")
     import triton
 
     from attnbench.measure.timing import TimingPolicy
     from attnbench.store import Store
-
-    if not DRY and not torch.cuda.is_available():
-        raise SystemExit("triton_fa: needs a CUDA GPU (or --dry-run with TRITON_INTERPRET=1)")
     out_dir = Path(args.out) if args.out else None
     data: dict = {"gpu": "cpu (dry run)" if DRY else torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                   "cuda": torch.version.cuda, "args": vars(args), "skipped": []}

@@ -35,13 +35,18 @@ def workloads(quick: bool):
     return [("characterize", w) for w in char] + [("llm-prefill", w) for w in llm]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built without running anything (tests/test_gpu_check.py parses gpu_check.sh's flags)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None, help="folder for tune_racing.json")
     ap.add_argument("--quick", action="store_true", help="a subset of shapes and 2 flex configs (about 1 min on H100)")
     ap.add_argument("--all-shapes", action="store_true", help="every shape of both presets, 2 flex configs")
     ap.add_argument("--budget", default="60s", help="racing budget per workload")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     import torch
 

@@ -4,13 +4,47 @@
 # (= timer, ncu, tune, dispatch, gate, compare, aa), all (default). `all` takes longer than one 10-minute device
 # call: split it.
 # `adapters` installs .whl/nvidia_cudnn_frontend-*.whl when present (into /tmp, for its own commands only);
-# `triton` takes about 8 minutes alone (TRITON_FA_ARGS=--quick for ~2).
+# `triton` takes about 8 minutes alone.
 # Writes a few logs under $OUT (the device tool fetches at most 8 files): summary.md (short tables),
 # pytest-gpu.log, attnbench.db (the runs, for reports made elsewhere), bench.log.
+# Knobs that fit a section into one device call (tests/test_gpu_check.py dry-runs every example line of this form):
+#   TESTS_TIMEOUT=500 scripts/gpu_check.sh tests                # seconds; default 900
+#   TRITON_FA_ARGS=--quick scripts/gpu_check.sh triton          # one shape per suite, ~2 min
+#   TRITON_FA_ARGS="--part fwd" scripts/gpu_check.sh triton     # then --part bwd: the full run over two calls
+#   TRITON_FA_ARGS="--part bwd" scripts/gpu_check.sh triton
+#   CORRECTNESS_ARGS="--budget-s 110" scripts/gpu_check.sh correctness
+#   TUNE_MODE=all-shapes scripts/gpu_check.sh tune              # quick (default), all-shapes, full (alone)
+#   TUNE_MODE=full scripts/gpu_check.sh tune
+#   AA_ARGS="--reps 5" scripts/gpu_check.sh aa
+#   WORKLOAD_PARTS=... (in the workloads section)
+# DRY_RUN=1: run nothing, print every command the sections would run (see below); a CPU test
+# (tests/test_gpu_check.py) parses each one with its own parser before any of it costs device time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/attnbench-gpu}
+if [ "${DRY_RUN:-0}" = 1 ]; then OUT=${OUT:-$(mktemp -d)}; else OUT=${OUT:-/tmp/attnbench-gpu}; fi
 mkdir -p "$OUT"
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  # python3 and nvidia-smi become shims found first on PATH (so also through timeout and env): each call prints
+  # its command line on this script's stdout (fd 9, whatever the call's own redirections) and keeps its
+  # arguments NUL-separated in $OUT/dry-run/*.args (and what `python3 -` reads, in *.stdin).
+  DRY="$OUT/dry-run"
+  rm -rf "$DRY"
+  mkdir -p "$DRY/bin" "$OUT/json"
+  cat > "$DRY/bin/python3" <<'SHIM'
+#!/usr/bin/env bash
+f="$(dirname "$(dirname "$0")")/$(date +%s%N)-$$"   # in time order; the pid keeps a pipeline's calls apart
+printf '%s\0' "$(basename "$0")" "$@" > "$f.args"
+[ "${1:-}" = - ] && cat > "$f.stdin"
+line=$(printf ' %q' "$(basename "$0")" "$@")
+printf '+%s\n' "$line" >&9   # one write, so the two ends of a pipeline do not interleave
+exit 0
+SHIM
+  chmod +x "$DRY/bin/python3"
+  cp "$DRY/bin/python3" "$DRY/bin/nvidia-smi"
+  export PATH="$DRY/bin:$PATH"
+  exec 9>&1
+  echo "dry run: nothing runs; the commands, each after a +, in $DRY"
+fi
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 DB="$OUT/attnbench.db"

@@ -1,0 +1,50 @@
+"""Every benchmark run as scripts/gpu_check.sh runs it, on no CUDA device: one clear line, never a traceback."""
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.test_gpu_check import ROOT, dry_run
+
+# Benchmarks meant to run on the CPU too, and what each prints that shows it started and did its work (here:
+# reading the store), rather than stopping for want of a GPU.
+CPU = {"executor_parity": "no run named characterize-inproc, characterize-gpus"}
+TIMEOUT_S = 45
+
+
+def _run(argv: list[str]) -> tuple[int | None, str]:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    try:
+        proc = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        return None, f"{exc.stdout or ''}{exc.stderr or ''}"
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_every_benchmark_stops_with_one_line_without_a_gpu(tmp_path):
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    assert set(CPU) <= {p.stem for p in scripts}
+    first: dict[str, list[str]] = {}
+    for argv, _ in dry_run(tmp_path, []):
+        if argv[0] == "python3" and argv[1].startswith("benchmarks/"):
+            first.setdefault(argv[1], argv[1:])
+    argvs = [first.get(f"benchmarks/{p.name}", [f"benchmarks/{p.name}"]) for p in scripts]
+    with ThreadPoolExecutor(max_workers=2) as pool:   # each imports torch; this machine has few cores
+        results = list(pool.map(_run, argvs))
+    failures = []
+    for path, argv, (rc, text) in zip(scripts, argvs, results):
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if rc is None:
+            failures.append(f"{' '.join(argv)}: still running after {TIMEOUT_S} s with no GPU")
+        elif "Traceback" in text:
+            failures.append(f"{' '.join(argv)}: a traceback (exit {rc}):\n{text[-1500:]}")
+        elif path.stem in CPU:
+            if CPU[path.stem] not in text:
+                failures.append(f"{' '.join(argv)}: exit {rc}, expected {CPU[path.stem]!r}, got:\n{text[-800:]}")
+        elif rc == 0 or len(lines) != 1 or not any(w in lines[0] for w in ("CUDA", "GPU")):
+            failures.append(f"{' '.join(argv)}: exit {rc}, expected one line saying it needs a CUDA GPU, got "
+                            f"{len(lines)} lines:\n{text[-800:]}")
+    assert not failures, "\n\n".join(failures)
