@@ -17,6 +17,11 @@
 #   TUNE_MODE=full scripts/gpu_check.sh tune
 #   AA_ARGS="--reps 5" scripts/gpu_check.sh aa
 #   WORKLOAD_PARTS=... (in the workloads section)
+#   WORKLOAD_PARTS=masks PART_TIMEOUT=420 scripts/gpu_check.sh workloads     # stop a part's run (SIGINT) after 420 s
+#   DB_FROM=.gpu-db/attnbench.db RESUME=1 WORKLOAD_PARTS=masks scripts/gpu_check.sh workloads
+# PART_TIMEOUT stops each workloads part's `attnbench run` gracefully: what it measured stays in attnbench.db. To
+# finish it in the next call, copy that attnbench.db into an ignored folder of the checkout (e.g. .gpu-db/), carry
+# that folder, and pass it as DB_FROM (copied to $OUT/attnbench.db first) with RESUME=1 (`run --resume`).
 # DRY_RUN=1: run nothing, print every command the sections would run (see below); a CPU test
 # (tests/test_gpu_check.py) parses each one with its own parser before any of it costs device time.
 set -uo pipefail
@@ -48,6 +53,10 @@ fi
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 DB="$OUT/attnbench.db"
+if [ -n "${DB_FROM:-}" ]; then   # a previous call's runs, to add to or to resume (RESUME=1)
+  if [ -f "$DB_FROM" ]; then cp "$DB_FROM" "$DB"
+  elif [ "${DRY_RUN:-0}" != 1 ]; then echo "DB_FROM=$DB_FROM: no such file" >&2; exit 2; fi
+fi
 SUMMARY="$OUT/summary.md"
 BENCH="$OUT/bench.log"
 sections=("$@")
@@ -122,16 +131,25 @@ if want executor; then
   # Issue 18: characterize in-process and through --executor gpus (dask-cuda, one worker process per GPU):
   # the same rows and statuses, medians within noise (benchmarks/executor_parity.py). Then a kernel that
   # kills its worker process: its cell must be recorded as `error` after two deaths, the rest measured.
-  # Needs dask, distributed and dask-cuda: carried as wheels (docs/methods.md, "Executors").
+  # Needs dask, distributed and dask-cuda: carried as wheels in .whl/ (docs/methods.md, "Executors"), installed
+  # here into a folder of their own when the image lacks them, on the PYTHONPATH of this section's commands only.
   say "## --executor gpus against inproc (characterize)"
-  if python3 -c "import distributed, dask_cuda" >>"$BENCH" 2>&1; then
+  XENV=(env)
+  dwhl=$(ls .whl/*.whl 2>/dev/null | grep -v nvidia_cudnn)
+  if [ -n "$dwhl" ] && ! python3 -c "import distributed, dask_cuda" >>"$BENCH" 2>&1; then
+    DSITE=/tmp/attnbench-dask-site
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$DSITE" $dwhl >>"$BENCH" 2>&1
+    say "- pip install --target $DSITE ($(echo "$dwhl" | wc -l) wheels from .whl/): exit $?"
+    XENV=(env PYTHONPATH="$PYTHONPATH:$DSITE")
+  fi
+  if "${XENV[@]}" python3 -c "import distributed, dask_cuda" >>"$BENCH" 2>&1; then
     step "run characterize inproc" python3 -m attnbench run --preset characterize --db "$DB" -q \
       --name characterize-inproc
-    step "run characterize gpus" python3 -m attnbench run --preset characterize --executor gpus --db "$DB" -q \
-      --name characterize-gpus
+    step "run characterize gpus" "${XENV[@]}" python3 -m attnbench run --preset characterize --executor gpus \
+      --db "$DB" -q --name characterize-gpus
     step "executor parity" python3 benchmarks/executor_parity.py --db "$DB" --out "$OUT/json"
     sed -n '/^# executor parity/,/^verdict/p' "$BENCH" | tail -n 90 >> "$SUMMARY"
-    step "run crash gpus" python3 -m attnbench run --executor gpus -b 1 -H 8 -s 512 -d 64 \
+    step "run crash gpus" "${XENV[@]}" python3 -m attnbench run --executor gpus -b 1 -H 8 -s 512 -d 64 \
       -i sdpa-flash,tests.fixtures.crash:crash --db "$DB" -q --name crash-gpus
     table
   else
@@ -162,8 +180,11 @@ if want workloads; then
       training) opts=(--max-time-ms 300) ;;
       *) opts=(--max-time-ms 200) ;;
     esac
-    step "run $part" python3 -m attnbench run --preset "$part" --db "$DB" -q --name "$part" --warmup-ms 10 \
-      "${opts[@]}"
+    [ "${RESUME:-0}" = 1 ] && opts+=(--resume)
+    limit=()
+    [ -n "${PART_TIMEOUT:-}" ] && limit=(timeout -s INT -k 60 "$PART_TIMEOUT")
+    step "run $part" "${limit[@]}" python3 -m attnbench run --preset "$part" --db "$DB" -q --name "$part" \
+      --warmup-ms 10 "${opts[@]}"
     python3 scripts/run_summary.py "$DB" >> "$SUMMARY" 2>&1
   done
 fi
