@@ -258,6 +258,9 @@ def default_config(workload, sms: int = HOPPER_SMS) -> Config:
     return cfg
 
 
+# Not in the space: triton's warp specialisation (tl.range(..., warp_specialize=True)). Compiled for sm_90 with
+# triton 3.6, the forward loop gave the same PTX with 8 warps as without it (no setmaxnreg, the same barriers), and
+# with 4 warps the NVGPUWarpSpecialization pass failed; TMA descriptors are in (`tma`).
 # Forward configurations to race first, per head dim (BLOCK_M, BLOCK_N, warps, stages, tma), in order: chosen from
 # sm_90 compiles (triton 3.6: registers, spills, wgmma) and FA2's tile shapes; the race decides among them. The
 # leading shapes come with the pointer kernel and with TMA descriptors.
