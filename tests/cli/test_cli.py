@@ -85,6 +85,10 @@ def test_run_repeats_option(capsys, tmp_path):
     (["run", "-s", "8", "--mask", "diagonal"], "unknown mask 'diagonal'"),
     (["run", "-s", "8", "--mask", "window:4", "--causal"], "give --mask or --causal, not both"),
     (["run", "-s", "8", "--score-mod", "softcap:-1"], "the cap must be > 0"),
+    # -o is checked before anything is measured or rendered: no traceback after a tune's racing
+    (["report", "-o", "no-such-folder/r.html"], "--output no-such-folder/r.html: folder does not exist"),
+    (["report", "-o", "."], "--output . is a folder"),
+    (["tune", "-s", "8", "-o", "no-such-folder/d.json"], "folder does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, msg):
     code, out, err = cli(capsys, *args, "--db", str(tmp_path / "r.db"))

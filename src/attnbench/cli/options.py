@@ -29,6 +29,17 @@ PASS_OPT = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list")
 EXECUTOR_OPT = typer.Option("inproc", "--executor", help="where cells run: inproc (default), gpus (one worker "
                             "process per local GPU, dask-cuda) or dask://HOST:PORT (a running Dask scheduler)")
 
+def check_output(path: Optional[Path]) -> None:
+    """Refuse an -o/--output path that cannot be written before anything is measured or rendered."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; give a file name")
+    parent = path.expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"--output {path}: folder does not exist: {parent}")
+
+
 def open_store(db: Optional[str]):
     from ..store import Store
 

@@ -10,8 +10,8 @@ import typer
 
 from ..errors import UserError
 from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, EXECUTOR_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT,
-                      MASK_OPT, PASS_OPT, PRESET_OPT, SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, open_store,
-                      split_impls)
+                      MASK_OPT, PASS_OPT, PRESET_OPT, SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, check_output,
+                      open_store, split_impls)
 
 
 def tune(
@@ -69,6 +69,7 @@ def tune(
         raise UserError("--samples must be at least 1")
     if objective == "throughput" and executor != "inproc":
         raise UserError("--executor works with --objective latency; a capacity plan searches batches in turn")
+    check_output(output)
     say = None if quiet else (lambda line: typer.echo(line, err=True))
     with open_executor(executor) as ex, open_store(db) as store:
         dev = ex.device(device)
