@@ -89,6 +89,7 @@ def test_run_repeats_option(capsys, tmp_path):
     (["report", "-o", "no-such-folder/r.html"], "--output no-such-folder/r.html: folder does not exist"),
     (["report", "-o", "."], "--output . is a folder"),
     (["tune", "-s", "8", "-o", "no-such-folder/d.json"], "folder does not exist"),
+    (["gate", "--update", "--baseline", ".", "-s", "8"], "--baseline . is a folder; give the file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, msg):
     code, out, err = cli(capsys, *args, "--db", str(tmp_path / "r.db"))
