@@ -164,3 +164,23 @@ def test_env_on_the_cpu_says_no_gpu_and_caches_ceilings(capsys, tmp_path):
         assert s.get("ceilings", data["env_id"])["gbps"] == data["ceilings"]["gbps"]
     code, _, err = cli(capsys, "env", "--format", "xml")
     assert code == 2 and "--format must be text or json" in err
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_interrupted_tune_and_gate_say_what_was_kept(capsys, tmp_path, monkeypatch):
+    db = str(tmp_path / "r.db")
+    from attnbench.gate import orchestrate
+    from attnbench.tune import tuner
+
+    monkeypatch.setattr(tuner, "tune", _interrupt)
+    code, _, err = cli(capsys, "tune", "-b", "1", "-H", "2", "-s", "16", "-d", "16", "-i", "sdpa-math", "--db", db)
+    assert code == 130 and "interrupted; each workload tuned to the end is cached in" in err, err
+    monkeypatch.setattr(orchestrate, "run_gate", _interrupt)
+    base = tmp_path / "base.json"
+    code, _, err = cli(capsys, "gate", "--update", "--baseline", str(base), "-b", "1", "-H", "2", "-s", "16",
+                       "-d", "16", "-i", "sdpa-math", "--db", db)
+    assert code == 130 and f"interrupted; nothing was decided and {base} was not changed" in err, err
+    assert not base.exists()

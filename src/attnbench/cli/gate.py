@@ -78,7 +78,12 @@ def gate(
                            accept=tuple(accept or ()), reason=reason, workloads=workloads,
                            impls=split_impls(impl) or None, timer=timer, policy=policy)
         measurer = RunnerMeasurer(store, dev, progress=not quiet and sys.stderr.isatty(), executor=ex)
-        result = run_gate(opts, measurer)
+        try:
+            result = run_gate(opts, measurer)
+        except KeyboardInterrupt:
+            typer.echo(f"attnbench: interrupted; nothing was decided and {baseline} was not changed; what was measured "
+                       f"is stored in {store.path}.", err=True)
+            raise typer.Exit(130)
         measurer.record(result)
     text = result.markdown()
     append_step_summary(text)

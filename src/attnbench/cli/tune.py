@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -97,7 +98,8 @@ def tune(
         if objective == "throughput":
             if latency_budget is None:
                 raise UserError("--objective throughput needs --latency-budget (e.g. 2ms)")
-            plans = plan_capacity(config, store, tn.parse_ms(latency_budget), plan_impl, progress=say)
+            with _interrupt_note(store):
+                plans = plan_capacity(config, store, tn.parse_ms(latency_budget), plan_impl, progress=say)
             data = capacity_json(plans)
             text = json.dumps(data, indent=2) if fmt == "json" else capacity_markdown(plans)
             if output:
@@ -105,10 +107,22 @@ def tune(
         else:
             if latency_budget is not None:
                 raise UserError("--latency-budget goes with --objective throughput")
-            result = tn.tune(config, store, progress=say, executor=ex)
+            with _interrupt_note(store):
+                result = tn.tune(config, store, progress=say, executor=ex)
             text = json.dumps(json_report(result), indent=2, default=str) if fmt == "json" else markdown(result)
             if output:
                 dispatch_table(result).save(output)
     if output:
         typer.echo(f"wrote {output}", err=True)
     typer.echo(text)
+
+
+@contextmanager
+def _interrupt_note(store):
+    """Ctrl-C: say what was kept (each workload's search is cached once it ends), exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(f"attnbench: interrupted; each workload tuned to the end is cached in {store.path}, and the same "
+                   "command continues from there (--force measures again).", err=True)
+        raise typer.Exit(130)
