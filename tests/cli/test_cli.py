@@ -75,6 +75,8 @@ def test_run_repeats_option(capsys, tmp_path):
     (["run", "-b", "0", "-H", "2", "-s", "8", "-d", "8"], "batch must be a positive integer"),
     (["run", "-b", "1", "-H", "4", "--kv-heads", "3", "-s", "8", "-d", "8"], "must divide q_heads"),
     (["run", "--preset", "nope"], "unknown preset 'nope'"),
+    (["run", "-b", "1", "-H", "2", "-s", "64,,128"], "empty item in the comma list '64,,128'"),
+    (["run", "-s", "8", "--dtype", "fp32,"], "empty item in the comma list 'fp32,'"),
     (["run", "--preset", "cpu-smoke", "-b", "2"], "cannot be combined"),
     (["run", "-s", "8", "--impl", "nope"], "unknown impl 'nope'"),
     (["run", "-s", "8", "--timer", "cold"], "needs a CUDA GPU"),
