@@ -94,10 +94,21 @@ def test_run_repeats_option(capsys, tmp_path):
     (["gate", "--update", "--baseline", ".", "-s", "8"], "--baseline . is a folder; give the file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, msg):
+    from attnbench.store import Store
+
+    Store(tmp_path / "r.db").close()  # an empty database: report's run ids are checked against it
     code, out, err = cli(capsys, *args, "--db", str(tmp_path / "r.db"))
     assert code == 2
     assert msg in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [["report"], ["report", "--history"], ["runs"], ["compare", "1", "2"]])
+def test_reading_commands_never_create_a_database(capsys, tmp_path, args):
+    db = tmp_path / "typo.db"
+    code, _, err = cli(capsys, *args, "--db", str(db))
+    assert code == 2 and err.strip() == f"attnbench: error: no results database at {db}; start one with `attnbench run`"
+    assert not db.exists()
 
 
 def test_list_says_what_runs_here(capsys):

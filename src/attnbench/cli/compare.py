@@ -89,7 +89,7 @@ def compare(
                         f"got {len(impls)} --impl and {len(runs_given)} run ids")
     if (cost_per_hour is None) != (calls_per_day is None):
         raise UserError("--cost-per-hour and --calls-per-day go together")
-    with open_store(db) as store:
+    with open_store(db, must_exist=bool(runs_given)) as store:
         if runs_given:
             result = cmp.compare_runs(store, runs_given[0], runs_given[1], allow_env_mismatch=allow_env_mismatch,
                                       threshold=threshold, per_token=per_token)

@@ -40,10 +40,15 @@ def check_output(path: Optional[Path]) -> None:
         raise UserError(f"--output {path}: folder does not exist: {parent}")
 
 
-def open_store(db: Optional[str]):
+def open_store(db: Optional[str], *, must_exist: bool = False):
+    """The results store; `must_exist` for commands that only read, so a mistyped --db is an error, not a new file."""
     from ..store import Store
+    from ..store.database import default_path
 
-    return Store(db)
+    path = db or default_path()
+    if must_exist and path != ":memory:" and not Path(path).expanduser().is_file():
+        raise UserError(f"no results database at {path}; start one with `attnbench run`")
+    return Store(path)
 
 
 def build_workloads(preset: Optional[str], sweep: Optional[Path], batch: Optional[str], heads: Optional[str],

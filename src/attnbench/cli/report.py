@@ -33,7 +33,7 @@ def report(
     if not history and (workload or impl):
         raise UserError("--workload and --impl filter --history only")
     check_output(output)
-    with open_store(db) as store:
+    with open_store(db, must_exist=True) as store:
         if history:
             from ..report import history as hist
 
