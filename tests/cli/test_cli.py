@@ -60,6 +60,16 @@ def test_run_with_masks_takes_each_impl_or_says_why_not(capsys, tmp_path):
     assert "| B1 H2 S32 D16 fp32 window:8 alibi | sdpa-math | ok |" in out
 
 
+def test_resume_with_nothing_to_resume_says_it_starts_a_new_run(capsys, tmp_path):
+    db = str(tmp_path / "r.db")
+    code, _, err = cli(capsys, "run", *TINY, "--db", db, "-i", "reference", "--repeats", "1", "--resume")
+    assert code == 0 and f"--resume: no unfinished run of this sweep (same shapes, impls and options) in {db}" in err
+    code, _, err = cli(capsys, "run", *TINY, "--db", db, "-i", "reference", "--repeats", "1", "--resume")
+    assert code == 0 and "no unfinished run" in err  # the first one completed: nothing to finish
+    code, out, _ = cli(capsys, "runs", "--db", db)
+    assert out.count("complete") == 2
+
+
 def test_run_repeats_option(capsys, tmp_path):
     db = str(tmp_path / "r.db")
     code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "sdpa-math", "--repeats", "2")
@@ -156,6 +166,7 @@ def test_killed_run_resumes_from_the_command_line(tmp_path):
     done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
+    assert "no unfinished run" not in done.stderr
     with sqlite3.connect(db) as con:
         after = dict(con.execute("SELECT workload_key, id FROM measurements").fetchall())
         runs = con.execute("SELECT run_id, status FROM runs").fetchall()
