@@ -22,6 +22,21 @@ def test_version(capsys):
     assert code == 0 and out.strip() == f"attnbench {__version__}"
 
 
+def test_help_lists_each_command_on_unbroken_lines(capsys):
+    import typer
+
+    from attnbench.cli import app
+
+    commands = typer.main.get_command(app).commands
+    assert set(commands) == {"run", "list", "report", "runs", "compare", "env", "gate", "tune"}
+    for name, command in commands.items():
+        # the first paragraph of the docstring, whole and on one line (rich keeps a docstring's line breaks)
+        assert command.short_help and "\n" not in command.short_help, name
+        assert command.short_help.rstrip(".") in " ".join(command.help.split()), name
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0 and "whether\n" not in out
+
+
 def test_run_then_report_md_and_json(capsys, tmp_path):
     db = str(tmp_path / "r.db")
     code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "sdpa-math,sdpa-efficient",  # a comma list
