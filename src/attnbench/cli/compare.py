@@ -67,6 +67,9 @@ def compare(
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
+    from ..measure.timing import check_time_flags
+
+    check_time_flags(warmup_ms=warmup_ms, max_time_ms=max_time_ms)
     if model is not None:
         others = {"--impl": impl, "RUN_IDS": run_ids, "--preset": preset, "--sweep": sweep, "--heads": heads,
                   "--kv-heads": kv_heads, "--kv-seq": kv_seq, "--dim": dim, "--causal": causal, "--mask": mask,
