@@ -228,3 +228,16 @@ def test_interrupted_tune_and_gate_say_what_was_kept(capsys, tmp_path, monkeypat
                        "-d", "16", "-i", "sdpa-math", "--db", db)
     assert code == 130 and f"interrupted; nothing was decided and {base} was not changed" in err, err
     assert not base.exists()
+
+
+def test_tune_says_the_baseline_races_beside_the_impls_given(capsys, tmp_path):
+    import typer
+
+    from attnbench.cli import app
+
+    helps = {p.name: p.help for p in typer.main.get_command(app).commands["tune"].params}
+    assert "the --baseline impl races too" in helps["impl"] and "always a candidate" in helps["baseline"]
+    code, out, err = cli(capsys, "tune", "-b", "1", "-H", "2", "-s", "16", "-d", "16", "-i", "reference",
+                         "--budget", "2s", "--samples", "10", "-q", "--db", str(tmp_path / "r.db"))
+    assert code == 0, err
+    assert "| sdpa-auto |" in out and "| reference |" in out  # the one impl given, and the baseline beside it

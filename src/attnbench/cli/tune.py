@@ -30,13 +30,15 @@ def tune(
     score_mod: Optional[str] = SCORE_MOD_OPT,
     direction: Optional[str] = PASS_OPT,
     impl: Optional[List[str]] = typer.Option(None, "--impl", "-i", help="impl name or package.module:function "
-                                             "(repeatable; default: all registered; plugins alone add to all)"),
+                                             "(repeatable; default: all registered; plugins alone add to all); "
+                                             "the --baseline impl races too and wins where it is fastest"),
     budget: str = typer.Option("60s", "--budget", help="time per workload for racing (gate included), e.g. 60s, 2m"),
     budget_total: Optional[str] = typer.Option(None, "--budget-total", help="time for the whole sweep, shared out"),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="time every candidate fully (validates racing)"),
     samples: int = typer.Option(100, "--samples", help="samples per candidate: exhaustive count, racing maximum"),
     force: bool = typer.Option(False, "--force", help="measure again even where the cache has a result"),
-    baseline: str = typer.Option("sdpa-auto", "--baseline", help="the default the speedup is stated against"),
+    baseline: str = typer.Option("sdpa-auto", "--baseline", help="the default the speedup is stated against; "
+                                 "always a candidate"),
     objective: str = typer.Option("latency", "--objective", help="latency (fastest impl per workload) or "
                                   "throughput (largest tokens/s batch within --latency-budget)"),
     latency_budget: Optional[str] = typer.Option(None, "--latency-budget", help="throughput objective: e.g. 2ms"),
