@@ -105,6 +105,7 @@ def test_run_repeats_option(capsys, tmp_path):
     (["run", "--preset", "cpu-smoke", "-b", "2"], "cannot be combined"),
     (["run", "-s", "8", "--impl", "nope"], "unknown impl 'nope'"),
     (["run", "-s", "8", "--timer", "cold"], "needs a CUDA GPU"),
+    (["run", "-s", "8", "--timer", "bogus"], "choose auto (the default), cold, warm, graph, graph-warm, host"),
     (["run", "-s", "8", "--warmup-ms", "-1"], "--warmup-ms must be >= 0, got -1.0"),
     (["run", "-s", "8", "--max-time-ms", "5"], "--min-time-ms must be between 0 and --max-time-ms (5.0), got 20.0"),
     (["compare", "-i", "sdpa-math", "-i", "reference", "-s", "8", "--warmup-ms", "-1"], "--warmup-ms must be >= 0"),
