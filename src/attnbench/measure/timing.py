@@ -79,6 +79,8 @@ def policy_from_options(*, samples: int | None = None, min_samples: int = 10, ma
         target_precision = 0.0 if samples is not None else 0.01
     if samples is not None and samples < 1 or min_samples < 1:
         raise UserError("--samples and --min-samples must be at least 1")
+    if max_samples < 1:
+        raise UserError(f"--max-samples must be at least 1, got {max_samples}")
     if target_precision < 0:
         raise UserError(f"--target-precision must be >= 0 (0: a fixed count), got {target_precision}")
     try:
@@ -86,7 +88,8 @@ def policy_from_options(*, samples: int | None = None, min_samples: int = 10, ma
             n = samples or 50
             return TimingPolicy(warmup_ms=warmup_ms, min_samples=min(min_samples, n), max_samples=n,
                                 max_time_ms=max_time_ms)
-        return TimingPolicy(warmup_ms=warmup_ms, min_samples=min_samples, max_samples=max(max_samples, min_samples),
+        # --max-samples is a limit: a --min-samples above it is lowered to it, as a fixed count lowers it
+        return TimingPolicy(warmup_ms=warmup_ms, min_samples=min(min_samples, max_samples), max_samples=max_samples,
                             min_time_ms=min_time_ms, max_time_ms=max_time_ms, target_precision=target_precision)
     except ValueError as exc:
         raise UserError(f"timing options: {exc}") from None
