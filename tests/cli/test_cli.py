@@ -147,6 +147,11 @@ def test_list_says_what_runs_here(capsys):
     assert code == 0
     assert "sdpa-math" in out and "flex" in out and "reference" in out
     assert "sdpa-cudnn" in out and "no: needs a CUDA GPU" in out
+    # the descriptions start in one column, after the longest "no: ..." reason of this machine
+    rows = {line.split()[0]: line for line in out.splitlines()
+            if line.startswith("  ") and line.split()[0] in ("sdpa-math", "sdpa-cudnn")}
+    starts = {name: row.index(d) for name, row, d in ((n, rows[n], "SDPA restricted") for n in rows)}
+    assert len(starts) == 2 and len(set(starts.values())) == 1, out
 
 
 def _env():
