@@ -64,7 +64,8 @@ def gate(
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
     if baseline.is_dir():
-        raise UserError(f"--baseline {baseline} is a folder; give the file, e.g. {baseline / 'attnbench-baseline.json'}")
+        example = baseline / "attnbench-baseline.json"
+        raise UserError(f"--baseline {baseline} is a folder; give the file, e.g. {example}")
     with open_executor(executor) as ex, open_store(db) as store:
         dev = ex.device(device)
         shape = (batch, heads, kv_heads, seq, kv_seq, dim, dtype, causal, direction)
