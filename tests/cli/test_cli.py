@@ -247,3 +247,11 @@ def test_tune_says_the_baseline_races_beside_the_impls_given(capsys, tmp_path):
                          "--budget", "2s", "--samples", "10", "-q", "--db", str(tmp_path / "r.db"))
     assert code == 0, err
     assert "| sdpa-auto |" in out and "| reference |" in out  # the one impl given, and the baseline beside it
+
+
+def test_env_ceilings_with_a_bad_db_fails_before_measuring(capsys, tmp_path, monkeypatch):
+    from attnbench.analysis import device
+
+    monkeypatch.setattr(device, "measure_ceilings", lambda dev: pytest.fail("measured before the --db check"))
+    code, _, err = cli(capsys, "env", "--ceilings", "--db", str(tmp_path / "missing" / "r.db"))
+    assert code == 2 and "database folder does not exist" in err
