@@ -91,6 +91,8 @@ def test_run_repeats_option(capsys, tmp_path):
     assert code == 0, err
     assert "n=10 in 10 batches fixed" in out and "spread across 2 repeats" in out
     assert "Repeats: the sweep was measured 2 times" in out
+    # a pooled cell's "converged ±1.3%" under a 1% target is explained, not left to contradict the Methods
+    assert "Its stop reason is each repeat's (joined by / where they differ) and its ± the half-width" in out
     code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "sdpa-math", "--repeats", "1")
     assert code == 0 and "n=5 in 5 batches fixed" in out and "Repeats: the sweep" not in out
 
