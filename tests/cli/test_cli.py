@@ -114,6 +114,8 @@ def test_run_repeats_option(capsys, tmp_path):
     (["compare", "-i", "sdpa-math", "-i", "reference", "-s", "8", "--max-time-ms", "-1"], "--max-time-ms must be >= 0"),
     (["gate", "--update", "--baseline", "b.json", "-s", "8", "--warmup-ms", "-1"], "--warmup-ms must be >= 0"),
     (["run", "--device", "tpu"], "unknown device"),
+    (["compare", "1", "2", "-b", "4", "--rounds", "5"], "drop --batch, --rounds (they go with --impl A --impl B)"),
+    (["compare", "1", "2", "--no-causal", "--samples", "9"], "stored runs are compared as they were measured; drop"),
     (["report", "abc"], "run id must be a number"),
     (["report", "99"], "no run"),
     (["report", "--format", "pdf"], "--format must be md, json"),
