@@ -107,8 +107,8 @@ def tune(
             if output:
                 output.write_text(json.dumps(data, indent=2) + "\n")
         else:
-            if latency_budget is not None:
-                raise UserError("--latency-budget goes with --objective throughput")
+            if latency_budget is not None or plan_impl != "best":
+                raise UserError("--latency-budget and --plan-impl go with --objective throughput")
             with _interrupt_note(store):
                 result = tn.tune(config, store, progress=say, executor=ex)
             text = json.dumps(json_report(result), indent=2, default=str) if fmt == "json" else markdown(result)
