@@ -117,6 +117,7 @@ def test_run_repeats_option(capsys, tmp_path):
     (["compare", "1", "2", "-b", "4", "--rounds", "5"], "drop --batch, --rounds (they go with --impl A --impl B)"),
     (["compare", "1", "2", "--no-causal", "--samples", "9"], "stored runs are compared as they were measured; drop"),
     (["tune", "-s", "8", "--plan-impl", "reference"], "--latency-budget and --plan-impl go with --objective throughput"),
+    (["gate", "--baseline", "b.json", "--reason", "agreed"], "--reason goes with --accept CELL"),
     (["report", "abc"], "run id must be a number"),
     (["report", "99"], "no run"),
     (["report", "--format", "pdf"], "--format must be md, json"),

@@ -63,6 +63,8 @@ def gate(
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
+    if reason is not None and not accept:
+        raise UserError("--reason goes with --accept CELL (the reason an accepted regression is fine)")
     if baseline.is_dir():
         example = baseline / "attnbench-baseline.json"
         raise UserError(f"--baseline {baseline} is a folder; give the file, e.g. {example}")
