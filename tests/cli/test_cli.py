@@ -22,6 +22,21 @@ def test_version(capsys):
     assert code == 0 and out.strip() == f"attnbench {__version__}"
 
 
+def test_help_lists_each_command_on_unbroken_lines(capsys):
+    import typer
+
+    from attnbench.cli import app
+
+    commands = typer.main.get_command(app).commands
+    assert set(commands) == {"run", "list", "report", "runs", "compare", "env", "gate", "tune"}
+    for name, command in commands.items():
+        # the first paragraph of the docstring, whole and on one line (rich keeps a docstring's line breaks)
+        assert command.short_help and "\n" not in command.short_help, name
+        assert command.short_help.rstrip(".") in " ".join(command.help.split()), name
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0 and "whether\n" not in out
+
+
 def test_run_then_report_md_and_json(capsys, tmp_path):
     db = str(tmp_path / "r.db")
     code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "sdpa-math,sdpa-efficient",  # a comma list
@@ -60,12 +75,24 @@ def test_run_with_masks_takes_each_impl_or_says_why_not(capsys, tmp_path):
     assert "| B1 H2 S32 D16 fp32 window:8 alibi | sdpa-math | ok |" in out
 
 
+def test_resume_with_nothing_to_resume_says_it_starts_a_new_run(capsys, tmp_path):
+    db = str(tmp_path / "r.db")
+    code, _, err = cli(capsys, "run", *TINY, "--db", db, "-i", "reference", "--repeats", "1", "--resume")
+    assert code == 0 and f"--resume: no unfinished run of this sweep (same shapes, impls and options) in {db}" in err
+    code, _, err = cli(capsys, "run", *TINY, "--db", db, "-i", "reference", "--repeats", "1", "--resume")
+    assert code == 0 and "no unfinished run" in err  # the first one completed: nothing to finish
+    code, out, _ = cli(capsys, "runs", "--db", db)
+    assert out.count("complete") == 2
+
+
 def test_run_repeats_option(capsys, tmp_path):
     db = str(tmp_path / "r.db")
     code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "sdpa-math", "--repeats", "2")
     assert code == 0, err
     assert "n=10 in 10 batches fixed" in out and "spread across 2 repeats" in out
     assert "Repeats: the sweep was measured 2 times" in out
+    # a pooled cell's "converged ±1.3%" under a 1% target is explained, not left to contradict the Methods
+    assert "Its stop reason is each repeat's (joined by / where they differ) and its ± the half-width" in out
     code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "sdpa-math", "--repeats", "1")
     assert code == 0 and "n=5 in 5 batches fixed" in out and "Repeats: the sweep" not in out
 
@@ -75,22 +102,50 @@ def test_run_repeats_option(capsys, tmp_path):
     (["run", "-b", "0", "-H", "2", "-s", "8", "-d", "8"], "batch must be a positive integer"),
     (["run", "-b", "1", "-H", "4", "--kv-heads", "3", "-s", "8", "-d", "8"], "must divide q_heads"),
     (["run", "--preset", "nope"], "unknown preset 'nope'"),
+    (["run", "-b", "1", "-H", "2", "-s", "64,,128"], "empty item in the comma list '64,,128'"),
+    (["run", "-s", "8", "--dtype", "fp32,"], "empty item in the comma list 'fp32,'"),
     (["run", "--preset", "cpu-smoke", "-b", "2"], "cannot be combined"),
     (["run", "-s", "8", "--impl", "nope"], "unknown impl 'nope'"),
     (["run", "-s", "8", "--timer", "cold"], "needs a CUDA GPU"),
+    (["run", "-s", "8", "--timer", "bogus"], "choose auto (the default), cold, warm, graph, graph-warm, host"),
+    (["run", "-s", "8", "--warmup-ms", "-1"], "--warmup-ms must be >= 0, got -1.0"),
+    (["run", "-s", "8", "--max-time-ms", "5"], "--min-time-ms must be between 0 and --max-time-ms (5.0), got 20.0"),
+    (["compare", "-i", "sdpa-math", "-i", "reference", "-s", "8", "--warmup-ms", "-1"], "--warmup-ms must be >= 0"),
+    (["compare", "-i", "sdpa-math", "-i", "reference", "-s", "8", "--max-time-ms", "-1"], "--max-time-ms must be >= 0"),
+    (["gate", "--update", "--baseline", "b.json", "-s", "8", "--warmup-ms", "-1"], "--warmup-ms must be >= 0"),
     (["run", "--device", "tpu"], "unknown device"),
+    (["compare", "1", "2", "-b", "4", "--rounds", "5"], "drop --batch, --rounds (they go with --impl A --impl B)"),
+    (["compare", "1", "2", "--no-causal", "--samples", "9"], "stored runs are compared as they were measured; drop"),
+    (["tune", "-s", "8", "--plan-impl", "reference"], "--latency-budget and --plan-impl go with --objective throughput"),
+    (["gate", "--baseline", "b.json", "--reason", "agreed"], "--reason goes with --accept CELL"),
     (["report", "abc"], "run id must be a number"),
     (["report", "99"], "no run"),
     (["report", "--format", "pdf"], "--format must be md, json"),
     (["run", "-s", "8", "--mask", "diagonal"], "unknown mask 'diagonal'"),
     (["run", "-s", "8", "--mask", "window:4", "--causal"], "give --mask or --causal, not both"),
     (["run", "-s", "8", "--score-mod", "softcap:-1"], "the cap must be > 0"),
+    # -o is checked before anything is measured or rendered: no traceback after a tune's racing
+    (["report", "-o", "no-such-folder/r.html"], "--output no-such-folder/r.html: folder does not exist"),
+    (["report", "-o", "."], "--output . is a folder"),
+    (["tune", "-s", "8", "-o", "no-such-folder/d.json"], "folder does not exist"),
+    (["gate", "--update", "--baseline", ".", "-s", "8"], "--baseline . is a folder; give the file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, msg):
+    from attnbench.store import Store
+
+    Store(tmp_path / "r.db").close()  # an empty database: report's run ids are checked against it
     code, out, err = cli(capsys, *args, "--db", str(tmp_path / "r.db"))
     assert code == 2
     assert msg in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args", [["report"], ["report", "--history"], ["runs"], ["compare", "1", "2"]])
+def test_reading_commands_never_create_a_database(capsys, tmp_path, args):
+    db = tmp_path / "typo.db"
+    code, _, err = cli(capsys, *args, "--db", str(db))
+    assert code == 2 and err.strip() == f"attnbench: error: no results database at {db}; start one with `attnbench run`"
+    assert not db.exists()
 
 
 def test_list_says_what_runs_here(capsys):
@@ -98,6 +153,11 @@ def test_list_says_what_runs_here(capsys):
     assert code == 0
     assert "sdpa-math" in out and "flex" in out and "reference" in out
     assert "sdpa-cudnn" in out and "no: needs a CUDA GPU" in out
+    # the descriptions start in one column, after the longest "no: ..." reason of this machine
+    rows = {line.split()[0]: line for line in out.splitlines()
+            if line.startswith("  ") and line.split()[0] in ("sdpa-math", "sdpa-cudnn")}
+    starts = {name: row.index(d) for name, row, d in ((n, rows[n], "SDPA restricted") for n in rows)}
+    assert len(starts) == 2 and len(set(starts.values())) == 1, out
 
 
 def _env():
@@ -138,6 +198,7 @@ def test_killed_run_resumes_from_the_command_line(tmp_path):
     done = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
+    assert "no unfinished run" not in done.stderr
     with sqlite3.connect(db) as con:
         after = dict(con.execute("SELECT workload_key, id FROM measurements").fetchall())
         runs = con.execute("SELECT run_id, status FROM runs").fetchall()
@@ -159,3 +220,44 @@ def test_env_on_the_cpu_says_no_gpu_and_caches_ceilings(capsys, tmp_path):
         assert s.get("ceilings", data["env_id"])["gbps"] == data["ceilings"]["gbps"]
     code, _, err = cli(capsys, "env", "--format", "xml")
     assert code == 2 and "--format must be text or json" in err
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_interrupted_tune_and_gate_say_what_was_kept(capsys, tmp_path, monkeypatch):
+    db = str(tmp_path / "r.db")
+    from attnbench.gate import orchestrate
+    from attnbench.tune import tuner
+
+    monkeypatch.setattr(tuner, "tune", _interrupt)
+    code, _, err = cli(capsys, "tune", "-b", "1", "-H", "2", "-s", "16", "-d", "16", "-i", "sdpa-math", "--db", db)
+    assert code == 130 and "interrupted; each workload tuned to the end is cached in" in err, err
+    monkeypatch.setattr(orchestrate, "run_gate", _interrupt)
+    base = tmp_path / "base.json"
+    code, _, err = cli(capsys, "gate", "--update", "--baseline", str(base), "-b", "1", "-H", "2", "-s", "16",
+                       "-d", "16", "-i", "sdpa-math", "--db", db)
+    assert code == 130 and f"interrupted; nothing was decided and {base} was not changed" in err, err
+    assert not base.exists()
+
+
+def test_tune_says_the_baseline_races_beside_the_impls_given(capsys, tmp_path):
+    import typer
+
+    from attnbench.cli import app
+
+    helps = {p.name: p.help for p in typer.main.get_command(app).commands["tune"].params}
+    assert "the --baseline impl races too" in helps["impl"] and "always a candidate" in helps["baseline"]
+    code, out, err = cli(capsys, "tune", "-b", "1", "-H", "2", "-s", "16", "-d", "16", "-i", "reference",
+                         "--budget", "2s", "--samples", "10", "-q", "--db", str(tmp_path / "r.db"))
+    assert code == 0, err
+    assert "| sdpa-auto |" in out and "| reference |" in out  # the one impl given, and the baseline beside it
+
+
+def test_env_ceilings_with_a_bad_db_fails_before_measuring(capsys, tmp_path, monkeypatch):
+    from attnbench.analysis import device
+
+    monkeypatch.setattr(device, "measure_ceilings", lambda dev: pytest.fail("measured before the --db check"))
+    code, _, err = cli(capsys, "env", "--ceilings", "--db", str(tmp_path / "missing" / "r.db"))
+    assert code == 2 and "database folder does not exist" in err

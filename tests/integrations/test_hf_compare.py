@@ -25,11 +25,13 @@ def test_a_model_compared_end_to_end_with_a_verdict_and_its_ci():
     row = c.rows[0]
     assert row.label == "qwen2: 2 layers, H4/2 D16, 1 sliding (window 12) · forward B2 S24 fp32"
     assert row.n_a == row.n_b == 20 and row.speedup_ci[0] <= row.speedup <= row.speedup_ci[1]
+    # paired round by round, as kernel compare pairs (not split into blocks "stored before schema 2")
+    assert row.pairing == "rounds" and row.rounds == 10
     assert row.verdict == "same"  # one fake median for both sides
     assert math.isnan(row.a_tflops)  # a model step has no attention-only TFLOP/s
     assert tiny.CALLS["causal"] > 20 and tiny.CALLS["window:11"] > 20  # the table's kernel ran, timed calls too
     notes = "\n".join(c.notes)
-    assert "within the dtype's attention tolerance" in notes
+    assert "within the dtype's attention tolerance" in notes and "schema 2" not in notes
     assert f"layers 0: {tiny.SPY}" in notes and "layers 1: " in notes
     text = to_markdown(c)
     assert "| qwen2: 2 layers" in text and "Verdicts: faster 0, slower 0, same 1" in text

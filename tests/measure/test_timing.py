@@ -151,6 +151,10 @@ def test_cli_policy_is_adaptive_by_default_and_samples_mean_a_fixed_count():
     fixed = policy_from_options(samples=7, min_samples=10)
     assert fixed.target_precision is None and fixed.max_samples == 7 and fixed.min_samples == 7
     assert policy_from_options(target_precision=0).max_samples == 50
+    limited = policy_from_options(max_samples=5)  # a limit under the default --min-samples 10 holds
+    assert (limited.min_samples, limited.max_samples) == (5, 5)
+    with pytest.raises(UserError, match="--max-samples must be at least 1, got 0"):
+        policy_from_options(max_samples=0)
     with pytest.raises(UserError, match="not both"):
         policy_from_options(samples=5, target_precision=0.02)
     with pytest.raises(UserError):

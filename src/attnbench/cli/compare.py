@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -67,6 +68,9 @@ def compare(
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
+    from ..measure.timing import check_time_flags
+
+    check_time_flags(warmup_ms=warmup_ms, max_time_ms=max_time_ms)
     if model is not None:
         others = {"--impl": impl, "RUN_IDS": run_ids, "--preset": preset, "--sweep": sweep, "--heads": heads,
                   "--kv-heads": kv_heads, "--kv-seq": kv_seq, "--dim": dim, "--causal": causal, "--mask": mask,
@@ -89,7 +93,19 @@ def compare(
                         f"got {len(impls)} --impl and {len(runs_given)} run ids")
     if (cost_per_hour is None) != (calls_per_day is None):
         raise UserError("--cost-per-hour and --calls-per-day go together")
-    with open_store(db) as store:
+    if runs_given:
+        # What says how to measure now means nothing to two stored runs: refuse it rather than ignore it.
+        measuring = dict(preset=preset, sweep=sweep, batch=batch, heads=heads, kv_heads=kv_heads, seq=seq,
+                         kv_seq=kv_seq, dim=dim, dtype=dtype, causal=causal, mask=mask, score_mod=score_mod,
+                         direction=direction, device=device, rounds=rounds, timer=timer, samples=samples,
+                         min_samples=min_samples, warmup_ms=warmup_ms, max_time_ms=max_time_ms)
+        options = inspect.signature(compare).parameters
+        given = [_flag(options[name].default) for name, value in measuring.items()
+                 if value != options[name].default.default]
+        if given:
+            raise UserError(f"two stored runs are compared as they were measured; drop {', '.join(given)} "
+                            "(they go with --impl A --impl B)")
+    with open_store(db, must_exist=bool(runs_given)) as store:
         if runs_given:
             result = cmp.compare_runs(store, runs_given[0], runs_given[1], allow_env_mismatch=allow_env_mismatch,
                                       threshold=threshold, per_token=per_token)
@@ -123,6 +139,11 @@ def compare(
         typer.echo(json.dumps(to_json(result), indent=2, default=str))
     else:
         typer.echo(to_markdown(result))
+
+
+def _flag(option) -> str:
+    """An option's long name, as the user typed it: '--causal' of '--causal/--no-causal'."""
+    return next(d for d in option.param_decls if d.startswith("--")).split("/")[0]
 
 
 def _compare_model(model, table, batch, seq, dtype, device, timer, train, samples, min_samples, warmup_ms, max_time_ms,

@@ -28,8 +28,8 @@ def env(
     eid = devmod.env_id(fp)
     measured = None
     if ceilings:
-        measured = devmod.measure_ceilings(dev)
-        with open_store(db) as store:
+        with open_store(db) as store:  # a bad --db fails before the ceilings are measured, not after
+            measured = devmod.measure_ceilings(dev)
             store.add_environment(eid, fp)
             store.put("ceilings", eid, measured)
     if fmt == "json":

@@ -63,6 +63,11 @@ def gate(
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
+    if reason is not None and not accept:
+        raise UserError("--reason goes with --accept CELL (the reason an accepted regression is fine)")
+    if baseline.is_dir():
+        example = baseline / "attnbench-baseline.json"
+        raise UserError(f"--baseline {baseline} is a folder; give the file, e.g. {example}")
     with open_executor(executor) as ex, open_store(db) as store:
         dev = ex.device(device)
         shape = (batch, heads, kv_heads, seq, kv_seq, dim, dtype, causal, direction)
@@ -76,7 +81,12 @@ def gate(
                            accept=tuple(accept or ()), reason=reason, workloads=workloads,
                            impls=split_impls(impl) or None, timer=timer, policy=policy)
         measurer = RunnerMeasurer(store, dev, progress=not quiet and sys.stderr.isatty(), executor=ex)
-        result = run_gate(opts, measurer)
+        try:
+            result = run_gate(opts, measurer)
+        except KeyboardInterrupt:
+            typer.echo(f"attnbench: interrupted; nothing was decided and {baseline} was not changed; what was measured "
+                       f"is stored in {store.path}.", err=True)
+            raise typer.Exit(130)
         measurer.record(result)
     text = result.markdown()
     append_step_summary(text)

@@ -24,12 +24,11 @@ def list_impls(
     impls = registry(include_absent=True)
     width = max(len(n) for n in impls)
     adapters = {n: i for n, i in impls.items() if isinstance(i, LibraryImpl)}
-    for name, impl in impls.items():
-        if name in adapters:
-            continue
-        why = impl.supports(probe, dev)
-        state = "yes" if why is None else f"no: {why}"
-        typer.echo(f"  {name:<{width}}  {state:<40}  {impl.description}")
+    states = {name: impl.supports(probe, dev) for name, impl in impls.items() if name not in adapters}
+    states = {name: "yes" if why is None else f"no: {why}" for name, why in states.items()}
+    state_width = min(max(len(s) for s in states.values()), 60)  # descriptions in one column, unless a reason is long
+    for name, state in states.items():
+        typer.echo(f"  {name:<{width}}  {state:<{state_width}}  {impls[name].description}")
     typer.echo("library adapters (optional; pip extras attnbench[fa], [flashinfer], [xformers], [cudnn]):")
     for name, impl in adapters.items():
         state = impl.state()

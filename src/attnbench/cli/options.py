@@ -29,10 +29,26 @@ PASS_OPT = typer.Option(None, "--pass", help="fwd, bwd, fwd+bwd; comma list")
 EXECUTOR_OPT = typer.Option("inproc", "--executor", help="where cells run: inproc (default), gpus (one worker "
                             "process per local GPU, dask-cuda) or dask://HOST:PORT (a running Dask scheduler)")
 
-def open_store(db: Optional[str]):
-    from ..store import Store
+def check_output(path: Optional[Path]) -> None:
+    """Refuse an -o/--output path that cannot be written before anything is measured or rendered."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder; give a file name")
+    parent = path.expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"--output {path}: folder does not exist: {parent}")
 
-    return Store(db)
+
+def open_store(db: Optional[str], *, must_exist: bool = False):
+    """The results store; `must_exist` for commands that only read, so a mistyped --db is an error, not a new file."""
+    from ..store import Store
+    from ..store.database import default_path
+
+    path = db or default_path()
+    if must_exist and path != ":memory:" and not Path(path).expanduser().is_file():
+        raise UserError(f"no results database at {path}; start one with `attnbench run`")
+    return Store(path)
 
 
 def build_workloads(preset: Optional[str], sweep: Optional[Path], batch: Optional[str], heads: Optional[str],

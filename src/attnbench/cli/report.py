@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserError
-from .options import DB_OPT, open_store
+from .options import DB_OPT, check_output, open_store
 
 
 def report(
@@ -32,7 +32,8 @@ def report(
         raise UserError("--history covers every stored run; give no run id (filter with --workload/--impl)")
     if not history and (workload or impl):
         raise UserError("--workload and --impl filter --history only")
-    with open_store(db) as store:
+    check_output(output)
+    with open_store(db, must_exist=True) as store:
         if history:
             from ..report import history as hist
 

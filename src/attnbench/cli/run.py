@@ -80,6 +80,9 @@ def run(
         config = RunConfig(workloads=workloads, impls=split_impls(impl) or default_impls(), device=dev,
                            timer=timer, policy=policy, name=name or sweep_name, interleave=interleave,
                            discard_throttled=discard_throttled, repeats=repeats)
+        if resume and store.resumable_run(config.hash()) is None:
+            typer.echo(f"attnbench: --resume: no unfinished run of this sweep (same shapes, impls and options) in "
+                       f"{store.path}; starting a new one.", err=True)
         try:
             run_id = run_sweep(config, store, ex, resume=resume, progress=not quiet and sys.stderr.isatty())
         except KeyboardInterrupt:

@@ -13,7 +13,7 @@ def runs(db: Optional[str] = DB_OPT) -> None:
     """The stored runs, newest last."""
     import time
 
-    with open_store(db) as store:
+    with open_store(db, must_exist=True) as store:
         infos = store.runs()
         if not infos:
             typer.echo(f"no runs in {store.path}")

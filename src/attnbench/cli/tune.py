@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,8 +11,8 @@ import typer
 
 from ..errors import UserError
 from .options import (CAUSAL_OPT, DB_OPT, DIM_OPT, DTYPE_OPT, EXECUTOR_OPT, HEADS_OPT, KV_HEADS_OPT, KV_SEQ_OPT,
-                      MASK_OPT, PASS_OPT, PRESET_OPT, SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, open_store,
-                      split_impls)
+                      MASK_OPT, PASS_OPT, PRESET_OPT, SCORE_MOD_OPT, SEQ_OPT, SWEEP_OPT, build_workloads, check_output,
+                      open_store, split_impls)
 
 
 def tune(
@@ -29,13 +30,15 @@ def tune(
     score_mod: Optional[str] = SCORE_MOD_OPT,
     direction: Optional[str] = PASS_OPT,
     impl: Optional[List[str]] = typer.Option(None, "--impl", "-i", help="impl name or package.module:function "
-                                             "(repeatable; default: all registered; plugins alone add to all)"),
+                                             "(repeatable; default: all registered; plugins alone add to all); "
+                                             "the --baseline impl races too and wins where it is fastest"),
     budget: str = typer.Option("60s", "--budget", help="time per workload for racing (gate included), e.g. 60s, 2m"),
     budget_total: Optional[str] = typer.Option(None, "--budget-total", help="time for the whole sweep, shared out"),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="time every candidate fully (validates racing)"),
     samples: int = typer.Option(100, "--samples", help="samples per candidate: exhaustive count, racing maximum"),
     force: bool = typer.Option(False, "--force", help="measure again even where the cache has a result"),
-    baseline: str = typer.Option("sdpa-auto", "--baseline", help="the default the speedup is stated against"),
+    baseline: str = typer.Option("sdpa-auto", "--baseline", help="the default the speedup is stated against; "
+                                 "always a candidate"),
     objective: str = typer.Option("latency", "--objective", help="latency (fastest impl per workload) or "
                                   "throughput (largest tokens/s batch within --latency-budget)"),
     latency_budget: Optional[str] = typer.Option(None, "--latency-budget", help="throughput objective: e.g. 2ms"),
@@ -69,6 +72,7 @@ def tune(
         raise UserError("--samples must be at least 1")
     if objective == "throughput" and executor != "inproc":
         raise UserError("--executor works with --objective latency; a capacity plan searches batches in turn")
+    check_output(output)
     say = None if quiet else (lambda line: typer.echo(line, err=True))
     with open_executor(executor) as ex, open_store(db) as store:
         dev = ex.device(device)
@@ -96,18 +100,31 @@ def tune(
         if objective == "throughput":
             if latency_budget is None:
                 raise UserError("--objective throughput needs --latency-budget (e.g. 2ms)")
-            plans = plan_capacity(config, store, tn.parse_ms(latency_budget), plan_impl, progress=say)
+            with _interrupt_note(store):
+                plans = plan_capacity(config, store, tn.parse_ms(latency_budget), plan_impl, progress=say)
             data = capacity_json(plans)
             text = json.dumps(data, indent=2) if fmt == "json" else capacity_markdown(plans)
             if output:
                 output.write_text(json.dumps(data, indent=2) + "\n")
         else:
-            if latency_budget is not None:
-                raise UserError("--latency-budget goes with --objective throughput")
-            result = tn.tune(config, store, progress=say, executor=ex)
+            if latency_budget is not None or plan_impl != "best":
+                raise UserError("--latency-budget and --plan-impl go with --objective throughput")
+            with _interrupt_note(store):
+                result = tn.tune(config, store, progress=say, executor=ex)
             text = json.dumps(json_report(result), indent=2, default=str) if fmt == "json" else markdown(result)
             if output:
                 dispatch_table(result).save(output)
     if output:
         typer.echo(f"wrote {output}", err=True)
     typer.echo(text)
+
+
+@contextmanager
+def _interrupt_note(store):
+    """Ctrl-C: say what was kept (each workload's search is cached once it ends), exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(f"attnbench: interrupted; each workload tuned to the end is cached in {store.path}, and the same "
+                   "command continues from there (--force measures again).", err=True)
+        raise typer.Exit(130)

@@ -48,8 +48,9 @@ def policy_from_flags(samples: int | None, min_samples: int | None, warmup_ms: f
     """A TimingPolicy from the CLI's flags, or None when none was given (then the baseline's is used)."""
     if all(x is None for x in (samples, min_samples, warmup_ms, max_time_ms)):
         return None
-    from ..measure.timing import TimingPolicy
+    from ..measure.timing import TimingPolicy, check_time_flags
 
+    check_time_flags(warmup_ms=warmup_ms, max_time_ms=max_time_ms)
     d = TimingPolicy()
     n = d.max_samples if samples is None else samples
     lo = min(d.min_samples if min_samples is None else min_samples, n)

@@ -121,9 +121,15 @@ def _measurement(name: str, w, label: str, result, failure, device: str, env_id:
     if failure is not None:
         return Measurement(status=failure[0], reason=failure[1], **common)
     r = result
+    # The batch sizes and the interleaving session let compare pair A and B round by round, as kernel compare
+    # does; without them the rows were split into blocks and unpaired.
+    sizes = tuple(r.batch_sizes) if sum(r.batch_sizes) == len(r.samples_ms) else ()
+    if r.info:
+        common["extra"] = {**common["extra"], "timing": r.info}
     return Measurement(status="ok", timer=r.mode, samples_ms=tuple(r.samples_ms), host_ms=tuple(r.host_ms),
-                       clocks_mhz=tuple(r.clocks_mhz), stop_reason=r.stop_reason, compile_ms=r.first_call_ms,
-                       warmup_ms=r.warmup_ms, rel_err=err if name == NAME else None, tolerance=tol, **common)
+                       clocks_mhz=tuple(r.clocks_mhz), batch_sizes=sizes, stop_reason=r.stop_reason,
+                       compile_ms=r.first_call_ms, warmup_ms=r.warmup_ms, rel_err=err if name == NAME else None,
+                       tolerance=tol, **common)
 
 
 def _reason(exc: BaseException) -> str:

@@ -181,7 +181,7 @@ def make_timer(mode: str, device: str) -> Timer:
     if mode == "auto":
         mode = "cold" if cuda else "host"
     if mode not in TIMER_MODES:
-        raise UserError(f"unknown timer {mode!r}; choose {', '.join(TIMER_MODES)}")
+        raise UserError(f"unknown timer {mode!r}; choose auto (the default), {', '.join(TIMER_MODES)}")
     if not cuda:
         if mode != "host":
             raise UserError(f"timer {mode!r} needs a CUDA GPU; on the CPU use --timer host")

@@ -55,16 +55,32 @@ MIN_BATCHES = TimingPolicy().min_batches  # every measurement spread over at lea
 BETWEEN_BATCH = 1.5        # batch-level half-width over the sample-level one above which batches stop growing
 
 
+def check_time_flags(*, warmup_ms: float | None = None, max_time_ms: float | None = None,
+                     min_time_ms: float | None = None) -> None:
+    """The CLI's time flags, checked under their own names before a TimingPolicy (whose ValueError names its
+    fields) is built from them."""
+    if warmup_ms is not None and not warmup_ms >= 0:
+        raise UserError(f"--warmup-ms must be >= 0, got {warmup_ms}")
+    if max_time_ms is not None and not max_time_ms >= 0:
+        raise UserError(f"--max-time-ms must be >= 0, got {max_time_ms}")
+    if min_time_ms is not None and not 0 <= min_time_ms <= (max_time_ms if max_time_ms is not None else math.inf):
+        raise UserError(f"--min-time-ms must be between 0 and --max-time-ms ({max_time_ms}), got {min_time_ms}")
+
+
 def policy_from_options(*, samples: int | None = None, min_samples: int = 10, max_samples: int = 10_000,
                         warmup_ms: float = 25.0, min_time_ms: float = 20.0, max_time_ms: float = 2000.0,
                         target_precision: float | None = None) -> TimingPolicy:
     """The CLI's policy: adaptive stopping at 1% by default; `samples` (or a target of 0) is a fixed count."""
+    check_time_flags(warmup_ms=warmup_ms, max_time_ms=max_time_ms,
+                     min_time_ms=min_time_ms if target_precision != 0 and samples is None else None)
     if samples is not None and target_precision:
         raise UserError("give --samples (a fixed count) or --target-precision (adaptive stopping), not both")
     if target_precision is None:
         target_precision = 0.0 if samples is not None else 0.01
     if samples is not None and samples < 1 or min_samples < 1:
         raise UserError("--samples and --min-samples must be at least 1")
+    if max_samples < 1:
+        raise UserError(f"--max-samples must be at least 1, got {max_samples}")
     if target_precision < 0:
         raise UserError(f"--target-precision must be >= 0 (0: a fixed count), got {target_precision}")
     try:
@@ -72,7 +88,8 @@ def policy_from_options(*, samples: int | None = None, min_samples: int = 10, ma
             n = samples or 50
             return TimingPolicy(warmup_ms=warmup_ms, min_samples=min(min_samples, n), max_samples=n,
                                 max_time_ms=max_time_ms)
-        return TimingPolicy(warmup_ms=warmup_ms, min_samples=min_samples, max_samples=max(max_samples, min_samples),
+        # --max-samples is a limit: a --min-samples above it is lowered to it, as a fixed count lowers it
+        return TimingPolicy(warmup_ms=warmup_ms, min_samples=min(min_samples, max_samples), max_samples=max_samples,
                             min_time_ms=min_time_ms, max_time_ms=max_time_ms, target_precision=target_precision)
     except ValueError as exc:
         raise UserError(f"timing options: {exc}") from None

@@ -140,8 +140,10 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
         lines.append(f"- Repeats: the sweep was measured {'/'.join(map(str, reps))} times, one pass over every cell "
                      "after another (later passes in a shuffled order), each with a fresh build and inputs; a "
                      "cell's samples pool its repeats, and the note gives the spread of the repeats' medians "
-                     "(max/min - 1). A spread much wider than the interval says that the interval understates "
-                     "what re-measuring does.")
+                     "(max/min - 1). Its stop reason is each repeat's (joined by / where they differ) and its ± the "
+                     "half-width over the pooled batches, which exceeds the target when the repeats disagree. A "
+                     "spread much wider than the interval says that the interval understates what re-measuring "
+                     "does.")
     lines.append("- Note column: samples, batches and stop reason (converged: the median's 95% CI half-width, "
                  "from order statistics and widened by how much the batches disagree (the median's design effect "
                  "over batches), fell under the target; time-limit, sample-limit, fixed) with that half-width; the "

@@ -172,7 +172,9 @@ def parse_list(text: str | None) -> list[str] | None:
     """'128,256, 512' -> ['128', '256', '512']; None stays None."""
     if text is None:
         return None
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not items:
+    items = [t.strip() for t in str(text).split(",")]
+    if not any(items):
         raise UserError(f"empty list: {text!r}")
+    if not all(items):  # '64,,128' is a typo, not the list 64,128
+        raise UserError(f"empty item in the comma list {text!r}")
     return items

@@ -70,7 +70,8 @@ def candidate_names(impls: list[str] | None, baseline: str = "sdpa-auto") -> lis
 
 def cli_impls(given: list[str] | None) -> list[str] | None:
     """The CLI's rule: no --impl, or only plugins ('module:function'), means every registered impl
-    plus those plugins; any registered name given means exactly the names given."""
+    plus those plugins; any registered name given means exactly the names given (candidate_names then adds
+    the baseline)."""
     from ..impls import registry
 
     if not given:
