@@ -200,12 +200,14 @@ class SdpaImpl(Impl):
         """
         if self.backend_name is not None:
             return self.backend_name.split("_")[0].lower(), []
-        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler import ProfilerActivity
+
+        from .profiling import profiled
 
         activities = [ProfilerActivity.CPU]
         if device.startswith("cuda"):
             activities.append(ProfilerActivity.CUDA)
-        with profile(activities=activities) as prof:
+        with profiled(activities) as prof:
             fn(inputs.q, inputs.k, inputs.v)
             if device.startswith("cuda"):
                 import torch

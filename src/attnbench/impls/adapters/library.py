@@ -229,10 +229,12 @@ class LibraryImpl(Impl):
 
 def profiled_kernels(fn, inputs: Inputs, limit: int = 8) -> list[str]:
     import torch
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity
+
+    from ..profiling import profiled
 
     try:
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        with profiled([ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             fn(inputs.q, inputs.k, inputs.v)
             torch.cuda.synchronize()
     except Exception:  # the profiler is a nicety; what ran is known without it
