@@ -71,3 +71,16 @@ def test_run_summary_counts_statuses_lists_failures_and_leads_decode_with_bandwi
     assert "- INCORRECT: B32 H32/8 S1x8192 D128 bf16 causal-br · mine: relative error 0.9" in text
     assert "- unsupported (1x) sdpa-flash: torch has no sdpa-flash kernel" in text
     assert "% of BW | memory-bound | graph (auto, probe 7.2 us) |" in text
+
+
+def test_header_counts_one_measurement_in_the_singular(tmp_path):
+    with Store(tmp_path / "r.db") as s:
+        s.add_environment("h200", H200)
+        rid = s.start_run("h200", {})
+        s.add(rid, Measurement(workload=DECODE, impl="sdpa-cudnn", status="ok", samples_ms=(0.5,) * 20,
+                               timer="graph", device="cuda", env_id="h200"))
+        one = report.markdown(s, rid)
+        s.add(rid, Measurement(workload=PREFILL, impl="sdpa-cudnn", status="ok", samples_ms=(3.3,) * 20,
+                               timer="graph", device="cuda", env_id="h200"))
+        two = report.markdown(s, rid)
+    assert "1 measurement (1 ok)." in one and "2 measurements (2 ok)." in two

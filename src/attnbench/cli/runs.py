@@ -20,5 +20,5 @@ def runs(db: Optional[str] = DB_OPT) -> None:
             return
         for r in infos:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
-            typer.echo(f"{r.run_id:>4}  {when}  {r.status:<11}  {r.n_measurements:>4} measurements  "
-                       f"env {r.env_id}  {r.name}")
+            noun = "measurement" if r.n_measurements == 1 else "measurements"
+            typer.echo(f"{r.run_id:>4}  {when}  {r.status:<11}  {r.n_measurements:>4} {noun}  env {r.env_id}  {r.name}")

@@ -147,7 +147,7 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
     lines.append("- Note column: samples, batches and stop reason (converged: the median's 95% CI half-width, "
                  "from order statistics and widened by how much the batches disagree (the median's design effect "
                  "over batches), fell under the target; time-limit, sample-limit, fixed) with that half-width; the "
-                 "IQR over the median; the share of samples beyond 3 IQR (kept, never dropped); the median SM "
+                 "IQR over the median; the share of samples beyond 3 IQR (kept, never dropped); on a GPU, the median SM "
                  "clock (NVML, read mid-batch); THROTTLED when a reading fell > 10% below the run's typical "
                  "clock (the median of the measurements' median clocks).")
     from ..measure.correctness import CRITERION
@@ -239,7 +239,7 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
     device = (f"{len(envs)} environments ({'; '.join(_env_line(store.environment(e)) + f' [{e}]' for e in envs)}),"
               " never pooled: each row names its own" if envs else _env_line(env))
     out = [title, "", f"Device: {device}. Status: {info.status}. "
-                      f"{len(rows)} measurements ({sum(r.m.ok for r in rows)} ok).", ""]
+                      f"{len(rows)} measurement{'' if len(rows) == 1 else 's'} ({sum(r.m.ok for r in rows)} ok).", ""]
     out.append("| workload | impl | " + ("device | " if envs else "") + "status | median ms [95% CI] | TFLOP/s | "
                "GB/s | % peak (of bound) | regime | rel err | ran | note |")
     out.append("|---" * (12 if envs else 11) + "|")
