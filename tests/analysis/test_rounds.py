@@ -277,3 +277,17 @@ def test_a_real_146x_difference_stays_faster_with_a_ci_excluding_one():
         a, sa, b, sb = bursty.interleaved(np.random.default_rng(20_000 + seed), ratio=1 / 1.46, base=0.076)
         t = R.paired_ratio(a, sa, b, sb)
         assert R.round_verdict(t, t.p) == "faster" and t.hi < 1.0 and 1 / t.ratio == pytest.approx(1.46, rel=0.1)
+
+
+# --------------------------------------------------------------------------- properties by simulation
+
+
+def test_block_median_ci_leaves_empty_batches_out():
+    """A batch emptied by --discard-throttled is no evidence: the interval is the one of the non-empty batches
+    (counting the empty ones as blocks would draw them in resamples and expand the percentiles for k blocks
+    that are not there)."""
+    rng = np.random.default_rng(4)
+    x = np.concatenate([np.exp(rng.normal(0.0, 0.02) + rng.normal(0.0, 0.01, 5)) for _ in range(10)])
+    ci = R.block_median_ci(x, [5] * 10, seed=2)
+    assert R.block_median_ci(x, [5, 0] * 10, seed=2) == ci
+    assert R.block_median_ci(x, [0] * 30 + [5] * 10, seed=2) == ci

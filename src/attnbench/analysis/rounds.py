@@ -210,7 +210,7 @@ def block_median_ci(x, sizes: Sequence[int] | None, confidence: float = 0.95, n_
     lo_x, hi_x = float(arr.min()), float(arr.max())
     if lo_x == hi_x:
         return med, med
-    blocked = _Blocked(split(arr, sizes))
+    blocked = _Blocked([b for b in split(arr, sizes) if b.size])  # an empty batch is no evidence: not a block
     if blocked.k < 2:
         return lo_x, hi_x
     boot = blocked.medians(_counts(np.random.default_rng(seed), blocked.k, n_resamples))
