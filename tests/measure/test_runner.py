@@ -268,3 +268,22 @@ def test_repeats_must_be_positive(tmp_path):
     config.repeats = 0
     with Store(tmp_path / "r.db") as store, pytest.raises(UserError, match="--repeats must be at least 1"):
         run(config, store, timer=FakeTimer(), progress=False)
+
+
+def test_a_cpu_cell_larger_than_the_available_memory_is_not_attempted(tmp_path, monkeypatch):
+    """A GPU-sized cell on a CPU is recorded `oom` with its size, never allocated; the sweep goes on."""
+    import collections
+
+    import psutil
+
+    from attnbench.impls import footprint_bytes
+
+    big = W1.replace(batch=64, q_len=4096, kv_len=4096, head_dim=128)   # 1.25 GiB: Q, K, V, out, an fp32 draw
+    assert footprint_bytes(big) == 4 * (2 * 64 * 2 * 4096 * 128 * 2) + 4 * 64 * 2 * 4096 * 128
+    mem = collections.namedtuple("mem", "available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: mem(2**29))  # 512 MiB available
+    with Store(tmp_path / "r.db") as store:
+        rid = run(cfg(["sdpa-math"], [big, W1]), store, timer=FakeTimer(median_ms=2.0), progress=False)
+        first, second = store.measurements(rid)
+    assert first.status == "oom" and "not attempted" in first.reason and "1.2 GiB" in first.reason, first.reason
+    assert second.status == "ok"

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from ..errors import UserError
 from .adapters import adapter_impls
-from .base import Impl, Inputs, Unsupported, make_call, make_inputs
+from .base import Impl, Inputs, Unsupported, footprint_bytes, make_call, make_inputs
 from .flex import FlexImpl
 from .plugins import as_impl, entry_point_impls, load_object
 from .reference import ReferenceImpl
 from .sdpa import BACKENDS, SdpaImpl
 from .triton_fa import TritonFAImpl
 
-__all__ = ["Alias", "Impl", "Inputs", "Unsupported", "make_call", "make_inputs", "registry", "resolve",
-           "resolve_many"]
+__all__ = ["Alias", "Impl", "Inputs", "Unsupported", "footprint_bytes", "make_call", "make_inputs", "registry",
+           "resolve", "resolve_many"]
 
 
 def builtin_impls() -> dict[str, Impl]:

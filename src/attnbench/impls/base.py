@@ -192,6 +192,18 @@ def make_inputs(workload: Workload, device: str, seed: int) -> Inputs:
     return Inputs(q, k, v, grad, seed)
 
 
+def footprint_bytes(workload: Workload) -> int:
+    """What a cell's own tensors take before any impl allocates: Q, K, V and the output, and for a backward
+    dO and the three gradients, in the workload's dtype, plus the float32 draw of the largest input
+    (make_inputs draws in float32 and converts). An impl's temporaries come on top (supports() bounds its own)."""
+    w = workload
+    elem = {"fp32": 4, "fp64": 8}.get(w.dtype, 2)
+    q = w.batch * w.q_heads * w.q_len * w.head_dim
+    kv = w.batch * w.kv_heads * (-(-w.kv_len // w.page_size) * w.page_size if w.page_size else w.kv_len) * w.head_dim
+    tensors = 2 * q + 2 * kv + (2 * q + 2 * kv if w.direction != "fwd" else 0)
+    return elem * tensors + 4 * max(q, kv)
+
+
 def make_call(fn: AttnFn, workload: Workload, inputs: Inputs) -> Callable[[], Any]:
     """A zero-argument callable that performs the workload's pass (fwd, bwd or fwd+bwd) once.
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 from ..analysis import device as devmod
 from ..analysis.roofline import ceilings_for
 from ..errors import UserError
-from ..impls import Impl, Inputs, Unsupported, make_call, make_inputs, resolve_many
+from ..impls import Impl, Inputs, Unsupported, footprint_bytes, make_call, make_inputs, resolve_many
 from ..spec import Workload
 from ..store import Measurement, Store, params_key
 from . import repeats
@@ -124,6 +124,24 @@ class ClockTrack:
             self.medians.append(median(clocks))
 
 
+HOST_SHARE = 0.75   # of the host's available memory a CPU cell's own tensors may take
+
+
+def host_memory_problem(workload: Workload, device: str) -> str | None:
+    """On the CPU, why a cell is not attempted: its tensors alone would take most of the available memory (a
+    GPU-sized preset run on a CPU would push the machine into swap or the OOM killer, losing the sweep). A GPU
+    reports its own out-of-memory errors, which the sweep records and survives."""
+    if not device.startswith("cpu"):
+        return None
+    import psutil
+
+    need, avail = footprint_bytes(workload), psutil.virtual_memory().available
+    if need <= HOST_SHARE * avail:
+        return None
+    return (f"its tensors alone need about {need / 2**30:.1f} GiB, more than {HOST_SHARE:.0%} of the "
+            f"{avail / 2**30:.1f} GiB this machine has available; not attempted")
+
+
 def prepare_cell(impl: Impl, workload: Workload, device: str, timer_mode: str,
                  params: dict[str, Any] | None = None, seed: int = 0, env_id: str = "",
                  inputs: Inputs | None = None) -> Measurement | Prepared:
@@ -134,6 +152,9 @@ def prepare_cell(impl: Impl, workload: Workload, device: str, timer_mode: str,
     why = impl.supports(workload, device)
     if why:
         return Measurement(status="unsupported", reason=why, **base)
+    why = host_memory_problem(workload, device) if inputs is None else None
+    if why:
+        return Measurement(status="oom", reason=why, **base)
     stage = "build"
     try:
         inputs = make_inputs(workload, device, seed) if inputs is None else inputs
