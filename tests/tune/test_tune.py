@@ -235,3 +235,10 @@ def test_tune_on_gpu_gates_races_and_writes_a_table():
     assert {c.status for c in r.candidates if c.impl == "flex"} == {"ok"}
     table = dispatch_table(result)
     assert table.environment["gpu_name"] and len(table.entries) == 1
+
+
+def test_without_a_baseline_the_report_says_so():
+    result, _, _ = _tune(["sdpa-flash", "sdpa-math"], {"sdpa-flash": 1.0, "sdpa-math": 1.5}, baseline="")
+    md = markdown(result)
+    assert "| speedup (no --baseline) |" in md and "speedup vs  |" not in md
+    assert {c.impl for c in result.workloads[0].candidates} == {"sdpa-flash", "sdpa-math"}

@@ -66,7 +66,8 @@ def markdown(result: TuneResult) -> str:
            f"Environment {result.env_id}: {where}, torch {env.get('torch')}"
            + (f", cuDNN {env['cudnn']}" if env.get("cudnn") else "") + (f", triton {env['triton']}" if env.get("triton") else "")
            + f". Timer `{result.timer}`.", ""]
-    out += ["| workload | chosen | median ms [95% CI] | speedup vs " + result.baseline + " | runner-up | search |",
+    versus = f"speedup vs {result.baseline}" if result.baseline else "speedup (no --baseline)"
+    out += [f"| workload | chosen | median ms [95% CI] | {versus} | runner-up | search |",
             "|---|---|---|---|---|---|"]
     for r in result.workloads:
         win, ru = r.winner, r.runner_up
