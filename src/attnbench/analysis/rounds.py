@@ -417,10 +417,10 @@ def geomean_ratio(rows: Sequence[Blocked], confidence: float = 0.95, n_resamples
     """(geomean, lo, hi) of the rows' ratios of medians median(A)/median(B), with a bootstrap over rounds.
 
     Each resample redraws every row's rounds (paired rows: one draw of the rounds both sides ran, as in
-    `paired_ratio`, whose ratio a paired row's is; unpaired rows: each side's batches apart) independently of the other rows, since each row was measured in
-    its own rounds; the rows themselves are fixed (the suite is not a sample of workloads). Expanded
-    percentile for the fewest rounds of any row; with a row of fewer than `min_blocks` rounds, the
-    interval is the geometric mean of the rows' ranges.
+    `paired_ratio`, whose ratio a paired row's is; unpaired rows: each side's batches apart) independently
+    of the other rows, since each row was measured in its own rounds; the rows themselves are fixed (the
+    suite is not a sample of workloads). Expanded percentile for the fewest rounds of any row; with a row of
+    fewer than `min_blocks` rounds, the interval is the geometric mean of the rows' ranges.
     """
     _check_confidence(confidence)
     if not rows:

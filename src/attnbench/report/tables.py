@@ -147,9 +147,9 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
     lines.append("- Note column: samples, batches and stop reason (converged: the median's 95% CI half-width, "
                  "from order statistics and widened by how much the batches disagree (the median's design effect "
                  "over batches), fell under the target; time-limit, sample-limit, fixed) with that half-width; the "
-                 "IQR over the median; the share of samples beyond 3 IQR (kept, never dropped); on a GPU, the median SM "
-                 "clock (NVML, read mid-batch); THROTTLED when a reading fell > 10% below the run's typical "
-                 "clock (the median of the measurements' median clocks).")
+                 "IQR over the median; the share of samples beyond 3 IQR (kept, never dropped); on a GPU, the "
+                 "median SM clock (NVML, read mid-batch); THROTTLED when a reading fell > 10% below the run's "
+                 "typical clock (the median of the measurements' median clocks).")
     from ..measure.correctness import CRITERION
 
     lines.append(f"- Correctness: before timing, on fresh random inputs, {CRITERION}. Large shapes: the first and "
