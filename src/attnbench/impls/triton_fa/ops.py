@@ -170,8 +170,7 @@ def _forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool,
     doc = _doc_arg(mask, bounds, q, sq, sk)
     fwd.attn_fwd[grid](q, k, v, out, lse, doc, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOC=mask.docs is not None, USE_TMA=tma,
-                       STORE_LSE=need_lse,
-                       num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common)
+                       STORE_LSE=need_lse, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common)
     return out, (lse if need_lse else None)
 
 
