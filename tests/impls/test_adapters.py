@@ -264,6 +264,31 @@ def test_flashinfer_knobs_and_declines(fakelibs):
     assert "fp32" in impl.supports(BASE.replace(dtype="fp32"), "cuda")
 
 
+def test_flashinfer_alibi_is_never_pinned_to_a_backend_without_it(fakelibs):
+    # flashinfer/jit/attention/modules.py: the fa3 prefill variant has no ALiBi term; a plan pinned to it
+    # accepts pos_encoding_mode='ALIBI' and drops the bias (the fake does the same)
+    fakelibs()
+    impl = resolve("flashinfer")
+    w = BASE.replace(score_mod="alibi", causal=True)
+    assert impl.param_space(w, "cuda") == [{}, {"backend": "fa2"}]
+    with pytest.raises(Unsupported, match="fa3 prefill backend has no ALiBi"):
+        built("flashinfer", w, {"backend": "fa3"})
+    with pytest.raises(Unsupported, match="fa3 prefill backend has no ALiBi"):
+        impl.paged_attention(w.replace(mask="causal-br", q_len=3, kv_len=32), "cpu", {"backend": "fa3"})
+    correct("flashinfer", w, {"backend": "fa2"})
+    lib = sys.modules["flashinfer"]
+    inputs = make_inputs(w, "cpu", 0)
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (inputs.q, inputs.k, inputs.v))
+    outs = {}
+    for backend in ("fa2", "fa3"):
+        wrapper = lib.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(8, dtype=torch.uint8), "NHD", backend=backend)
+        indptr = torch.tensor([0, w.q_len], dtype=torch.int32)
+        wrapper.plan(indptr, indptr, w.q_heads, w.kv_heads, w.head_dim, causal=True, pos_encoding_mode="ALIBI",
+                     q_data_type=q.dtype)
+        outs[backend] = wrapper.run(q, k, v)
+    assert not torch.allclose(outs["fa2"], outs["fa3"])  # the fake's fa3 drops the bias, as the library's does
+
+
 XF_CASES = [
     dict(),
     dict(causal=True, q_len=8, kv_len=24),  # top-left causal: xFormers' LowerTriangularMask computes it

@@ -6,6 +6,8 @@ D), plan() takes the problem's index arrays and options once, run() computes; q 
 the causal mask is aligned to the bottom right (its docs' tril(diagonal=kv_len-qo_len) example);
 window_left=W keeps keys p-W..p; logits_soft_cap caps the scaled logits; pos_encoding_mode='ALIBI' adds
 slope*(kv_idx - q_idx) with slopes 2^(-8(h+1)/n) for a power-of-two head count n. Forward only.
+Only the fa2 prefill kernels add ALiBi: the fa3 backend's variant has no such term (flashinfer/jit/attention/
+modules.py), so a pinned backend='fa3' would drop the bias silently; 'auto' avoids it (utils.is_fa3_backend_supported).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Callable
 
 from ...spec import Workload
 from ...spec import masks
-from ..base import torch_dtype
+from ..base import Unsupported, torch_dtype
 from .layouts import PagedKV, PerInputs, cu_seqlens, doc_lengths, pack, page_table, to_pages, unpack
 from .library import LibraryImpl, layout_of, page_size
 
@@ -70,6 +72,8 @@ class FlashInferImpl(LibraryImpl):
             if not layout_of(w).startswith("paged:"):
                 space += [{"page_size": 64}, {"page_size": 64, "use_tensor_cores": True}]
             return space
+        if w.score_mod == "alibi":
+            return [{}, {"backend": "fa2"}]
         return [{}, {"backend": "fa2"}, {"backend": "fa3"}]
 
     @staticmethod
@@ -77,6 +81,12 @@ class FlashInferImpl(LibraryImpl):
         if w.q_len == 1 and w.mask_kind != "document":
             return "decode"
         return "paged-prefill" if layout_of(w).startswith("paged:") else "ragged-prefill"
+
+    @staticmethod
+    def _check_backend(w: Workload, params: dict[str, Any]) -> None:
+        backend = params.get("backend", "auto")
+        if w.score_mod == "alibi" and backend not in ("auto", "fa2"):
+            raise Unsupported(f"flashinfer: its {backend} prefill backend has no ALiBi (only fa2 adds it)")
 
     def _options(self, w: Workload, dtype) -> dict[str, Any]:
         out: dict[str, Any] = {"q_data_type": dtype, "kv_data_type": dtype}
@@ -92,6 +102,7 @@ class FlashInferImpl(LibraryImpl):
         import torch
 
         w = workload
+        self._check_backend(w, params)
         dtype = torch_dtype(w.dtype)
         workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         opts = self._options(w, dtype)
@@ -191,6 +202,7 @@ class FlashInferImpl(LibraryImpl):
 
         lib = self.load()
         w, params = workload, params or {}
+        self._check_backend(w, params)
         workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         opts = self._options(w, torch_dtype(w.dtype))
         causal = w.mask_kind in ("causal", "causal-br", "window")
