@@ -423,3 +423,15 @@ def test_flash_attn_4_alone_is_not_flash_attn_2(fakelibs):
     impls = adapter_impls()
     assert impls["fa4"].installed() and impls["fa4"].state().ready
     assert not impls["fa2"].installed()
+
+
+def test_flashinfer_without_the_plan_run_api_is_unusable_with_its_version(fakelibs, monkeypatch):
+    # flashinfer 0.1.x wrappers had begin_forward()/forward(); prefill.py (c91093d3) keeps begin_forward = plan
+    fakelibs()
+    import flashinfer
+
+    monkeypatch.delattr(flashinfer.BatchDecodeWithPagedKVCacheWrapper, "plan")
+    state = adapter_impls()["flashinfer"].state()
+    assert not state.ready
+    assert state.text() == ("installed 0.7.2 but unusable: flashinfer 0.7.2 predates the wrappers' plan()/run() API "
+                            "this adapter calls; pip install -U flashinfer-python")

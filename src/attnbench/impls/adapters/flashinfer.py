@@ -39,6 +39,11 @@ def page_plan_args(block_table, cache_seqlens, page: int):
     return indptr, indices.contiguous(), last
 
 
+def backend_kwarg(backend: str) -> dict[str, str]:
+    """The prefill wrappers' backend= argument, passed only when a tuner pins one ('auto' is their default)."""
+    return {} if backend == "auto" else {"backend": backend}
+
+
 class FlashInferImpl(LibraryImpl):
     name = "flashinfer"
     family = "flashinfer"
@@ -52,6 +57,15 @@ class FlashInferImpl(LibraryImpl):
     passes = ("fwd",)
     paged = True
     head_dims = "those its kernels are built or JIT-compiled for"
+
+    def unusable(self, lib: Any) -> str:
+        """Releases before the plan()/run() wrapper API (0.1.x had begin_forward()/forward()) cannot run here."""
+        wrappers = ("BatchPrefillWithRaggedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper",
+                    "BatchDecodeWithPagedKVCacheWrapper")
+        if all(hasattr(getattr(lib, name, None), "plan") for name in wrappers):
+            return ""
+        return (f"flashinfer {self._version(lib) or '(version unknown)'} predates the wrappers' plan()/run() API "
+                f"this adapter calls; pip install -U flashinfer-python")
 
     def workload_reason(self, workload: Workload) -> str | None:
         w = workload
@@ -143,7 +157,7 @@ class FlashInferImpl(LibraryImpl):
 
     def _ragged(self, lib, w: Workload, device: str, params, workspace, opts, causal):
         backend = params.get("backend", "auto")
-        wrapper = lib.BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD", backend=backend)
+        wrapper = lib.BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD", **backend_kwarg(backend))
         if w.mask_kind == "document":
             qo = kv = cu_seqlens(doc_lengths(w), device)
         else:
@@ -178,7 +192,7 @@ class FlashInferImpl(LibraryImpl):
                     out = wrapper.run(q.reshape(b, w.q_heads, w.head_dim), (kv.k_cache, kv.v_cache))
                     return out.view(b, w.q_heads, 1, w.head_dim)
             else:
-                wrapper = lib.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
+                wrapper = lib.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", **backend_kwarg(backend))
                 qo = cu_seqlens([w.q_len] * b, str(block_table.device))
                 wrapper.plan(qo, indptr, indices, last, w.q_heads, w.kv_heads, w.head_dim, page, causal=causal,
                              **opts)
