@@ -435,3 +435,17 @@ def test_flashinfer_without_the_plan_run_api_is_unusable_with_its_version(fakeli
     assert not state.ready
     assert state.text() == ("installed 0.7.2 but unusable: flashinfer 0.7.2 predates the wrappers' plan()/run() API "
                             "this adapter calls; pip install -U flashinfer-python")
+
+
+def test_xformers_block_diagonal_mask_is_made_on_the_inputs_device(fakelibs, monkeypatch):
+    # attn_bias.py: from_seqlens(..., device=None) puts seqstart on the current CUDA device, and fmha refuses
+    # a mask on another device than the query; the fake's default device stands for "another GPU" here
+    fakelibs()
+    import xformers.ops.fmha.attn_bias as ab
+
+    monkeypatch.setattr(ab, "_get_default_bias_device", lambda device=None: device or torch.device("meta"))
+    w = BASE.replace(mask="document:5+11")
+    correct("xformers", w)
+    with pytest.raises(ValueError, match="same device"):
+        sys.modules["xformers.ops"].memory_efficient_attention(
+            *(torch.zeros(1, 16, 2, 8) for _ in range(3)), attn_bias=ab.BlockDiagonalCausalMask.from_seqlens([5, 11]))

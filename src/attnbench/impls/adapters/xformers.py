@@ -5,12 +5,15 @@ inputs are BMHK (batch, seqlen, heads, K; non-contiguous allowed, unit last stri
 K and V expanded over each group's heads, which is forward only; masks are attn_bias objects:
 LowerTriangularMask (top-left causal), LowerTriangularFromBottomRightMask,
 LowerTriangularFromBottomRightLocalAttentionMask(window_size) (keys within window_size of the diagonal,
-the diagonal included) and BlockDiagonalCausalMask.from_seqlens (packed sequences in a batch of one);
+the diagonal included) and BlockDiagonalCausalMask.from_seqlens (packed sequences in a batch of one; its
+seqstart tensors go to `device=`, else to the current CUDA device, and a mask on another device than the
+inputs is a ValueError);
 op=(FwOp, BwOp) pins operators, else fmha.dispatch picks by each op's not_supported_reasons.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 from typing import Any
@@ -68,7 +71,7 @@ class XFormersImpl(LibraryImpl):
             return [{}]
         return [{}] + [{"op": op} for op in OPS]
 
-    def bias(self, lib, workload: Workload):
+    def bias(self, lib, workload: Workload, device: str = "cpu"):
         ab = lib.fmha.attn_bias
         kind = workload.mask_kind
         if kind == "causal":
@@ -78,13 +81,18 @@ class XFormersImpl(LibraryImpl):
         if kind == "window":
             return ab.LowerTriangularFromBottomRightLocalAttentionMask(masks.window(workload.mask) + 1)
         if kind == "document":
-            return ab.BlockDiagonalCausalMask.from_seqlens(doc_lengths(workload))
+            make = ab.BlockDiagonalCausalMask.from_seqlens
+            if "device" in inspect.signature(make).parameters:  # 0.0.29 on; the default is the current GPU
+                import torch
+
+                return make(doc_lengths(workload), device=torch.device(device))
+            return make(doc_lengths(workload))
         return None
 
     def make(self, lib, workload: Workload, device: str, params: dict[str, Any]):
         w = workload
         fmha = lib.fmha
-        bias = self.bias(lib, w)
+        bias = self.bias(lib, w, device)
         group = w.q_heads // w.kv_heads
         op = None
         if "op" in params:
