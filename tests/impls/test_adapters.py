@@ -449,3 +449,24 @@ def test_xformers_block_diagonal_mask_is_made_on_the_inputs_device(fakelibs, mon
     with pytest.raises(ValueError, match="same device"):
         sys.modules["xformers.ops"].memory_efficient_attention(
             *(torch.zeros(1, 16, 2, 8) for _ in range(3)), attn_bias=ab.BlockDiagonalCausalMask.from_seqlens([5, 11]))
+
+
+def test_xformers_dispatch_of_older_releases_is_read_too(fakelibs):
+    # dispatch.py: _dispatch_fw(inp, needs_gradient) / _dispatch_bw(inp, varlen_lse_packed) now (038444aa),
+    # _dispatch_fw(inp) / _dispatch_bw(inp) in older releases (ac5fd496)
+    fakelibs()
+    from types import SimpleNamespace
+
+    from attnbench.impls.adapters.xformers import XFormersImpl
+
+    import xformers.ops
+
+    fmha = xformers.ops.fmha
+    seen = []
+    old = SimpleNamespace(_dispatch_fw=lambda inp: seen.append("fw") or fmha.flash.FwOp,
+                          _dispatch_bw=lambda inp: seen.append("bw") or fmha.cutlass.BwOp)
+    q = torch.zeros(1, 8, 2, 16, dtype=torch.float16)
+    ran = XFormersImpl._dispatched(SimpleNamespace(common=fmha.common, dispatch=old), q, q, q, None, None, True)
+    assert ran == "xformers:fa2F@fake+cutlassB-fake" and seen == ["fw", "bw"]
+    ran = XFormersImpl._dispatched(fmha, q, q, q, None, None, True)
+    assert ran == "xformers:fa2F@fake+fa2B@fake"

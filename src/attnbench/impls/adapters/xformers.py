@@ -36,6 +36,16 @@ def reasons_text(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def private_dispatch(fn, inp, extra):
+    """fmha.dispatch's private choosers: _dispatch_fw(inp, needs_gradient) and _dispatch_bw(inp,
+    varlen_lse_packed) in current releases, (inp) alone in older ones (dispatch.py, both stored versions)."""
+    try:
+        count = len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        count = 2
+    return fn(inp, extra) if count >= 2 else fn(inp)
+
+
 class XFormersImpl(LibraryImpl):
     name = "xformers"
     family = "xformers"
@@ -156,16 +166,14 @@ class XFormersImpl(LibraryImpl):
         if dispatch is None or not hasattr(dispatch, "_dispatch_fw"):
             return "xformers:auto"
         try:
-            fw = dispatch._dispatch_fw(inp, grad)
+            fw = private_dispatch(dispatch._dispatch_fw, inp, grad)
         except NotImplementedError as exc:
             raise Unsupported(f"xformers: {reasons_text(exc)}") from None
         ran = f"xformers:{fw.NAME}"
         if grad:
             try:
-                bw = dispatch._dispatch_bw(inp, getattr(fw, "VARLEN_LSE_PACKED", None))
+                bw = private_dispatch(dispatch._dispatch_bw, inp, getattr(fw, "VARLEN_LSE_PACKED", None))
                 ran += f"+{bw.NAME}"
             except NotImplementedError as exc:
                 raise Unsupported(f"xformers: {reasons_text(exc)}") from None
-            except TypeError:  # an xFormers whose _dispatch_bw has another signature: the forward op is known
-                pass
         return ran
