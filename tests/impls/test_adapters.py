@@ -470,3 +470,20 @@ def test_xformers_dispatch_of_older_releases_is_read_too(fakelibs):
     assert ran == "xformers:fa2F@fake+cutlassB-fake" and seen == ["fw", "bw"]
     ran = XFormersImpl._dispatched(fmha, q, q, q, None, None, True)
     assert ran == "xformers:fa2F@fake+fa2B@fake"
+
+
+@pytest.mark.parametrize("version", ["1.12.0", "1.9.1"])
+def test_cudnn_frontend_too_old_for_the_sdpa_arguments_is_unusable_with_its_version(fakelibs, monkeypatch, version):
+    # release notes: diagonal_alignment / diagonal_band_* in 1.10 (PR #126), generate_stats in 1.13 (PR #150)
+    fakelibs()
+    import cudnn
+
+    monkeypatch.setattr(cudnn, "__version__", version)
+    impl = adapter_impls()["cudnn-fe"]
+    assert impl.state().text() == (
+        f"installed {version}, cuDNN 9.19.0 but unusable: nvidia-cudnn-frontend {version} predates "
+        "sdpa(generate_stats=, diagonal_alignment=, diagonal_band_*=) (1.13); pip install -U nvidia-cudnn-frontend")
+    assert "predates" in impl.supports(BASE, "cuda")
+    from attnbench.impls.adapters.cudnn_fe import release
+
+    assert release("1.32.0") == (1, 32, 0) and release("1.13.0rc1") == (1, 13, 0) and release("") == ()
