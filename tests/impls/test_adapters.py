@@ -487,3 +487,13 @@ def test_cudnn_frontend_too_old_for_the_sdpa_arguments_is_unusable_with_its_vers
     from attnbench.impls.adapters.cudnn_fe import release
 
     assert release("1.32.0") == (1, 32, 0) and release("1.13.0rc1") == (1, 13, 0) and release("") == ()
+
+
+@pytest.mark.parametrize("dist", ["fa4", "flash-attn-cute"])
+def test_flash_attn_4_version_from_a_source_install(fakelibs, dist):
+    # flash_attn/cute/pyproject.toml named the distribution flash-attn-cute, its __init__ read version("fa4")
+    site = fakelibs()
+    meta = site / f"{dist.replace('-', '_')}-4.0.0b1.dist-info"
+    meta.mkdir()
+    (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 4.0.0b1\n")
+    assert adapter_impls()["fa4"].state().text() == "ready (4.0.0b1)"
