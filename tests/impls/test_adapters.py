@@ -497,3 +497,15 @@ def test_flash_attn_4_version_from_a_source_install(fakelibs, dist):
     meta.mkdir()
     (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 4.0.0b1\n")
     assert adapter_impls()["fa4"].state().text() == "ready (4.0.0b1)"
+
+
+def test_fa3_builds_that_return_out_and_lse_are_read_too(fakelibs, monkeypatch):
+    # hopper/flash_attn_interface.py: older builds' FlashAttnFunc returned (out, softmax_lse) always; the
+    # current one (01afd16d) returns out unless return_attn_probs (the fake's convention)
+    fakelibs()
+    import flash_attn_interface as fa3
+
+    current = fa3.flash_attn_func
+    monkeypatch.setattr(fa3, "flash_attn_func", lambda *a, **kw: (current(*a, **kw), None))
+    for w in (BASE, BASE.replace(causal=True, direction="fwd+bwd")):
+        correct("fa3", w)
