@@ -92,7 +92,7 @@ class XFormersImpl(LibraryImpl):
             return ab.LowerTriangularFromBottomRightLocalAttentionMask(masks.window(workload.mask) + 1)
         if kind == "document":
             make = ab.BlockDiagonalCausalMask.from_seqlens
-            if "device" in inspect.signature(make).parameters:  # 0.0.29 on; the default is the current GPU
+            if "device" in inspect.signature(make).parameters:  # newer releases; their default is the current GPU
                 import torch
 
                 return make(doc_lengths(workload), device=torch.device(device))
