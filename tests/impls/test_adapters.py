@@ -264,6 +264,31 @@ def test_flashinfer_knobs_and_declines(fakelibs):
     assert "fp32" in impl.supports(BASE.replace(dtype="fp32"), "cuda")
 
 
+def test_flashinfer_alibi_is_never_pinned_to_a_backend_without_it(fakelibs):
+    # flashinfer/jit/attention/modules.py: the fa3 prefill variant has no ALiBi term; a plan pinned to it
+    # accepts pos_encoding_mode='ALIBI' and drops the bias (the fake does the same)
+    fakelibs()
+    impl = resolve("flashinfer")
+    w = BASE.replace(score_mod="alibi", causal=True)
+    assert impl.param_space(w, "cuda") == [{}, {"backend": "fa2"}]
+    with pytest.raises(Unsupported, match="fa3 prefill backend has no ALiBi"):
+        built("flashinfer", w, {"backend": "fa3"})
+    with pytest.raises(Unsupported, match="fa3 prefill backend has no ALiBi"):
+        impl.paged_attention(w.replace(mask="causal-br", q_len=3, kv_len=32), "cpu", {"backend": "fa3"})
+    correct("flashinfer", w, {"backend": "fa2"})
+    lib = sys.modules["flashinfer"]
+    inputs = make_inputs(w, "cpu", 0)
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (inputs.q, inputs.k, inputs.v))
+    outs = {}
+    for backend in ("fa2", "fa3"):
+        wrapper = lib.BatchPrefillWithRaggedKVCacheWrapper(torch.empty(8, dtype=torch.uint8), "NHD", backend=backend)
+        indptr = torch.tensor([0, w.q_len], dtype=torch.int32)
+        wrapper.plan(indptr, indptr, w.q_heads, w.kv_heads, w.head_dim, causal=True, pos_encoding_mode="ALIBI",
+                     q_data_type=q.dtype)
+        outs[backend] = wrapper.run(q, k, v)
+    assert not torch.allclose(outs["fa2"], outs["fa3"])  # the fake's fa3 drops the bias, as the library's does
+
+
 XF_CASES = [
     dict(),
     dict(causal=True, q_len=8, kv_len=24),  # top-left causal: xFormers' LowerTriangularMask computes it
@@ -398,3 +423,89 @@ def test_flash_attn_4_alone_is_not_flash_attn_2(fakelibs):
     impls = adapter_impls()
     assert impls["fa4"].installed() and impls["fa4"].state().ready
     assert not impls["fa2"].installed()
+
+
+def test_flashinfer_without_the_plan_run_api_is_unusable_with_its_version(fakelibs, monkeypatch):
+    # flashinfer 0.1.x wrappers had begin_forward()/forward(); prefill.py (c91093d3) keeps begin_forward = plan
+    fakelibs()
+    import flashinfer
+
+    monkeypatch.delattr(flashinfer.BatchDecodeWithPagedKVCacheWrapper, "plan")
+    state = adapter_impls()["flashinfer"].state()
+    assert not state.ready
+    assert state.text() == ("installed 0.7.2 but unusable: flashinfer 0.7.2 predates the wrappers' plan()/run() API "
+                            "this adapter calls; pip install -U flashinfer-python")
+
+
+def test_xformers_block_diagonal_mask_is_made_on_the_inputs_device(fakelibs, monkeypatch):
+    # attn_bias.py: from_seqlens(..., device=None) puts seqstart on the current CUDA device, and fmha refuses
+    # a mask on another device than the query; the fake's default device stands for "another GPU" here
+    fakelibs()
+    import xformers.ops.fmha.attn_bias as ab
+
+    monkeypatch.setattr(ab, "_get_default_bias_device", lambda device=None: device or torch.device("meta"))
+    w = BASE.replace(mask="document:5+11")
+    correct("xformers", w)
+    with pytest.raises(ValueError, match="same device"):
+        sys.modules["xformers.ops"].memory_efficient_attention(
+            *(torch.zeros(1, 16, 2, 8) for _ in range(3)), attn_bias=ab.BlockDiagonalCausalMask.from_seqlens([5, 11]))
+
+
+def test_xformers_dispatch_of_older_releases_is_read_too(fakelibs):
+    # dispatch.py: _dispatch_fw(inp, needs_gradient) / _dispatch_bw(inp, varlen_lse_packed) now (038444aa),
+    # _dispatch_fw(inp) / _dispatch_bw(inp) in older releases (ac5fd496)
+    fakelibs()
+    from types import SimpleNamespace
+
+    from attnbench.impls.adapters.xformers import XFormersImpl
+
+    import xformers.ops
+
+    fmha = xformers.ops.fmha
+    seen = []
+    old = SimpleNamespace(_dispatch_fw=lambda inp: seen.append("fw") or fmha.flash.FwOp,
+                          _dispatch_bw=lambda inp: seen.append("bw") or fmha.cutlass.BwOp)
+    q = torch.zeros(1, 8, 2, 16, dtype=torch.float16)
+    ran = XFormersImpl._dispatched(SimpleNamespace(common=fmha.common, dispatch=old), q, q, q, None, None, True)
+    assert ran == "xformers:fa2F@fake+cutlassB-fake" and seen == ["fw", "bw"]
+    ran = XFormersImpl._dispatched(fmha, q, q, q, None, None, True)
+    assert ran == "xformers:fa2F@fake+fa2B@fake"
+
+
+@pytest.mark.parametrize("version", ["1.12.0", "1.9.1"])
+def test_cudnn_frontend_too_old_for_the_sdpa_arguments_is_unusable_with_its_version(fakelibs, monkeypatch, version):
+    # release notes: diagonal_alignment / diagonal_band_* in 1.10 (PR #126), generate_stats in 1.13 (PR #150)
+    fakelibs()
+    import cudnn
+
+    monkeypatch.setattr(cudnn, "__version__", version)
+    impl = adapter_impls()["cudnn-fe"]
+    assert impl.state().text() == (
+        f"installed {version}, cuDNN 9.19.0 but unusable: nvidia-cudnn-frontend {version} predates "
+        "sdpa(generate_stats=, diagonal_alignment=, diagonal_band_*=) (1.13); pip install -U nvidia-cudnn-frontend")
+    assert "predates" in impl.supports(BASE, "cuda")
+    from attnbench.impls.adapters.cudnn_fe import release
+
+    assert release("1.32.0") == (1, 32, 0) and release("1.13.0rc1") == (1, 13, 0) and release("") == ()
+
+
+@pytest.mark.parametrize("dist", ["fa4", "flash-attn-cute"])
+def test_flash_attn_4_version_from_a_source_install(fakelibs, dist):
+    # flash_attn/cute/pyproject.toml named the distribution flash-attn-cute, its __init__ read version("fa4")
+    site = fakelibs()
+    meta = site / f"{dist.replace('-', '_')}-4.0.0b1.dist-info"
+    meta.mkdir()
+    (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 4.0.0b1\n")
+    assert adapter_impls()["fa4"].state().text() == "ready (4.0.0b1)"
+
+
+def test_fa3_builds_that_return_out_and_lse_are_read_too(fakelibs, monkeypatch):
+    # hopper/flash_attn_interface.py: older builds' FlashAttnFunc returned (out, softmax_lse) always; the
+    # current one (01afd16d) returns out unless return_attn_probs (the fake's convention)
+    fakelibs()
+    import flash_attn_interface as fa3
+
+    current = fa3.flash_attn_func
+    monkeypatch.setattr(fa3, "flash_attn_func", lambda *a, **kw: (current(*a, **kw), None))
+    for w in (BASE, BASE.replace(causal=True, direction="fwd+bwd")):
+        correct("fa3", w)

@@ -6,10 +6,11 @@ handle); graph.tensor(name, dim, stride, data_type) in BHSD dims (any strides); 
 generate_stats, attn_scale, diagonal_alignment, diagonal_band_left_bound, diagonal_band_right_bound,
 use_alibi_mask) -> [O, Stats]; graph.sdpa_backward(q, k, v, o, dO, stats, ...) -> [dQ, dK, dV]; then
 validate, build_operation_graph, create_execution_plans([heur_mode, FALLBACK]), check_support, and
-build_plan_at_index(i) / execute_plan_at_index(pack, workspace, i, handle). Masks: right bound 0 is causal,
-TOP_LEFT or BOTTOM_RIGHT aligned; the left bound L masks keys at or before row - L, so a window keeping W
-keys before the diagonal has L = W + 1; ALiBi needs right bound 0 (and, as validate() of 1.32 says, a top-left
-diagonal) and uses 2^(-8(h+1)/Hq) slopes for a power-of-two head count.
+build_plan_at_index(i) / execute_plan_at_index(pack, workspace, i, handle). It needs frontend 1.13 or newer
+(older ones lack generate_stats, those before 1.10 the diagonal bands too: reported unusable, with the version).
+Masks: right bound 0 is causal, TOP_LEFT or BOTTOM_RIGHT aligned; the left bound L masks keys at or before
+row - L, so a window keeping W keys before the diagonal has L = W + 1; ALiBi needs right bound 0 (and, as
+validate() of 1.32 says, a top-left diagonal) and uses 2^(-8(h+1)/Hq) slopes for a power-of-two head count.
 
 The graphs are built once in build() (plans compiled, workspace allocated there); a timed call only
 executes the chosen plan.
@@ -17,6 +18,7 @@ executes the chosen plan.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from ...spec import Workload
@@ -25,6 +27,22 @@ from ..base import Unsupported, torch_dtype
 from .library import LibraryImpl, first_line, refusal
 
 MAX_PLANS = 8  # plans per heuristic mode offered to the tuner
+# diagonal_alignment / diagonal_band_{left,right}_bound came with frontend 1.10, generate_stats (the alias that
+# replaced is_inference) with 1.13 (NVIDIA/cudnn-frontend release notes, PRs #126 and #150)
+MIN_FRONTEND = (1, 13)
+
+
+def release(version: str) -> tuple[int, ...]:
+    """'1.32.0' -> (1, 32, 0); the leading numeric fields only ('' -> ())."""
+    out = []
+    for part in version.split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        out.append(int(digits))
+        if digits != part:
+            break
+    return tuple(out)
 
 
 def contiguous_strides(dims: list[int]) -> list[int]:
@@ -57,7 +75,13 @@ class CudnnFrontendImpl(LibraryImpl):
         return f"{front}, cuDNN {v // 10000}.{v % 10000 // 100}.{v % 100}"
 
     def unusable(self, lib: Any) -> str:
-        """The frontend imports without the cuDNN library; backend_version() is what needs it."""
+        """The frontend imports without the cuDNN library (backend_version() is what needs it), and a frontend
+        older than MIN_FRONTEND lacks the sdpa() arguments the graphs are built with."""
+        front = super()._version(lib)
+        if (front and release(front) < MIN_FRONTEND) or not hasattr(lib, "diagonal_alignment"):
+            return (f"nvidia-cudnn-frontend {front or '(version unknown)'} predates sdpa(generate_stats=, "
+                    f"diagonal_alignment=, diagonal_band_*=) ({'.'.join(map(str, MIN_FRONTEND))}); "
+                    "pip install -U nvidia-cudnn-frontend")
         try:
             lib.backend_version()
         except Exception as exc:

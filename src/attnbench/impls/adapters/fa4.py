@@ -19,7 +19,8 @@ class FlashAttn4(FlashAttnImpl):
     name = "fa4"
     description = "flash-attn 4 (CuTe DSL): flash_attn.cute.flash_attn_func / flash_attn_varlen_func"
     module = "flash_attn.cute"
-    dists = ("flash-attn-4",)
+    # PyPI's name, then the names its source tree's pyproject and __init__ have used (flash_attn/cute)
+    dists = ("flash-attn-4", "fa4", "flash-attn-cute")
     install = "pip install flash-attn-4 (flash-attn-4[cu13] for CUDA 13)"
     head_dims = "8..256 on Hopper, <= 128 or 256 on Blackwell"
 

@@ -6,6 +6,8 @@ D), plan() takes the problem's index arrays and options once, run() computes; q 
 the causal mask is aligned to the bottom right (its docs' tril(diagonal=kv_len-qo_len) example);
 window_left=W keeps keys p-W..p; logits_soft_cap caps the scaled logits; pos_encoding_mode='ALIBI' adds
 slope*(kv_idx - q_idx) with slopes 2^(-8(h+1)/n) for a power-of-two head count n. Forward only.
+Only the fa2 prefill kernels add ALiBi: the fa3 backend's variant has no such term (flashinfer/jit/attention/
+modules.py), so a pinned backend='fa3' would drop the bias silently; 'auto' avoids it (utils.is_fa3_backend_supported).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Callable
 
 from ...spec import Workload
 from ...spec import masks
-from ..base import torch_dtype
+from ..base import Unsupported, torch_dtype
 from .layouts import PagedKV, PerInputs, cu_seqlens, doc_lengths, pack, page_table, to_pages, unpack
 from .library import LibraryImpl, layout_of, page_size
 
@@ -37,6 +39,11 @@ def page_plan_args(block_table, cache_seqlens, page: int):
     return indptr, indices.contiguous(), last
 
 
+def backend_kwarg(backend: str) -> dict[str, str]:
+    """The prefill wrappers' backend= argument, passed only when a tuner pins one ('auto' is their default)."""
+    return {} if backend == "auto" else {"backend": backend}
+
+
 class FlashInferImpl(LibraryImpl):
     name = "flashinfer"
     family = "flashinfer"
@@ -50,6 +57,15 @@ class FlashInferImpl(LibraryImpl):
     passes = ("fwd",)
     paged = True
     head_dims = "those its kernels are built or JIT-compiled for"
+
+    def unusable(self, lib: Any) -> str:
+        """Releases before the plan()/run() wrapper API (0.1.x had begin_forward()/forward()) cannot run here."""
+        wrappers = ("BatchPrefillWithRaggedKVCacheWrapper", "BatchPrefillWithPagedKVCacheWrapper",
+                    "BatchDecodeWithPagedKVCacheWrapper")
+        if all(hasattr(getattr(lib, name, None), "plan") for name in wrappers):
+            return ""
+        return (f"flashinfer {self._version(lib) or '(version unknown)'} predates the wrappers' plan()/run() API "
+                f"this adapter calls; pip install -U flashinfer-python")
 
     def workload_reason(self, workload: Workload) -> str | None:
         w = workload
@@ -70,6 +86,8 @@ class FlashInferImpl(LibraryImpl):
             if not layout_of(w).startswith("paged:"):
                 space += [{"page_size": 64}, {"page_size": 64, "use_tensor_cores": True}]
             return space
+        if w.score_mod == "alibi":
+            return [{}, {"backend": "fa2"}]
         return [{}, {"backend": "fa2"}, {"backend": "fa3"}]
 
     @staticmethod
@@ -77,6 +95,12 @@ class FlashInferImpl(LibraryImpl):
         if w.q_len == 1 and w.mask_kind != "document":
             return "decode"
         return "paged-prefill" if layout_of(w).startswith("paged:") else "ragged-prefill"
+
+    @staticmethod
+    def _check_backend(w: Workload, params: dict[str, Any]) -> None:
+        backend = params.get("backend", "auto")
+        if w.score_mod == "alibi" and backend not in ("auto", "fa2"):
+            raise Unsupported(f"flashinfer: its {backend} prefill backend has no ALiBi (only fa2 adds it)")
 
     def _options(self, w: Workload, dtype) -> dict[str, Any]:
         out: dict[str, Any] = {"q_data_type": dtype, "kv_data_type": dtype}
@@ -92,6 +116,7 @@ class FlashInferImpl(LibraryImpl):
         import torch
 
         w = workload
+        self._check_backend(w, params)
         dtype = torch_dtype(w.dtype)
         workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         opts = self._options(w, dtype)
@@ -132,7 +157,7 @@ class FlashInferImpl(LibraryImpl):
 
     def _ragged(self, lib, w: Workload, device: str, params, workspace, opts, causal):
         backend = params.get("backend", "auto")
-        wrapper = lib.BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD", backend=backend)
+        wrapper = lib.BatchPrefillWithRaggedKVCacheWrapper(workspace, "NHD", **backend_kwarg(backend))
         if w.mask_kind == "document":
             qo = kv = cu_seqlens(doc_lengths(w), device)
         else:
@@ -167,7 +192,7 @@ class FlashInferImpl(LibraryImpl):
                     out = wrapper.run(q.reshape(b, w.q_heads, w.head_dim), (kv.k_cache, kv.v_cache))
                     return out.view(b, w.q_heads, 1, w.head_dim)
             else:
-                wrapper = lib.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", backend=backend)
+                wrapper = lib.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD", **backend_kwarg(backend))
                 qo = cu_seqlens([w.q_len] * b, str(block_table.device))
                 wrapper.plan(qo, indptr, indices, last, w.q_heads, w.kv_heads, w.head_dim, page, causal=causal,
                              **opts)
@@ -191,6 +216,7 @@ class FlashInferImpl(LibraryImpl):
 
         lib = self.load()
         w, params = workload, params or {}
+        self._check_backend(w, params)
         workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         opts = self._options(w, torch_dtype(w.dtype))
         causal = w.mask_kind in ("causal", "causal-br", "window")

@@ -5,12 +5,15 @@ inputs are BMHK (batch, seqlen, heads, K; non-contiguous allowed, unit last stri
 K and V expanded over each group's heads, which is forward only; masks are attn_bias objects:
 LowerTriangularMask (top-left causal), LowerTriangularFromBottomRightMask,
 LowerTriangularFromBottomRightLocalAttentionMask(window_size) (keys within window_size of the diagonal,
-the diagonal included) and BlockDiagonalCausalMask.from_seqlens (packed sequences in a batch of one);
+the diagonal included) and BlockDiagonalCausalMask.from_seqlens (packed sequences in a batch of one; its
+seqstart tensors go to `device=`, else to the current CUDA device, and a mask on another device than the
+inputs is a ValueError);
 op=(FwOp, BwOp) pins operators, else fmha.dispatch picks by each op's not_supported_reasons.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
 from typing import Any
@@ -31,6 +34,16 @@ def reasons_text(exc: BaseException, limit: int = 400) -> str:
             if line.strip() and not re.match(r"\s*(query|key|value|attn_bias|p)\s*:", line)]
     text = " ".join(keep)
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def private_dispatch(fn, inp, extra):
+    """fmha.dispatch's private choosers: _dispatch_fw(inp, needs_gradient) and _dispatch_bw(inp,
+    varlen_lse_packed) in current releases, (inp) alone in older ones (dispatch.py, both stored versions)."""
+    try:
+        count = len(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        count = 2
+    return fn(inp, extra) if count >= 2 else fn(inp)
 
 
 class XFormersImpl(LibraryImpl):
@@ -68,7 +81,7 @@ class XFormersImpl(LibraryImpl):
             return [{}]
         return [{}] + [{"op": op} for op in OPS]
 
-    def bias(self, lib, workload: Workload):
+    def bias(self, lib, workload: Workload, device: str = "cpu"):
         ab = lib.fmha.attn_bias
         kind = workload.mask_kind
         if kind == "causal":
@@ -78,13 +91,18 @@ class XFormersImpl(LibraryImpl):
         if kind == "window":
             return ab.LowerTriangularFromBottomRightLocalAttentionMask(masks.window(workload.mask) + 1)
         if kind == "document":
-            return ab.BlockDiagonalCausalMask.from_seqlens(doc_lengths(workload))
+            make = ab.BlockDiagonalCausalMask.from_seqlens
+            if "device" in inspect.signature(make).parameters:  # newer releases; their default is the current GPU
+                import torch
+
+                return make(doc_lengths(workload), device=torch.device(device))
+            return make(doc_lengths(workload))
         return None
 
     def make(self, lib, workload: Workload, device: str, params: dict[str, Any]):
         w = workload
         fmha = lib.fmha
-        bias = self.bias(lib, w)
+        bias = self.bias(lib, w, device)
         group = w.q_heads // w.kv_heads
         op = None
         if "op" in params:
@@ -148,16 +166,14 @@ class XFormersImpl(LibraryImpl):
         if dispatch is None or not hasattr(dispatch, "_dispatch_fw"):
             return "xformers:auto"
         try:
-            fw = dispatch._dispatch_fw(inp, grad)
+            fw = private_dispatch(dispatch._dispatch_fw, inp, grad)
         except NotImplementedError as exc:
             raise Unsupported(f"xformers: {reasons_text(exc)}") from None
         ran = f"xformers:{fw.NAME}"
         if grad:
             try:
-                bw = dispatch._dispatch_bw(inp, getattr(fw, "VARLEN_LSE_PACKED", None))
+                bw = private_dispatch(dispatch._dispatch_bw, inp, getattr(fw, "VARLEN_LSE_PACKED", None))
                 ran += f"+{bw.NAME}"
             except NotImplementedError as exc:
                 raise Unsupported(f"xformers: {reasons_text(exc)}") from None
-            except TypeError:  # an xFormers whose _dispatch_bw has another signature: the forward op is known
-                pass
         return ran
