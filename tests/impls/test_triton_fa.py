@@ -91,7 +91,8 @@ def test_mask_and_other_fields_of_a_workload(monkeypatch):
         assert want in why if want else why.startswith("triton-fa needs a CUDA GPU")
     for mod in ("softcap:30", "alibi"):
         assert IMPL.supports(W(score_mod=mod), "cpu").startswith("triton-fa needs a CUDA GPU")
-    assert "paged" in IMPL.supports(W(q_len=1, kv_len=64, mask="causal-br", layout="paged:16"), "cpu")
+    paged = W(q_len=1, kv_len=64, mask="causal-br", layout="paged:16")
+    assert IMPL.supports(paged, "cpu").startswith("triton-fa needs a CUDA GPU")
 
 
 def test_without_triton_supports_says_so(monkeypatch):
@@ -165,6 +166,10 @@ FORWARD = {
     "softcap": W(causal=True, score_mod="softcap:2"),  # a cap that bends most scores
     "alibi-window": W(q_heads=4, kv_heads=2, q_len=30, kv_len=50, mask="window:12", score_mod="alibi"),
     "alibi-decode-split": W(batch=2, q_heads=8, kv_heads=2, q_len=2, kv_len=300, mask="causal-br", score_mod="alibi"),
+    # a paged cache: 16-token pages under a random block table, the last page part full
+    "paged-decode-split": W(batch=2, q_heads=8, kv_heads=2, q_len=1, kv_len=300, mask="causal-br", layout="paged:16"),
+    "paged-window-rows": W(batch=2, q_heads=4, kv_heads=2, q_len=20, kv_len=100, mask="window:30", layout="paged:16",
+                           dtype="bf16"),
 }
 
 
@@ -369,13 +374,14 @@ def _compile_sm90(fn, constexprs, warps, stages, dtype="bf16"):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    pointers = {"Q", "K", "V", "O", "LSE", "DO", "DELTA", "DK", "DV", "DQ", "OP", "LP", "DOC"}
+    pointers = {"Q", "K", "V", "O", "LSE", "DO", "DELTA", "DK", "DV", "DQ", "OP", "LP", "DOC", "TABLE"}
     sig, attrs = {}, {}
     for i, name in enumerate(fn.arg_names):
         if name in constexprs:
             sig[name] = "constexpr"
         elif name in pointers:
-            sig[name] = "*" + ("fp32" if name in ("LSE", "DELTA", "OP", "LP") else "i32" if name == "DOC" else dtype)
+            sig[name] = "*" + ("fp32" if name in ("LSE", "DELTA", "OP", "LP") else "i32" if name in ("DOC", "TABLE")
+                               else dtype)
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             sig[name] = "fp32" if name in ("qk_scale", "sm_scale", "SC_IN", "SC_OUT") else "i32"
@@ -405,7 +411,8 @@ def test_defaults_compile_for_sm90_without_spills(docs, mod):
     common = dict(HEAD_DIM=128, CAUSAL=True, HAS_WINDOW=False, HAS_DOC=docs, MOD=mod, UPCAST=False)
     for tma in (False, True):
         regs, stack, shared, wgmma = _compile_sm90(
-            fwd.attn_fwd, dict(common, BLOCK_M=c.block_m, BLOCK_N=c.block_n, USE_TMA=tma, STORE_LSE=True),
+            fwd.attn_fwd, dict(common, BLOCK_M=c.block_m, BLOCK_N=c.block_n, USE_TMA=tma, PAGED=False, PAGE=1,
+                               STORE_LSE=True),
             c.num_warps, c.num_stages)
         assert stack == 0 and wgmma > 0, (tma, regs, stack)
         assert shared <= C.fwd_smem(128, 2, c.block_m, c.block_n, c.num_stages)
@@ -416,6 +423,21 @@ def test_defaults_compile_for_sm90_without_spills(docs, mod):
     regs, stack, shared, _ = _compile_sm90(bwd.bwd_dq, dict(common, BLOCK_M=c.dq_block_m, BLOCK_N=c.dq_block_n),
                                            8, c.dq_stages)
     assert stack == 0 and shared <= C.dq_smem(128, 2, c.dq_block_m, c.dq_block_n, c.dq_stages)
+
+
+def test_paged_decode_compiles_for_sm90_without_spills():
+    """The split-KV kernel reading K and V through a block table, as the decode preset's paged cell runs it."""
+    from attnbench.impls.triton_fa import ops
+
+    fwd, _ = ops.kernels()
+    w = Workload(32, 32, 8, 1, 8192, 128, "bf16", mask="causal-br", layout="paged:16")
+    c = C.default_config(w)
+    assert c.split_kv > 0
+    for paged in (False, True):
+        regs, stack, shared, _ = _compile_sm90(
+            fwd.attn_fwd_split, dict(HEAD_DIM=128, BLOCK_M=16, BLOCK_N=c.block_n, CAUSAL=True, HAS_WINDOW=False,
+                                     MOD=0, PAGED=paged, PAGE=16, UPCAST=False), c.num_warps, c.num_stages)
+        assert stack == 0, (paged, regs)
 
 
 # -- on a GPU (scripts/gpu_check.sh tests) -----------------------------------------------------------
@@ -432,8 +454,9 @@ def test_defaults_compile_for_sm90_without_spills(docs, mod):
     (Workload(2, 16, 8, 4096, 4096, 128, "bf16", direction="fwd+bwd", mask="document:rand:7"), {}),
     (Workload(2, 16, 8, 2048, 2048, 128, "bf16", True, "fwd+bwd", score_mod="softcap:30"), {}),
     (Workload(16, 32, 8, 1, 4096, 128, "bf16", True, score_mod="alibi"), {}),
+    (Workload(32, 32, 8, 1, 8192, 128, "bf16", mask="causal-br", layout="paged:16"), {}),
 ], ids=["d64", "d128-causal", "d128-causal-tma", "gqa-q<kv", "decode-split", "d128-bwd", "gqa-bwd-atomic",
-        "documents-bwd", "softcap-bwd", "alibi-decode-split"])
+        "documents-bwd", "softcap-bwd", "alibi-decode-split", "paged-decode-split"])
 def test_on_the_gpu(w, params):
     assert IMPL.supports(w, "cuda") is None
     res = check(IMPL.build(w, "cuda", params), w, "cuda", seed=5)

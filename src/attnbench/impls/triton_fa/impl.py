@@ -49,8 +49,8 @@ class TritonFAImpl(Impl):
     name = "triton-fa"
     family = "triton"
     description = ("attnbench's Triton flash-attention: FA2 forward and backward, causal, window and document "
-                   "masks, soft-capping and ALiBi, GQA without repeated K/V, split-KV decode; explicit params "
-                   "(tune races them)")
+                   "masks, soft-capping and ALiBi, GQA without repeated K/V, split-KV decode, paged KV; explicit "
+                   "params (tune races them)")
     # Triton keeps every compiled config; candidates can stay built side by side while racing.
     exclusive_compile = False
 
@@ -63,9 +63,6 @@ class TritonFAImpl(Impl):
         why = mask_problem(workload_mask(w))
         if why:
             return why
-        # Fields a Workload may carry (spec's masks): other layouts (paged KV) are not implemented.
-        if getattr(w, "layout", "dense") not in ("dense", ""):
-            return f"triton-fa takes dense (batch, heads, seq, dim) tensors, not layout {w.layout!r}"
         why = triton_problem()
         if why:
             return why
@@ -94,8 +91,9 @@ class TritonFAImpl(Impl):
         mask = mask_spec(workload_mask(w), w.q_len, w.kv_len, getattr(w, "score_mod", ""))
         kernels()  # imported here, not inside the timed calls
         bounds = doc_bounds(mask.docs, device) if mask.docs else None
+        kv_len = w.kv_len  # a paged cache's length, known here rather than read from the device in every call
 
         def fn(q, k, v):
-            return attention(q, k, v, mask, cfg, bounds=bounds)
+            return attention(q, k, v, mask, cfg, bounds=bounds, kv_len=kv_len)
 
         return fn

@@ -112,14 +112,26 @@ def alibi_slope(head, HQ, MOD: tl.constexpr):
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, rows, row_lo, slope, offs_n, offs_d, lo, hi,
-               SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, TABLE, sp, rows, row_lo, slope, offs_n, offs_d,
+               lo, hi, SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
                HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, MOD: tl.constexpr, BLOCK_N: tl.constexpr,
-               USE_TMA: tl.constexpr, UPCAST: tl.constexpr):
-    """Online softmax over key blocks [lo, hi). Only MASKED ranges pay for the mask and the bounds checks."""
+               USE_TMA: tl.constexpr, PAGED: tl.constexpr, PAGE: tl.constexpr, UPCAST: tl.constexpr):
+    """Online softmax over key blocks [lo, hi). Only MASKED ranges pay for the mask and the bounds checks.
+    PAGED: key j is row j % PAGE of the pool's page TABLE[j // PAGE] (TABLE this sequence's row of the block
+    table, sp the pool's page stride); V's pool is laid out as K's."""
     for start_n in tl.range(lo, hi, BLOCK_N):
         cols = start_n + offs_n
-        if USE_TMA:
+        if PAGED:
+            if MASKED:
+                page = tl.load(TABLE + cols // PAGE, mask=cols < SK, other=0).to(tl.int64)
+            else:
+                page = tl.load(TABLE + cols // PAGE).to(tl.int64)
+            krow = page * sp + (cols % PAGE) * skn
+            if MASKED:
+                k = tl.load(K + krow[:, None] + offs_d[None, :], mask=cols[:, None] < SK, other=0.0)
+            else:
+                k = tl.load(K + krow[:, None] + offs_d[None, :])
+        elif USE_TMA:
             k = k_desc.load([start_n, 0])
         elif MASKED:
             k = tl.load(K + cols[:, None] * skn + offs_d[None, :], mask=cols[:, None] < SK, other=0.0)
@@ -143,7 +155,12 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, rows, row_lo, s
         alpha = tl.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        if USE_TMA:
+        if PAGED:
+            if MASKED:
+                v = tl.load(V + krow[:, None] + offs_d[None, :], mask=cols[:, None] < SK, other=0.0)
+            else:
+                v = tl.load(V + krow[:, None] + offs_d[None, :])
+        elif USE_TMA:
             v = v_desc.load([start_n, 0])
         elif MASKED:
             v = tl.load(V + cols[:, None] * svn + offs_d[None, :], mask=cols[:, None] < SK, other=0.0)
@@ -155,13 +172,14 @@ def _fwd_inner(acc, l_i, m_i, q, K, V, k_desc, v_desc, skn, svn, rows, row_lo, s
 
 
 @triton.jit
-def attn_fwd(Q, K, V, O, LSE, DOC, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som,
+def attn_fwd(Q, K, V, O, LSE, DOC, TABLE, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, stp, sp,
              HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
              HAS_WINDOW: tl.constexpr, HAS_DOC: tl.constexpr, MOD: tl.constexpr, USE_TMA: tl.constexpr,
-             STORE_LSE: tl.constexpr, UPCAST: tl.constexpr):
+             PAGED: tl.constexpr, PAGE: tl.constexpr, STORE_LSE: tl.constexpr, UPCAST: tl.constexpr):
     """One program: BLOCK_M query rows of one (batch, query head); grid (cdiv(SQ, BLOCK_M), B * HQ).
-    The KV head is query head // GROUP (GQA/MQA without repeating K and V)."""
+    The KV head is query head // GROUP (GQA/MQA without repeating K and V). PAGED: K and V are page pools
+    under the block table TABLE (row stride stp, page stride sp; skb and svb 0)."""
     pid_m = tl.program_id(0)
     if CAUSAL:  # the row blocks with the most keys start first, so the short ones fill the tail
         pid_m = tl.num_programs(0) - 1 - pid_m
@@ -196,16 +214,20 @@ def attn_fwd(Q, K, V, O, LSE, DOC, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, 
     lo, mid_lo, mid_hi, hi = key_blocks(m0, SK, SHIFT, lo_first, lo_last, BLOCK_M, BLOCK_N, CAUSAL,
                                         HAS_WINDOW or HAS_DOC)
     slope = alibi_slope(off_h, HQ, MOD)
+    table = TABLE + off_b * stp
     if HAS_WINDOW or HAS_DOC:
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, row_lo, slope,
-                                   offs_n, offs_d, lo, mid_lo, SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, True, CAUSAL,
-                                   HAS_WINDOW, HAS_DOC, MOD, BLOCK_N, USE_TMA, UPCAST)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, row_lo, slope,
-                               offs_n, offs_d, mid_lo, mid_hi, SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, False,
-                               CAUSAL, HAS_WINDOW, HAS_DOC, MOD, BLOCK_N, USE_TMA, UPCAST)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, rows, row_lo, slope,
-                               offs_n, offs_d, mid_hi, hi, SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, True, CAUSAL,
-                               HAS_WINDOW, HAS_DOC, MOD, BLOCK_N, USE_TMA, UPCAST)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, table, sp, rows,
+                                   row_lo, slope, offs_n, offs_d, lo, mid_lo, SK, SHIFT, WINDOW, qk_scale, SC_IN,
+                                   SC_OUT, True, CAUSAL, HAS_WINDOW, HAS_DOC, MOD, BLOCK_N, USE_TMA, PAGED, PAGE,
+                                   UPCAST)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, table, sp, rows,
+                               row_lo, slope, offs_n, offs_d, mid_lo, mid_hi, SK, SHIFT, WINDOW, qk_scale, SC_IN,
+                               SC_OUT, False, CAUSAL, HAS_WINDOW, HAS_DOC, MOD, BLOCK_N, USE_TMA, PAGED, PAGE,
+                               UPCAST)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, skn, svn, table, sp, rows,
+                               row_lo, slope, offs_n, offs_d, mid_hi, hi, SK, SHIFT, WINDOW, qk_scale, SC_IN,
+                               SC_OUT, True, CAUSAL, HAS_WINDOW, HAS_DOC, MOD, BLOCK_N, USE_TMA, PAGED, PAGE,
+                               UPCAST)
     # A row that saw no key (bottom-right masks with SQ > SK) gets 0 and lse = +inf, so its backward is 0.
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -222,10 +244,11 @@ def attn_fwd(Q, K, V, O, LSE, DOC, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, 
 
 
 @triton.jit
-def attn_fwd_split(Q, K, V, OP, LP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
+def attn_fwd_split(Q, K, V, OP, LP, TABLE, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, stp, sp,
                    HQ, GROUP, SQ, SK, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, SPLIT_LEN, NUM_SPLITS,
                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                   HAS_WINDOW: tl.constexpr, MOD: tl.constexpr, UPCAST: tl.constexpr):
+                   HAS_WINDOW: tl.constexpr, MOD: tl.constexpr, PAGED: tl.constexpr, PAGE: tl.constexpr,
+                   UPCAST: tl.constexpr):
     """Split-KV forward for few query rows (decode): one program takes every query row of one KV head's group
     (GROUP heads x SQ positions packed into BLOCK_M rows) over one SPLIT_LEN slice of the keys, and writes that
     slice's normalised output and its lse in fp32; attn_combine merges the slices. Grid (NUM_SPLITS, B * HKV)."""
@@ -257,9 +280,9 @@ def attn_fwd_split(Q, K, V, OP, LP, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
     slope = alibi_slope(head, HQ, MOD)  # a head per row: rows pack the group's heads
     if MOD == 2:
         slope = slope[:, None]
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_base, v_base, skn, svn, pos, pos, slope, offs_n,
-                               offs_d, lo, hi, hi, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT, True, CAUSAL, HAS_WINDOW,
-                               False, MOD, BLOCK_N, False, UPCAST)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_base, v_base, skn, svn, TABLE + off_b * stp, sp,
+                               pos, pos, slope, offs_n, offs_d, lo, hi, hi, SHIFT, WINDOW, qk_scale, SC_IN, SC_OUT,
+                               True, CAUSAL, HAS_WINDOW, False, MOD, BLOCK_N, False, PAGED, PAGE, UPCAST)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     bh = off_b * HQ + head

@@ -9,7 +9,7 @@ import math
 import torch
 import triton
 
-from ..base import Unsupported
+from ..base import PagedKV, Unsupported
 from .config import Config, MaskSpec
 
 LOG2E = 1.4426950408889634
@@ -127,23 +127,42 @@ def split_layout(kv_len: int, splits: int, block_n: int) -> tuple[int, int]:
     return split_len, triton.cdiv(kv_len, split_len)
 
 
-def forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool, bounds=None):
+def forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool, bounds=None, kv_len=None):
     """(out, lse): out like q; lse (B*HQ, SQ) fp32 in base 2 (+inf for rows that see no key), or None.
-    bounds: doc_bounds(mask.docs) for a document mask, made here when None."""
+    bounds: doc_bounds(mask.docs) for a document mask, made here when None. k and v may be PagedKV (forward
+    only), every sequence kv_len tokens long (read from seq_lens when None: a device sync)."""
     with _launching():
-        return _forward(q, k, v, mask, cfg, scale, need_lse, bounds)
+        return _forward(q, k, v, mask, cfg, scale, need_lse, bounds, kv_len)
 
 
-def _forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool, bounds):
+def _kv_args(q, k, v, need_lse: bool, kv_len):
+    """(K, V, their (batch, head, row) strides, block table, (table row stride, page stride), PAGED, PAGE,
+    kv_len): dense tensors as they are; a paged pool with batch stride 0 and its rows found through the table."""
+    if not isinstance(k, PagedKV):
+        k, v = _last_dim_contiguous(k), _last_dim_contiguous(v)
+        return k, v, k.stride()[:3], v.stride()[:3], q, (0, 0), False, 1, k.shape[2]
+    if need_lse:
+        raise Unsupported("triton-fa reads a paged KV cache in the forward only (no gradient through pages)")
+    if not isinstance(v, PagedKV) or v.pages.shape != k.pages.shape or v.pages.stride() != k.pages.stride():
+        raise Unsupported("triton-fa needs K's and V's page pools in one layout")
+    kp, vp = _last_dim_contiguous(k.pages), _last_dim_contiguous(v.pages)
+    sk = int(k.seq_lens.max()) if kv_len is None else int(kv_len)
+    table = k.block_table
+    return (kp, vp, (0, kp.stride(2), kp.stride(1)), (0, vp.stride(2), vp.stride(1)), table,
+            (table.stride(0), kp.stride(0)), True, k.page_size, sk)
+
+
+def _forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool, bounds, kv_len):
     fwd, _ = kernels()
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    q = _last_dim_contiguous(q)
+    k, v, k_strides, v_strides, table, page_strides, paged, page, sk = _kv_args(q, k, v, need_lse, kv_len)
     b, hq, sq, d = q.shape
-    hkv, sk = k.shape[1], k.shape[2]
+    hkv = k.shape[2] if paged else k.shape[1]
     out = torch.empty((b, hq, sq, d), dtype=q.dtype, device=q.device)
     lse = torch.empty((b * hq, sq), dtype=torch.float32, device=q.device) if need_lse else out
     common = dict(HQ=hq, GROUP=hq // hkv, SQ=sq, SK=sk, SHIFT=mask.shift, WINDOW=mask.window or 0,
                   qk_scale=scale * LOG2E, HEAD_DIM=d, CAUSAL=mask.causal, HAS_WINDOW=mask.window is not None,
-                  UPCAST=_upcast(q.dtype), **_score_mod_args(mask, scale))
+                  UPCAST=_upcast(q.dtype), PAGED=paged, PAGE=page, **_score_mod_args(mask, scale))
     if cfg.split_kv:
         if mask.docs is not None:
             raise Unsupported("split_kv takes no document mask (packed documents have q_len == kv_len: use the "
@@ -156,21 +175,21 @@ def _forward(q, k, v, mask: MaskSpec, cfg: Config, scale: float, need_lse: bool,
         part = torch.empty((b * hq, splits, sq, d), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((b * hq, splits, sq), dtype=torch.float32, device=q.device)
         fwd.attn_fwd_split[(splits, b * hkv)](
-            q, k, v, part, part_lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            q, k, v, part, part_lse, table, *q.stride()[:3], *k_strides, *v_strides, *page_strides,
             SPLIT_LEN=split_len, NUM_SPLITS=splits, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common)
         fwd.attn_combine[(b * hq * sq,)](
             part, part_lse, out, lse, *out.stride()[:3], hq, sq, splits, HEAD_DIM=d,
             SPLITS=triton.next_power_of_2(splits), STORE_LSE=need_lse, num_warps=4)
         return out, (lse if need_lse else None)
-    tma = cfg.tma and _tma_ok(q, k, v, out)
+    tma = cfg.tma and not paged and _tma_ok(q, k, v, out)
     if tma:
         _ensure_allocator(q.device)
     grid = (triton.cdiv(sq, cfg.block_m), b * hq)
     doc = _doc_arg(mask, bounds, q, sq, sk)
-    fwd.attn_fwd[grid](q, k, v, out, lse, doc, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-                       BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOC=mask.docs is not None, USE_TMA=tma,
-                       STORE_LSE=need_lse, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common)
+    fwd.attn_fwd[grid](q, k, v, out, lse, doc, table, *q.stride()[:3], *k_strides, *v_strides, *out.stride()[:3],
+                       *page_strides, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOC=mask.docs is not None,
+                       USE_TMA=tma, STORE_LSE=need_lse, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common)
     return out, (lse if need_lse else None)
 
 
@@ -233,10 +252,14 @@ class _Attention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def attention(q, k, v, mask: MaskSpec, cfg: Config, scale: float | None = None, bounds=None):
-    """softmax(q k^T * scale + mask) v for q (B, HQ, SQ, D), k and v (B, HKV, SK, D); differentiable.
-    bounds: doc_bounds(mask.docs, device) for a document mask, made once by the caller (else on every call)."""
+def attention(q, k, v, mask: MaskSpec, cfg: Config, scale: float | None = None, bounds=None, kv_len=None):
+    """softmax(q k^T * scale + mask) v for q (B, HQ, SQ, D), k and v (B, HKV, SK, D) or PagedKV (forward only,
+    every sequence kv_len long); differentiable. bounds: doc_bounds(mask.docs, device) for a document mask, made
+    once by the caller (else on every call)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if isinstance(k, PagedKV):
+        return forward(q, k, v, mask, cfg, scale, need_lse=q.requires_grad and torch.is_grad_enabled(),
+                       bounds=bounds, kv_len=kv_len)[0]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         return _Attention.apply(q, k, v, mask, cfg, scale, bounds)
     return forward(q, k, v, mask, cfg, scale, need_lse=False, bounds=bounds)[0]
