@@ -135,7 +135,7 @@ def masked_reference(q, k, v, spec: C.MaskSpec):
         s = spec.softcap * torch.tanh(s / spec.softcap)
     if spec.alibi:
         hq = q.shape[1]
-        slopes = torch.tensor([2.0 ** (-8.0 * (h + 1) / hq) for h in range(hq)], dtype=s.dtype).view(1, hq, 1, 1)
+        slopes = torch.tensor(masks.alibi_slopes(hq), dtype=s.dtype).view(1, hq, 1, 1)
         s = s + slopes * (j - (i + spec.shift))
     keep = torch.ones_like(i + j, dtype=torch.bool)
     if spec.causal:
