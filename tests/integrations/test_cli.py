@@ -95,3 +95,34 @@ def test_compare_model_option_errors(tmp_path, capsys, monkeypatch):
     assert code == 2 and "drop --impl" in err
     code, _, err = cli(capsys, "compare", "-i", "sdpa-math", "-i", "reference", "--train")
     assert code == 2 and "--table and --train go with --model" in err
+
+
+def test_model_options_give_one_line_errors_never_a_traceback_nor_a_download(tmp_path, capsys, monkeypatch):
+    """A missing folder, a config that is no causal LM, and a model id not in the (empty) local cache, offline:
+    exit 2 and one line, for tune --from-model and compare --model (a ViT config gave compare a traceback)."""
+    from transformers import ViTConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96).save_pretrained(
+        tmp_path / "vit")
+    table = tmp_path / "t.json"
+    from .test_transformers import table_for
+
+    table_for([]).save(table)
+    cases = [(str(tmp_path / "missing"), "is neither a config.json, a model folder, nor a model id"),
+             (str(tmp_path / "vit"), "is not a decoder-only causal LM"),
+             ("someone/not-cached-model", "nor a model id in the local Hugging Face cache")]
+    for source, message in cases:
+        for args in (["tune", "--from-model", source, "-s", "8", "--dtype", "fp32", "--db", str(tmp_path / "t.db")],
+                     ["compare", "--model", source, "--table", str(table), "-s", "8", "--dtype", "fp32"]):
+            code, _, err = cli(capsys, *args)
+            assert code == 2 and message in err, (args, err)
+            assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -137,3 +137,20 @@ def test_collected_workloads_are_what_the_model_sends_to_attention(make, monkeyp
     decode = {w for w in hw.model_workloads(m.config, [2], [25, 26], "fp32") if w.q_len == 1}
     assert set(seen) == prefill | decode
     assert len(prefill) == (2 if make is tiny.qwen2 else 1)  # qwen2: a full and a sliding layer
+
+
+def test_configs_that_are_no_causal_decoder_are_refused():
+    """An encoder, an encoder-decoder or a bidirectional decoder produces none of the causal workloads collected
+    here (a ViT config was read as a causal decoder and tuned)."""
+    from transformers import T5Config, ViTConfig
+
+    vit = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96)
+    t5 = T5Config(vocab_size=96, d_model=64, num_layers=2, num_heads=4, d_ff=96, d_kv=16)
+    for cfg in (vit, t5):
+        with pytest.raises(UserError, match=f"model_type '{cfg.model_type}' is not a decoder-only causal LM"):
+            hw.attention_layers(cfg)
+        with pytest.raises(UserError, match="not a decoder-only causal LM"):
+            hw.model_workloads(cfg, [1], [8], "fp32")
+    with pytest.raises(UserError, match="attends bidirectionally"):
+        hw.attention_layers(tiny.gemma3(use_bidirectional_attention=True))
+

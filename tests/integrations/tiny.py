@@ -54,3 +54,19 @@ def model(config, attn="sdpa", seed=0):
 
 def tokens(batch=2, seq=24, vocab=96, seed=0):
     return torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def gemma2(window: int = 8, softcap: float = 1.0, **changes):
+    """Layers alternate sliding and full (layer_types), scores soft-capped at `softcap`."""
+    from transformers import Gemma2Config
+
+    return Gemma2Config(**{**SMALL, "head_dim": 16, "sliding_window": window, "query_pre_attn_scalar": 16,
+                           "attn_logit_softcapping": softcap, **changes})
+
+
+def gemma3(window: int = 8, scalar: int = 16, **changes):
+    """Layers alternate sliding and full; the scale is query_pre_attn_scalar ** -0.5 (1/sqrt(16) = the default)."""
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(**{**SMALL, "head_dim": 16, "sliding_window": window, "query_pre_attn_scalar": scalar,
+                               "sliding_window_pattern": 2, **changes})

@@ -180,13 +180,13 @@ def compare_model(source, table, *, batches: Iterable[int] = (1,), seqs: Iterabl
     from ..measure.timing import TimingPolicy, make_timer
 
     config = load_config(source)
+    first = attention_layers(config)[0]  # a config that is no causal LM is refused before anything else
     dt = config_dtype(config, dtype)
     dev = resolve_device(device)
     register(table)
     timer_obj = make_timer("host" if timer == "auto" else timer, dev) if isinstance(timer, str) else timer
     policy = policy or TimingPolicy(warmup_ms=25.0, min_samples=10, max_samples=50)
     env_id = devmod.env_id(devmod.fingerprint(dev))
-    first = attention_layers(config)[0]
     what = describe(config)
     vocab = int(text_config(config).vocab_size)
     base, cand = build_models(config, dt, dev, seed)

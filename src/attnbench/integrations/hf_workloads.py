@@ -11,6 +11,8 @@ Phases (`model_workloads`): prefill is q_len = kv_len = seq; decode is one query
 tokens, the new one included. A sliding layer's cache (transformers' DynamicSlidingWindowLayer, what
 generate() builds from the config) keeps only its last sliding_window - 1 tokens, so its decode step sees
 min(seq, sliding_window) keys, every one of them in the window: causal-br.
+
+Only a decoder-only causal LM is read (its model_type one AutoModelForCausalLM builds, causal attention).
 """
 
 from __future__ import annotations
@@ -70,6 +72,20 @@ def load_config(source: Any):
                         "Face cache (attnbench reads with local_files_only=True and never downloads)") from None
 
 
+def _require_causal_lm(config, cfg) -> None:
+    """A one-line UserError unless the config is a decoder-only causal LM with causal attention: an encoder
+    (ViT), an encoder-decoder (T5) or a bidirectional decoder has none of the workloads collected here."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    kinds = [getattr(c, "model_type", None) for c in (config, cfg)]
+    if getattr(config, "is_encoder_decoder", False) or not any(k in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES for k in kinds):
+        raise UserError(f"config of model_type {kinds[0]!r} is not a decoder-only causal LM (AutoModelForCausalLM does "
+                        "not build it, or it is an encoder-decoder): attnbench collects causal decoder attention only")
+    if getattr(cfg, "use_bidirectional_attention", False) or getattr(cfg, "is_causal", True) is False:
+        raise UserError(f"config of model_type {kinds[0]!r} attends bidirectionally: attnbench collects causal "
+                        "decoder attention only")
+
+
 @dataclass(frozen=True)
 class AttentionLayer:
     """One attention layer's shape. sliding_window: transformers' (keys a query sees, itself included);
@@ -94,6 +110,7 @@ def attention_layers(config) -> list[AttentionLayer]:
     when it has a sliding_window, else all full. Other layer types (chunked, linear) are refused."""
     cfg = text_config(config)
     kind = getattr(cfg, "model_type", "?")
+    _require_causal_lm(config, cfg)
     try:
         n = int(cfg.num_hidden_layers)
         hq = int(cfg.num_attention_heads)
