@@ -154,3 +154,17 @@ def test_configs_that_are_no_causal_decoder_are_refused():
     with pytest.raises(UserError, match="attends bidirectionally"):
         hw.attention_layers(tiny.gemma3(use_bidirectional_attention=True))
 
+
+def test_softcapped_layers_are_named_and_not_tuned():
+    """Gemma 2's soft-capped layers never run the table: their workloads carry the cap, and nothing is tuned
+    for them (they were tuned as plain attention)."""
+    cfg = tiny.gemma2(window=8, softcap=30.0)
+    layers = hw.attention_layers(cfg)
+    assert [(la.sliding_window, la.softcap) for la in layers] == [(8, 30.0), (None, 30.0)]
+    assert hw.layer_workload(layers[0], "prefill", 1, 16, "fp32").score_mod == "softcap:30"
+    assert hw.describe(cfg) == "gemma2: 2 layers, H4/2 D16, 1 sliding (window 8), softcap 30"
+    with pytest.raises(UserError, match=r"every attention layer of 'gemma2' soft-caps its scores \(attn_logit_soft"):
+        hw.model_workloads(cfg, [1], [16])
+    plain = tiny.gemma2(window=8, softcap=None)
+    assert hw.model_workloads(plain, [1], [16]) == [W(1, 16, 16, "window:7"), W(1, 16, 16, "causal"),
+                                                    W(1, 1, 8, "causal-br"), W(1, 1, 16, "causal-br")]

@@ -184,3 +184,63 @@ def test_on_the_gpu_a_tuned_table_runs_the_model(make):
             assert d.runs.startswith("sdpa fallback: no entry"), d.line()
         else:
             assert d.runs.startswith(entry.impl) or d.runs == "sdpa fallback: winner is sdpa-auto", d.line()
+
+
+def _amplified(m, factor=6.0):
+    """Scale the query and key projections so the scores reach the soft-cap (random weights keep them small)."""
+    with torch.no_grad():
+        for layer in m.model.layers:
+            layer.self_attn.q_proj.weight.mul_(factor)
+            layer.self_attn.k_proj.weight.mul_(factor)
+    return m
+
+
+@pytest.mark.parametrize("window", [None, 4], ids=["full", "window4"])
+def test_softcapped_attention_is_gemma2s_eager_attention(window):
+    """Soft-capped scores, which SDPA refuses, are computed (they were dropped: attention without the cap)."""
+    from transformers.masking_utils import sdpa_mask, sliding_window_causal_mask_function
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    class Module(torch.nn.Module):
+        num_key_value_groups, is_causal = 2, True
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 10, 16, generator=g) * s for h, s in ((4, 3.0), (2, 3.0), (2, 1.0)))
+    fn = sliding_window_causal_mask_function(window) if window else None
+    keep = sdpa_mask(2, 10, 10, allow_is_causal_skip=False, **({"mask_function": fn} if fn else {}))
+    pad = keep & torch.tensor([[0] * 3 + [1] * 7, [1] * 10]).bool()[:, None, None, :]
+    for given in (None, keep, pad):
+        additive = torch.where(keep if given is None else given, 0.0, torch.finfo(torch.float32).min)
+        want, _ = eager_attention_forward(Module(), q, k, v, additive, scaling=0.25, softcap=2.0)
+        got, weights = hf.attention_forward(Module(), q, k, v, given, scaling=0.25, sliding_window=window, softcap=2.0)
+        torch.testing.assert_close(got, want)
+        assert weights is None
+
+
+def test_a_softcapped_model_matches_eager_with_padding_generate_and_gradients():
+    cfg = tiny.gemma2(window=8, softcap=1.0)
+    hf.register(table=table_for([]))
+    ref = _amplified(tiny.model(cfg, attn="eager"))
+    m = _amplified(tiny.model(cfg, attn="attnbench"))
+    ids = tiny.tokens(batch=2, seq=20)
+    pad = torch.ones_like(ids)
+    pad[0, :5] = 0
+    want = logits(ref, ids)
+    assert rel_error(logits(m, ids), want.double()) <= tolerance("fp32")
+    assert rel_error(logits(_amplified(tiny.model(tiny.gemma2(window=8, softcap=None), attn="eager")), ids),
+                     want.double()) > 10 * tolerance("fp32")  # the cap matters for these weights
+    rows = pad.bool()
+    assert rel_error(logits(m, ids, attention_mask=pad)[rows], logits(ref, ids, attention_mask=pad)[rows].double()) \
+        <= tolerance("fp32")  # a padding mask: it raised SDPA's "does not support softcap"
+    with torch.no_grad():
+        for mask in (torch.ones_like(ids), pad):
+            out = m.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
+            assert torch.equal(out, ref.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
+                                                 pad_token_id=0))
+    for model in (m, ref):
+        model.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+    for a, b in zip(m.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
+    assert [d.runs for d in hf.explain_model(m, 2, 20)] == [hf.SOFTCAP_RUNS] * 4
+

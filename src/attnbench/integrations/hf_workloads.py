@@ -12,7 +12,10 @@ tokens, the new one included. A sliding layer's cache (transformers' DynamicSlid
 generate() builds from the config) keeps only its last sliding_window - 1 tokens, so its decode step sees
 min(seq, sliding_window) keys, every one of them in the window: causal-br.
 
-Only a decoder-only causal LM is read (its model_type one AutoModelForCausalLM builds, causal attention).
+Only a decoder-only causal LM is read (its model_type one AutoModelForCausalLM builds, causal attention). A
+layer that soft-caps its scores (Gemma 2's attn_logit_softcapping) runs attnbench's eager soft-capped
+attention, never the table (attnbench.attention takes no score modifier): its workload carries the
+`softcap:C` score modifier, and `model_workloads` leaves it out, since no tuned entry would be used.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ class AttentionLayer:
     kv_heads: int
     head_dim: int
     sliding_window: int | None = None
+    softcap: float | None = None  # the scores' tanh soft-cap (attn_logit_softcapping), None when plain
 
 
 def text_config(config):
@@ -120,6 +124,8 @@ def attention_layers(config) -> list[AttentionLayer]:
     hkv = int(getattr(cfg, "num_key_value_heads", None) or hq)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // hq
     window = getattr(cfg, "sliding_window", None)
+    cap = getattr(cfg, "attn_logit_softcapping", None)
+    cap = float(cap) if cap else None
     types = getattr(cfg, "layer_types", None)
     if types is None:
         if window is not None:
@@ -131,11 +137,11 @@ def attention_layers(config) -> list[AttentionLayer]:
     layers = []
     for i, t in enumerate(list(types)[:n]):
         if t == "full_attention":
-            layers.append(AttentionLayer(i, hq, hkv, int(head_dim)))
+            layers.append(AttentionLayer(i, hq, hkv, int(head_dim), None, cap))
         elif t == "sliding_attention":
             if not window:
                 raise UserError(f"layer {i} of {kind!r} is a sliding layer but the config has no sliding_window")
-            layers.append(AttentionLayer(i, hq, hkv, int(head_dim), int(window)))
+            layers.append(AttentionLayer(i, hq, hkv, int(head_dim), int(window), cap))
         else:
             raise UserError(f"layer {i} of {kind!r} is {t!r}: attnbench maps only full_attention and "
                             "sliding_attention layers onto masks")
@@ -174,14 +180,21 @@ def layer_workload(layer: AttentionLayer, phase: str, batch: int, seq: int, dtyp
         raise UserError(f"unknown phase {phase!r}; choose {', '.join(PHASES)}")
     return Workload(batch=batch, q_heads=layer.q_heads, kv_heads=layer.kv_heads, q_len=q_len, kv_len=kv_len,
                     head_dim=layer.head_dim, dtype=dtype, mask=layer_mask(q_len, kv_len, layer.sliding_window),
-                    direction=direction)
+                    score_mod=f"softcap:{layer.softcap:g}" if layer.softcap else "", direction=direction)
 
 
 def model_workloads(config, batches: Iterable[int], seqs: Iterable[int], dtype: str | None = None,
                     direction: str = "fwd") -> list[Workload]:
     """The distinct attention workloads of a model for these batch sizes and sequence lengths: prefill,
-    then (for the forward pass only: training does not decode) decode, in layer order, de-duplicated."""
+    then (for the forward pass only: training does not decode) decode, in layer order, de-duplicated.
+    Soft-capped layers are left out (they never run the table); a model with only those is a UserError."""
     layers = attention_layers(config)
+    plain = [la for la in layers if la.softcap is None]
+    if not plain:
+        raise UserError(f"every attention layer of {getattr(text_config(config), 'model_type', 'the model')!r} "
+                        f"soft-caps its scores (attn_logit_softcapping={layers[0].softcap:g}), which attnbench.attention "
+                        "does not dispatch (those layers run attnbench's eager soft-capped attention): nothing to tune")
+    layers = plain
     dt = config_dtype(config, dtype)
     batches, seqs = [int(b) for b in batches], [int(s) for s in seqs]
     if not batches or not seqs:
@@ -201,6 +214,8 @@ def describe(config) -> str:
     sliding = [la for la in layers if la.sliding_window is not None]
     if sliding:
         text += f", {len(sliding)} sliding (window {sliding[0].sliding_window})"
+    if first.softcap:
+        text += f", softcap {first.softcap:g}"
     return text
 
 

@@ -19,6 +19,9 @@ integrations/sdpa_attention.py and masking_utils.py):
   spec.masks text by hf_workloads.layer_mask: the bucket's mask.
 - Anything else (a padding or custom mask, dropout, a position bias, output_attentions) goes to
   transformers' own sdpa_attention_forward unchanged: the same call "sdpa" makes.
+- A `softcap` (Gemma 2's attn_logit_softcapping), which SDPA refuses and attnbench.attention does not
+  take, runs an eager soft-capped attention here (scores, tanh cap, the given mask or the layer's own,
+  softmax in float32), as transformers' eager path computes it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .hf_workloads import PHASES, attention_layers, config_dtype, layer_mask, la
 
 NAME = "attnbench"
 _STATE: dict[str, Any] = {"table": None}
+SOFTCAP_RUNS = "attnbench's eager soft-capped attention (attnbench.attention takes no score modifier)"
 
 
 def register(table=None, name: str = NAME) -> str:
@@ -116,9 +120,48 @@ def _layer_is_causal(module, kwargs) -> bool:
     return bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
 
 
+def _softcapped_attention(query, key, value, attention_mask, dropout: float, scaling, softcap: float,
+                          sliding_window: int | None, causal: bool):
+    """Eager attention with soft-capped scores, cap * tanh(scores / cap) -> (B, Sq, Hq, D). A None mask is
+    the layer's own (top-left on a static cache's prefill, bottom-right otherwise, as attention_forward)."""
+    import torch
+
+    from ..spec import masks
+
+    groups = query.shape[1] // key.shape[1]
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    q_len = query.shape[2]
+    if attention_mask is None and causal and 1 < q_len < key.shape[2]:
+        key, value = key[:, :, :q_len], value[:, :, :q_len]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    scores = softcap * torch.tanh(scores / softcap)
+    lowest = torch.finfo(scores.dtype).min  # not -inf: a row with every key masked (padding) stays finite
+    if attention_mask is None:
+        if causal:
+            kv_len = key.shape[2]
+            keep = masks.mask_matrix(layer_mask(q_len, kv_len, sliding_window), q_len, kv_len, device=query.device)
+            scores = scores.masked_fill(~keep, lowest)
+    elif attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask[..., :key.shape[2]], lowest)
+    else:
+        scores = scores + attention_mask[..., :key.shape[2]]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    if dropout:
+        probs = torch.nn.functional.dropout(probs, p=dropout, training=True)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous()
+
+
 def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
                       sliding_window: int | None = None, **kwargs):
     """transformers' attention-function signature -> (attn_output (B, Sq, Hq, D), None)."""
+    softcap = kwargs.get("softcap")
+    if softcap is not None:
+        # SDPA refuses a soft-cap and dropping it changes every score: computed here, never silently ignored
+        out = _softcapped_attention(query, key, value, attention_mask, dropout, scaling, float(softcap),
+                                    sliding_window, _layer_is_causal(module, kwargs))
+        return out, None
     if (attention_mask is not None or dropout or kwargs.get("position_bias") is not None
             or kwargs.get("output_attentions")):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -161,7 +204,8 @@ def explain_model(model, batch: int, seq: int, table=None, direction: str = "fwd
     direction "fwd+bwd"), what `attnbench.attention` runs for the shape that layer produces at this batch
     size and sequence length (hf_workloads has the shapes). model: a transformers model (its config,
     dtype and device are used). table: default the one register() holds. No input is allocated: views of
-    one element, expanded, carry the shapes.
+    one element, expanded, carry the shapes. A soft-capped layer runs
+    attnbench's eager soft-capped attention, never the table.
     """
     import torch
 
@@ -175,10 +219,13 @@ def explain_model(model, batch: int, seq: int, table=None, direction: str = "fwd
     for phase in PHASES if not grad else ("prefill",):
         for layer in attention_layers(model.config):
             w = layer_workload(layer, phase, batch, seq, dt, direction)
-            with torch.set_grad_enabled(grad):
-                one = torch.empty(1, 1, 1, w.head_dim, dtype=param.dtype, device=param.device, requires_grad=grad)
-                q = one.expand(w.batch, w.q_heads, w.q_len, w.head_dim)
-                k = one.expand(w.batch, w.kv_heads, w.kv_len, w.head_dim)
-                runs = explain(q, k, k, enable_gqa=w.gqa, table=table, mask=w.mask)
+            if layer.softcap is not None:
+                runs = SOFTCAP_RUNS
+            else:
+                with torch.set_grad_enabled(grad):
+                    one = torch.empty(1, 1, 1, w.head_dim, dtype=param.dtype, device=param.device, requires_grad=grad)
+                    q = one.expand(w.batch, w.q_heads, w.q_len, w.head_dim)
+                    k = one.expand(w.batch, w.kv_heads, w.kv_len, w.head_dim)
+                    runs = explain(q, k, k, enable_gqa=w.gqa, table=table, mask=w.mask)
             out.append(LayerDispatch(layer.index, phase, w, runs))
     return out
