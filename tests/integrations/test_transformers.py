@@ -143,7 +143,7 @@ def test_mask_function_builds_no_dense_mask_for_plain_windows_only():
 
 def test_explain_model_names_each_layers_impl():
     cfg = tiny.qwen2(window=12)
-    m = tiny.model(cfg)
+    m = tiny.model(cfg, attn="attnbench")
     hf.register(table=table_for([w for w in hw.model_workloads(cfg, [2], [24]) if w.q_len > 1]))
     got = hf.explain_model(m, 2, 24)
     assert [(d.layer, d.phase, d.workload.mask) for d in got] == [
@@ -244,3 +244,28 @@ def test_a_softcapped_model_matches_eager_with_padding_generate_and_gradients():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
     assert [d.runs for d in hf.explain_model(m, 2, 20)] == [hf.SOFTCAP_RUNS] * 4
 
+
+def test_explain_model_uses_each_layers_scale():
+    """Gemma 3's scale is query_pre_attn_scalar ** -0.5: where it is not 1/sqrt(head_dim), dispatch sends the
+    layer to SDPA, and explain_model says so (it named the table's winner, which never ran)."""
+    for scalar, runs_table in ((16, True), (256, False)):
+        cfg = tiny.gemma3(window=8, scalar=scalar)
+        hf.register(table=table_for(hw.model_workloads(cfg, [2], [20])))
+        m = tiny.model(cfg, attn="attnbench")
+        tiny.CALLS.clear()
+        logits(m, tiny.tokens(batch=2, seq=20))
+        assert bool(tiny.CALLS) == runs_table
+        for d in hf.explain_model(m, 2, 20):
+            if runs_table:
+                assert d.runs.startswith(tiny.SPY), d.line()
+            else:
+                assert d.runs == "sdpa fallback: custom scale (tuned impls use 1/sqrt(head_dim))", d.line()
+
+
+def test_explain_model_says_when_the_model_does_not_use_attnbench():
+    cfg = tiny.llama()
+    hf.register(table=table_for(hw.model_workloads(cfg, [1], [8])))
+    m = tiny.model(cfg, attn="sdpa")
+    assert {d.runs for d in hf.explain_model(m, 1, 8)} == {"sdpa (the model's attn_implementation: not attnbench)"}
+    m.set_attn_implementation("attnbench")
+    assert all(d.runs.startswith(tiny.SPY) for d in hf.explain_model(m, 1, 8))

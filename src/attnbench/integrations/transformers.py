@@ -33,7 +33,7 @@ from ..spec import Workload
 from .hf_workloads import PHASES, attention_layers, config_dtype, layer_mask, layer_workload, require_transformers
 
 NAME = "attnbench"
-_STATE: dict[str, Any] = {"table": None}
+_STATE: dict[str, Any] = {"table": None, "names": set()}
 SOFTCAP_RUNS = "attnbench's eager soft-capped attention (attnbench.attention takes no score modifier)"
 
 
@@ -53,6 +53,7 @@ def register(table=None, name: str = NAME) -> str:
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionMaskInterface.register(name, attnbench_mask)
+    _STATE["names"].add(name)
     return name
 
 
@@ -204,8 +205,9 @@ def explain_model(model, batch: int, seq: int, table=None, direction: str = "fwd
     direction "fwd+bwd"), what `attnbench.attention` runs for the shape that layer produces at this batch
     size and sequence length (hf_workloads has the shapes). model: a transformers model (its config,
     dtype and device are used). table: default the one register() holds. No input is allocated: views of
-    one element, expanded, carry the shapes. A soft-capped layer runs
-    attnbench's eager soft-capped attention, never the table.
+    one element, expanded, carry the shapes. Each layer's scale is its (causal) attention module's `scaling`,
+    as the model passes it; a soft-capped layer runs attnbench's eager soft-capped attention, never the table;
+    a model whose attn_implementation is not one register() added runs that instead.
     """
     import torch
 
@@ -214,18 +216,24 @@ def explain_model(model, batch: int, seq: int, table=None, direction: str = "fwd
     param = next(model.parameters())
     dt = config_dtype(model.config, str(param.dtype))
     table = table if table is not None else _STATE["table"]
+    impl = getattr(model.config, "_attn_implementation", None)
+    scales = {m.layer_idx: m.scaling for m in model.modules()
+              if isinstance(getattr(m, "layer_idx", None), int) and isinstance(getattr(m, "scaling", None), float)
+              and getattr(m, "is_causal", False)}  # a multimodal model's vision layers are not the decoder's
     grad = direction != "fwd"
     out = []
     for phase in PHASES if not grad else ("prefill",):
         for layer in attention_layers(model.config):
             w = layer_workload(layer, phase, batch, seq, dt, direction)
-            if layer.softcap is not None:
+            if impl not in _STATE["names"]:
+                runs = f"{impl} (the model's attn_implementation: not attnbench)"
+            elif layer.softcap is not None:
                 runs = SOFTCAP_RUNS
             else:
                 with torch.set_grad_enabled(grad):
                     one = torch.empty(1, 1, 1, w.head_dim, dtype=param.dtype, device=param.device, requires_grad=grad)
                     q = one.expand(w.batch, w.q_heads, w.q_len, w.head_dim)
                     k = one.expand(w.batch, w.kv_heads, w.kv_len, w.head_dim)
-                    runs = explain(q, k, k, enable_gqa=w.gqa, table=table, mask=w.mask)
+                    runs = explain(q, k, k, scale=scales.get(layer.index), enable_gqa=w.gqa, table=table, mask=w.mask)
             out.append(LayerDispatch(layer.index, phase, w, runs))
     return out
