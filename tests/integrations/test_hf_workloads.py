@@ -36,7 +36,7 @@ def test_load_config_from_a_file_a_folder_or_the_cache_never_downloading(tmp_pat
     with pytest.raises(UserError, match="cannot read a transformers config"):
         hw.load_config(tmp_path / "bad.json")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # an empty cache: the id cannot be there
-    with pytest.raises(UserError, match="local_files_only=True and never downloads"):
+    with pytest.raises(UserError, match="reads only local files and never downloads"):
         hw.load_config("someone/not-a-cached-model")
 
 
@@ -168,3 +168,41 @@ def test_softcapped_layers_are_named_and_not_tuned():
     plain = tiny.gemma2(window=8, softcap=None)
     assert hw.model_workloads(plain, [1], [16]) == [W(1, 16, 16, "window:7"), W(1, 16, 16, "causal"),
                                                     W(1, 1, 8, "causal-br"), W(1, 1, 16, "causal-br")]
+
+
+def test_a_model_id_is_read_from_the_cache_without_the_network(tmp_path, monkeypatch):
+    """A cached model id is found, an uncached one is a UserError, and neither goes through huggingface_hub's
+    download function nor opens a connection, HF_HUB_OFFLINE unset (transformers' local_files_only=True
+    lookup did both on a cache miss: its request headers fetch a registry from the Hub)."""
+    import socket
+
+    import huggingface_hub
+    import transformers.utils.hub as tf_hub
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-llama" / "snapshots" / "abc123"
+    tiny.llama().save_pretrained(snapshot)
+    (cache / "models--someone--tiny-llama" / "refs").mkdir()
+    (cache / "models--someone--tiny-llama" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    reached = []
+
+    def record(name):
+        def fn(*args, **kwargs):
+            reached.append(name)
+            raise OSError(f"{name} called")
+        return fn
+
+    monkeypatch.setattr(tf_hub, "hf_hub_download", record("hf_hub_download"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", record("hf_hub_download"))
+    monkeypatch.setattr(socket, "getaddrinfo", record("getaddrinfo"))
+    monkeypatch.setattr(socket.socket, "connect", record("connect"))
+    cfg = hw.load_config("someone/tiny-llama")
+    assert (cfg.model_type, cfg.num_attention_heads) == ("llama", 4)
+    for missing in ("someone/not-cached", "not a/valid id"):
+        with pytest.raises(UserError, match="nor a model id in the local Hugging Face cache"):
+            hw.load_config(missing)
+    assert reached == []

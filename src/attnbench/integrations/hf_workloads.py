@@ -51,7 +51,8 @@ def _first_line(exc: BaseException) -> str:
 
 def load_config(source: Any):
     """A transformers config from a config.json path, a model folder, or a model id already in the local
-    Hugging Face cache; a config object is returned as it is. Never downloads (local_files_only=True)."""
+    Hugging Face cache; a config object is returned as it is. Never touches the network: a model id is looked
+    up in the cache by huggingface_hub's try_to_load_from_cache (files only), then read as a local folder."""
     if not isinstance(source, (str, os.PathLike)):
         if hasattr(source, "model_type") and hasattr(source, "to_dict"):
             return source
@@ -68,11 +69,21 @@ def load_config(source: Any):
             raise UserError(f"cannot read a transformers config from {path}: {_first_line(exc)}") from None
     if text.endswith(".json"):
         raise UserError(f"config file not found: {path}")
+    # Not AutoConfig.from_pretrained(text, local_files_only=True): on a cache miss huggingface_hub still
+    # contacts the Hub (building its request headers fetches a registry) unless HF_HUB_OFFLINE is set.
+    from huggingface_hub import try_to_load_from_cache
+
     try:
-        return tf.AutoConfig.from_pretrained(text, local_files_only=True)
-    except Exception:
+        found = try_to_load_from_cache(text, "config.json")
+    except Exception:  # not a valid repo id (huggingface_hub's HFValidationError)
+        found = None
+    if not isinstance(found, str):
         raise UserError(f"{text!r} is neither a config.json, a model folder, nor a model id in the local Hugging "
-                        "Face cache (attnbench reads with local_files_only=True and never downloads)") from None
+                        "Face cache (attnbench reads only local files and never downloads)")
+    try:
+        return tf.AutoConfig.from_pretrained(str(Path(found).parent), local_files_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read the cached config of {text!r}: {_first_line(exc)}") from None
 
 
 def _require_causal_lm(config, cfg) -> None:
