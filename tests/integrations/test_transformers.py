@@ -269,3 +269,20 @@ def test_explain_model_says_when_the_model_does_not_use_attnbench():
     assert {d.runs for d in hf.explain_model(m, 1, 8)} == {"sdpa (the model's attn_implementation: not attnbench)"}
     m.set_attn_implementation("attnbench")
     assert all(d.runs.startswith(tiny.SPY) for d in hf.explain_model(m, 1, 8))
+
+
+def test_register_reads_a_path_again_so_a_table_tuned_anew_is_used(tmp_path):
+    """tune -o into the same file, then register(table=that path) again in the same process: the new table
+    (load_table's per-path cache gave the old one, so the model kept its old dispatch)."""
+    path = tmp_path / "dispatch.json"
+    table_for([]).save(path)
+    hf.register(table=path)
+    assert not hf.current_table().entries
+    cfg = tiny.llama()
+    table_for(hw.model_workloads(cfg, [1], [8])).save(path)
+    hf.register(table=path)
+    assert len(hf.current_table().entries) == 2
+    m = tiny.model(cfg, attn="attnbench")
+    tiny.CALLS.clear()
+    logits(m, tiny.tokens(batch=1, seq=8))
+    assert tiny.CALLS == {"causal": 2}

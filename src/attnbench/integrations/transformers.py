@@ -41,13 +41,14 @@ def register(table=None, name: str = NAME) -> str:
     """Register `name` with transformers' AttentionInterface and AttentionMaskInterface; returns the name.
 
     table: a dispatch table path or a loaded DispatchTable (default: $ATTNBENCH_DISPATCH, else plain SDPA),
-    read now so a bad path fails here. Calling it again replaces the table: registering is idempotent.
+    read now so a bad path fails here, and read again on each call, so a table tuned anew into the same file
+    is the one used. Calling it again replaces the table: registering is idempotent.
     """
     tf = require_transformers()
     from ..tune.dispatch import DispatchTable, load_table
 
     if table is not None and not isinstance(table, DispatchTable):
-        table = load_table(table)
+        table = load_table(table, reload=True)
     _STATE["table"] = table
     tf.AttentionInterface.register(name, attention_forward)
     from transformers.masking_utils import AttentionMaskInterface
