@@ -27,10 +27,11 @@ def logits(m, ids, **kw):
 
 
 @pytest.mark.parametrize("make, calls", [(tiny.llama, {"causal": 2}), (tiny.mistral, {"window:11": 2}),
-                                         (tiny.qwen2, {"causal": 1, "window:11": 1})],
-                         ids=["llama", "mistral", "qwen2"])
+                                         (tiny.qwen2, {"causal": 1, "window:11": 1}), (tiny.mqa, {"causal": 2}),
+                                         (tiny.gemma3, {"window:11": 1, "causal": 1})],
+                         ids=["llama", "mistral", "qwen2", "mqa", "gemma3"])
 def test_logits_match_sdpa_and_every_layer_runs_the_table(make, calls):
-    cfg = make(window=12) if make is not tiny.llama else make()
+    cfg = make(window=12) if make not in (tiny.llama, tiny.mqa) else make()
     ids = tiny.tokens(batch=2, seq=24)
     table = table_for(hw.model_workloads(cfg, [2], [24]))
     hf.register(table=table)

@@ -31,6 +31,11 @@ def llama(**changes):
     return LlamaConfig(**{**SMALL, **changes})
 
 
+def mqa(**changes):
+    """Llama with one KV head for all query heads (multi-query attention)."""
+    return llama(**{"num_key_value_heads": 1, **changes})
+
+
 def mistral(window: int = 16, **changes):
     from transformers import MistralConfig
 
