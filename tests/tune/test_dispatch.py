@@ -360,3 +360,39 @@ def test_flex_mask_mods_keep_what_spec_masks_keep():
     assert dispatch._flex_mask_mod("full", 4, 4) is None
     with pytest.raises(ValueError, match="no FlexAttention mask_mod"):
         dispatch._flex_mask_mod("document:2+2", 4, 4)
+
+
+def test_concurrent_calls_keep_sdpa_backend_flags_and_each_others_backends():
+    """SDPA's backend flags are process-wide: winners restricted to one backend, called from several threads,
+    must not leave backends switched off, nor run another thread's SDPA fallback under their flags (on a CPU,
+    dropout has no flash kernel: 'No available kernel')."""
+    import threading
+
+    C = torch._C
+    flags = (C._get_flash_sdp_enabled, C._get_math_sdp_enabled, C._get_mem_efficient_sdp_enabled)
+    before = [f() for f in flags]
+    small = W.replace(batch=1, q_heads=2, kv_heads=2, q_len=8, kv_len=8, head_dim=16)
+    flash, math = table_for(small, impl="sdpa-flash"), table_for(small, impl="sdpa-math")
+    q, k, v = qkv(b=1, hq=2, hkv=2, s=8, d=16)
+    assert dispatch.explain(q, k, v, table=flash).startswith("sdpa-flash")
+    errors = []
+
+    def loop(call):
+        try:
+            for _ in range(1500):
+                call()
+        except Exception as exc:  # noqa: BLE001 (recorded, asserted below)
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    calls = [lambda: dispatch.attention(q, k, v, table=flash), lambda: dispatch.attention(q, k, v, table=math),
+             lambda: dispatch.attention(q, k, v, dropout_p=0.5, table=flash)]
+    threads = [threading.Thread(target=loop, args=(c,)) for c in calls + calls[:2]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = [f() for f in flags]
+    for f, on in zip((C._set_sdp_use_flash, C._set_sdp_use_math, C._set_sdp_use_mem_efficient), before):
+        f(on)  # leave the process as it was for the tests after this one, even when this one fails
+    assert after == before
+    assert errors == []

@@ -236,14 +236,34 @@ def _resolve_mask(mask, is_causal, q, k) -> str:
     return masks.canonical_mask(mask, q.shape[-2], k.shape[-2])
 
 
+# SDPA's backend flags are process-wide, not per thread. A winner restricted to one backend sets them for its
+# call and restores them; without this lock, two threads doing so interleave their save and restore and leave
+# backends switched off for the whole process, and an SDPA fallback in another thread meanwhile runs under the
+# winner's flags ("No available kernel" for dropout in a CPU flash-only window). Held only once a restricted
+# winner has been built in this process (_RESTRICTED), and never while torch.compile traces (it cannot enter
+# a lock). SDPA called by other code than attnbench's is not covered: torch's own sdpa_kernel has the same race.
+_SDP_FLAGS_LOCK = threading.Lock()
+_RESTRICTED = [False]
+
+
+def _compiling() -> Callable[[], bool]:
+    import torch
+
+    return getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
+
 def _sdpa_fallback(F, is_causal: bool, scale, enable_gqa, attn_mask=None, dropout_p: float = 0.0):
     kwargs: dict[str, Any] = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal,
                               "scale": scale}
     if enable_gqa:
         kwargs["enable_gqa"] = True
+    sdpa, compiling, lock, restricted = F.scaled_dot_product_attention, _compiling(), _SDP_FLAGS_LOCK, _RESTRICTED
 
     def fn(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+        if restricted[0] and not compiling():
+            with lock:
+                return sdpa(q, k, v, **kwargs)
+        return sdpa(q, k, v, **kwargs)
 
     return fn
 
@@ -330,18 +350,20 @@ def _build_sdpa_backend(workload, backend_name: str):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         backend = getattr(SDPBackend, backend_name)
+        _RESTRICTED[0] = True
 
         def slow(q, k, v):
-            with sdpa_kernel(backend):
+            with _SDP_FLAGS_LOCK, sdpa_kernel(backend):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal, **extra)
 
         return slow
     setters = tuple(getattr(C, f"_set_sdp_use_{n}") for n in names)
     getters = tuple(getattr(C, f"_get_{n}_sdp_enabled") for n in names)
     want = tuple(n == _FLAGS[backend_name] for n in names)
-    sdpa = F.scaled_dot_product_attention
+    sdpa, compiling, lock = F.scaled_dot_product_attention, _compiling(), _SDP_FLAGS_LOCK
+    _RESTRICTED[0] = True
 
-    def fn(q, k, v):
+    def restricted(q, k, v):
         before = [g() for g in getters]
         for s, on in zip(setters, want):
             s(on)
@@ -350,6 +372,12 @@ def _build_sdpa_backend(workload, backend_name: str):
         finally:
             for s, on in zip(setters, before):
                 s(on)
+
+    def fn(q, k, v):
+        if compiling():
+            return restricted(q, k, v)
+        with lock:
+            return restricted(q, k, v)
 
     return fn
 
