@@ -117,15 +117,16 @@ def test_reference_winner_and_gqa_and_grad_pass():
     gw = W.replace(kv_heads=2)
     t = table_for(gw, impl="reference")
     q, k, v = qkv(hkv=2)
-    out = dispatch.attention(q, k, v, table=t)  # enable_gqa=None: inferred from the head counts
+    out = dispatch.attention(q, k, v, table=t, enable_gqa=None)  # None: inferred from the head counts
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
-    assert dispatch.explain(q, k, v, table=t).startswith("reference")
+    assert dispatch.explain(q, k, v, table=t, enable_gqa=True).startswith("reference")
     # with gradients the pass is fwd+bwd: a fwd-only table falls back, a fwd+bwd entry is used
     q, k, v = qkv(hkv=2, grad=True)
-    assert "fwd+bwd" in dispatch.explain(q, k, v, table=t) and "sdpa fallback" in dispatch.explain(q, k, v, table=t)
+    assert "fwd+bwd" in dispatch.explain(q, k, v, table=t, enable_gqa=True)
+    assert "sdpa fallback" in dispatch.explain(q, k, v, table=t, enable_gqa=True)
     t2 = table_for(gw.replace(direction="fwd+bwd"))
     CALLS.clear()
-    out = dispatch.attention(q, k, v, table=t2)
+    out = dispatch.attention(q, k, v, table=t2, enable_gqa=True)
     grads = torch.autograd.grad(out.sum(), (q, k, v))
     ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     torch.testing.assert_close(out, ref)
@@ -133,7 +134,8 @@ def test_reference_winner_and_gqa_and_grad_pass():
         torch.testing.assert_close(g, r)
     assert CALLS["spy"] == 1
     with torch.no_grad():  # no autograd: the fwd bucket again
-        assert "fwd/" in dispatch.explain(q, k, v, table=t2) and "sdpa fallback" in dispatch.explain(q, k, v, table=t2)
+        why = dispatch.explain(q, k, v, table=t2, enable_gqa=True)
+        assert "fwd/" in why and "sdpa fallback" in why
 
 
 def test_other_environment_falls_back_and_warns_once():
@@ -241,10 +243,10 @@ def test_cli_tune_writes_a_table_that_drives_attention(tmp_path, capsys):
 
     for w in load_preset("cpu-smoke").workloads:
         q, k, v = qkv(b=w.batch, hq=w.q_heads, hkv=w.kv_heads, s=w.q_len, d=w.head_dim)
-        got = dispatch.attention(q, k, v, is_causal=w.causal, table=str(out))
+        got = dispatch.attention(q, k, v, is_causal=w.causal, enable_gqa=w.gqa, table=str(out))
         want = F.scaled_dot_product_attention(q, k, v, is_causal=w.causal, enable_gqa=w.gqa)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # the winner may be the eager reference
-        why = dispatch.explain(q, k, v, is_causal=w.causal, table=str(out))
+        why = dispatch.explain(q, k, v, is_causal=w.causal, enable_gqa=w.gqa, table=str(out))
         winner = load_table(out).lookup(workload_bucket(w)).impl
         assert why.startswith(winner) or why == "sdpa fallback: winner is sdpa-auto"
     # the second tune reads the cache; json format
@@ -332,7 +334,8 @@ def test_mask_keyword_picks_the_bucket_and_falls_back_to_an_explicit_mask():
     assert CALLS == {"window:7": 1, "causal-br": 1}
     q, k, v = qkv(hkv=2)  # grouped-query heads with an explicit mask: K and V repeated, the result the same
     want = attention_math(q.double(), k.double(), v.double(), "window:5").float()
-    torch.testing.assert_close(dispatch.attention(q, k, v, mask="window:5", table=t), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dispatch.attention(q, k, v, mask="window:5", enable_gqa=True, table=t), want,
+                               rtol=1e-4, atol=1e-5)
     # dropout with a mask: the explicit mask, every call
     q, k, v = qkv()
     torch.manual_seed(3)
@@ -396,3 +399,24 @@ def test_concurrent_calls_keep_sdpa_backend_flags_and_each_others_backends():
         f(on)  # leave the process as it was for the tests after this one, even when this one fails
     assert after == before
     assert errors == []
+
+
+def test_enable_gqa_defaults_to_sdpas_false():
+    """SDPA's enable_gqa is False: K and V with fewer heads (not one) are its error, with or without a table,
+    never a grouped-query result it would not give; one KV head broadcasts in both; None infers."""
+    gw = W.replace(kv_heads=2)
+    t = table_for(gw, impl="reference")
+    q, k, v = qkv(hkv=2)
+    with pytest.raises(RuntimeError) as sdpa_error:
+        F.scaled_dot_product_attention(q, k, v)
+    for table in (t, None):
+        with pytest.raises(RuntimeError) as ours:
+            dispatch.attention(q, k, v, table=table)
+        assert str(ours.value) == str(sdpa_error.value)
+    assert "enable_gqa=False" in dispatch.explain(q, k, v, table=t)
+    want = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    for gqa in (True, None):
+        torch.testing.assert_close(dispatch.attention(q, k, v, enable_gqa=gqa, table=t), want)
+        assert dispatch.explain(q, k, v, enable_gqa=gqa, table=t).startswith("reference")
+    q, k, v = qkv(hkv=1)
+    torch.testing.assert_close(dispatch.attention(q, k, v, table=t), F.scaled_dot_product_attention(q, k, v))

@@ -400,7 +400,7 @@ class Dispatcher:
         self._lock = threading.Lock()
 
     # -- the hot path ----------------------------------------------------------------------------
-    def __call__(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None,
+    def __call__(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
                  mask=None):
         if attn_mask is not None or dropout_p:
             return self._unbucketed(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask)
@@ -535,7 +535,7 @@ class Dispatcher:
 
         return call
 
-    def explain(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None,
+    def explain(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
                 mask=None) -> str:
         """Which callable a call with these arguments uses, and why (builds it if needed)."""
         if attn_mask is not None or dropout_p:
@@ -577,12 +577,13 @@ def _dispatcher(table) -> Dispatcher:
     return d
 
 
-def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None, *,
+def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
               table=None, mask=None):
     """scaled_dot_product_attention's signature; runs the tuned winner for the input's bucket.
 
     table: a dispatch table path or a loaded DispatchTable (default: $ATTNBENCH_DISPATCH, else plain
-    SDPA). enable_gqa=None infers grouped-query attention from the head counts. mask: instead of
+    SDPA). enable_gqa: as SDPA's (default False: K and V with fewer heads than Q are SDPA's error, or its
+    broadcast of a single head); None infers it from the head counts. mask: instead of
     is_causal, a spec.masks text ('causal-br', 'window:W', ...), aligned bottom-right as decoding and
     flash-attention's sliding windows are; without a table entry it becomes an explicit SDPA mask.
     """
@@ -592,7 +593,7 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
     return d(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask)
 
 
-def explain(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None, *,
+def explain(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
             table=None, mask=None) -> str:
     """What `attention` with the same arguments runs, in words."""
     return _dispatcher(table).explain(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask)
