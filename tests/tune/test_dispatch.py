@@ -420,3 +420,14 @@ def test_enable_gqa_defaults_to_sdpas_false():
         assert dispatch.explain(q, k, v, enable_gqa=gqa, table=t).startswith("reference")
     q, k, v = qkv(hkv=1)
     torch.testing.assert_close(dispatch.attention(q, k, v, table=t), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_other_environment_warning_names_what_differs_and_a_bad_table_argument_is_a_user_error():
+    fp = devmod.fingerprint("cpu")
+    t = table_for(W, env={"env_id": "elsewhere", "device_kind": "cpu", "torch": "2.0.0", "cpu_model": fp["cpu_model"]})
+    q, k, v = qkv()
+    with pytest.warns(RuntimeWarning, match=r"torch: 2\.0\.0 -> " + fp["torch"].replace("+", r"\+")):
+        torch.testing.assert_close(dispatch.attention(q, k, v, table=t), F.scaled_dot_product_attention(q, k, v))
+    for bad in (t.to_dict(), 3, ["dispatch.json"]):
+        with pytest.raises(UserError, match="table must be a path or a DispatchTable"):
+            dispatch.attention(q, k, v, table=bad)

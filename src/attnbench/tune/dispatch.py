@@ -435,13 +435,19 @@ class Dispatcher:
         if ok is None:
             from ..analysis import device as devmod
 
-            here = devmod.env_id(devmod.fingerprint(device))
+            fp = devmod.fingerprint(device)
+            here = devmod.env_id(fp)
             ok = self.table.environment.get("device_kind", kind) == kind and here == self.table.env_id
             self._env_ok[device] = ok
             if not ok:
                 src = self.table.source or "the dispatch table"
+                tuned = self.table.environment
+                # the table keeps a summary of its fingerprint: name what differs among the keys it kept
+                diff = [f"{k}: {tuned.get(k)} -> {fp.get(k)}" for k in devmod.PERF_KEYS
+                        if k in tuned and tuned.get(k) != fp.get(k)]
+                what = ", ".join(diff) or "a setting outside the summary, e.g. TF32 or deterministic mode"
                 self._warn(f"{src} was tuned in environment {self.table.env_id or '?'}, this is {here} "
-                           f"({device}): using scaled_dot_product_attention")
+                           f"({device}; {what}): using scaled_dot_product_attention")
         return ok
 
     def _decide(self, key: tuple, q, k, v) -> tuple[Any, str]:
@@ -557,7 +563,11 @@ _FAST: dict[Any, Dispatcher] = {}
 
 
 def _dispatcher(table) -> Dispatcher:
-    d = _FAST.get(table)
+    try:
+        d = _FAST.get(table)
+    except TypeError:  # unhashable: not a path nor a DispatchTable
+        raise UserError(f"attnbench.attention: table must be a path or a DispatchTable, not a "
+                        f"{type(table).__name__}") from None
     if d is not None:
         return d
     if table is None:
@@ -565,8 +575,11 @@ def _dispatcher(table) -> Dispatcher:
         loaded = load_table(path) if path else None
     elif isinstance(table, DispatchTable):
         loaded = table
-    else:
+    elif isinstance(table, (str, os.PathLike)):
         loaded = load_table(table)
+    else:
+        raise UserError(f"attnbench.attention: table must be a path or a DispatchTable, not a "
+                        f"{type(table).__name__}")
     with _LOCK:
         d = _FAST.get(loaded) if loaded is not None else None
         if d is None:
@@ -587,7 +600,7 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
     is_causal, a spec.masks text ('causal-br', 'window:W', ...), aligned bottom-right as decoding and
     flash-attention's sliding windows are; without a table entry it becomes an explicit SDPA mask.
     """
-    d = _FAST.get(table)
+    d = _FAST.get(table) if table is None or isinstance(table, (str, DispatchTable)) else None
     if d is None:
         d = _dispatcher(table)
     return d(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask)
