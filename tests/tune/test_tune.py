@@ -242,3 +242,18 @@ def test_without_a_baseline_the_report_says_so():
     md = markdown(result)
     assert "| speedup (no --baseline) |" in md and "speedup vs  |" not in md
     assert {c.impl for c in result.workloads[0].candidates} == {"sdpa-flash", "sdpa-math"}
+
+
+def test_the_report_says_whether_the_speedup_is_significant_or_the_baseline_was_chosen():
+    def row(medians, spread):
+        res = _tune(["sdpa-flash"], medians, spread=spread, racing=RacingPolicy(first_samples=10, max_samples=10))[0]
+        line = next(line for line in markdown(res).splitlines() if line.startswith("| B1"))
+        return res.workloads[0], line
+
+    r, line = row({"sdpa-flash": 0.7, "sdpa-auto": 1.0}, 0.02)
+    assert r.speedup["lo"] > 1 and "vs sdpa-auto: faster |" in line
+    r, line = row({"sdpa-flash": 0.985, "sdpa-auto": 1.0}, 0.3)  # noisy: the best median, but within noise
+    assert r.chosen == "sdpa-flash" and r.speedup["lo"] < 1 < r.speedup["hi"]
+    assert "vs sdpa-auto: not significantly faster (the CI includes 1) |" in line
+    r, line = row({"sdpa-flash": 1.0, "sdpa-auto": 1.004}, 0.0)  # a tie goes to the baseline: no speedup claimed
+    assert r.chosen == "sdpa-auto" and "| none: sdpa-auto itself was chosen |" in line and "1x [1, 1]" not in line

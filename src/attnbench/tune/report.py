@@ -53,10 +53,19 @@ def dispatch_table(result: TuneResult):
 # Reports
 # ---------------------------------------------------------------------------------------------
 
-def _speedup_text(s: dict[str, Any] | None) -> str:
+def _speedup_text(s: dict[str, Any] | None, chosen: str | None = None) -> str:
+    """The speedup with its CI and what the CI says: 'faster' only when its lower bound is above 1."""
     if not s:
         return "n/a"
-    return f"{s['value']:.3g}x [{s['lo']:.3g}, {s['hi']:.3g}] vs {s['baseline']}"
+    if chosen == s["baseline"]:
+        return f"none: {s['baseline']} itself was chosen"
+    if s["lo"] > 1:
+        verdict = "faster"
+    elif s["hi"] < 1:
+        verdict = "slower"
+    else:
+        verdict = "not significantly faster (the CI includes 1)"
+    return f"{s['value']:.3g}x [{s['lo']:.3g}, {s['hi']:.3g}] vs {s['baseline']}: {verdict}"
 
 
 def markdown(result: TuneResult) -> str:
@@ -75,7 +84,7 @@ def markdown(result: TuneResult) -> str:
         search = "cached" if r.cached else f"{r.stop_reason}, {int(r.cost.get('samples', 0))} samples"
         out.append("| " + " | ".join(_cell(x) for x in (
             r.workload.label, win.label if win else "none correct", med,
-            _speedup_text(r.speedup) if win else "", f"{ru.label} {_ms(ru.median_ms)} ms" if ru else "", search)) + " |")
+            _speedup_text(r.speedup, r.chosen) if win else "", f"{ru.label} {_ms(ru.median_ms)} ms" if ru else "", search)) + " |")
     for r in result.workloads:
         out += ["", f"## {r.workload.label}", ""]
         cost = r.cost
