@@ -431,3 +431,43 @@ def test_other_environment_warning_names_what_differs_and_a_bad_table_argument_i
     for bad in (t.to_dict(), 3, ["dispatch.json"]):
         with pytest.raises(UserError, match="table must be a path or a DispatchTable"):
             dispatch.attention(q, k, v, table=bad)
+
+
+def test_cli_tune_into_an_existing_table_adds_and_replaces_buckets(tmp_path, capsys):
+    """Re-running tune with the same -o updates the table: the buckets tuned now replace theirs, the others
+    stay; a table of another environment is replaced (and it says so); a file that is not a table is refused
+    before anything is measured."""
+    from attnbench.cli import main
+    from attnbench.tune.report import update_table
+
+    out, db = tmp_path / "d.json", str(tmp_path / "t.db")
+
+    def cli(seq, output=out):
+        args = ["tune", "-b", "1", "-H", "2", "-s", str(seq), "-d", "16", "-i", "sdpa-math", "--budget", "1s",
+                "--samples", "10", "--db", db, "-o", str(output), "-q"]
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        return code, capsys.readouterr().err
+
+    def buckets(path=out):
+        return sorted(e["bucket"] for e in json.loads(path.read_text())["entries"])
+
+    assert cli(16)[0] == 0 and buckets() == ["fp32/d16/full/gqa1/fwd/q16/kv16/b1"]
+    code, err = cli(32)
+    assert code == 0 and "1 entries tuned now, 0 of them replacing older ones; 1 kept" in err
+    assert buckets() == ["fp32/d16/full/gqa1/fwd/q16/kv16/b1", "fp32/d16/full/gqa1/fwd/q32/kv32/b1"]
+    code, err = cli(16)
+    assert code == 0 and "1 entries tuned now, 1 of them replacing older ones; 1 kept" in err and len(buckets()) == 2
+    # another environment's table is replaced, not merged
+    old = load_table(out, reload=True)
+    foreign = DispatchTable(environment={"env_id": "elsewhere"}, entries=dict(old.entries))
+    new = table_for(W)
+    table, what = update_table(new, foreign)
+    assert table is new and "tuned in environment elsewhere" in what
+    bad = tmp_path / "notes.json"
+    bad.write_text('{"mine": 1}')
+    code, err = cli(16, bad)
+    assert code == 2 and "exists and is not a dispatch table" in err and bad.read_text() == '{"mine": 1}'

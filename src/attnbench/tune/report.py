@@ -49,6 +49,28 @@ def dispatch_table(result: TuneResult):
     return DispatchTable(environment=env, entries=entries, baseline=result.baseline, created=created, notes=notes)
 
 
+def update_table(new, old) -> tuple[Any, str]:
+    """The table to write over `old` (the file's table, or None) and what was done, in words. Of one
+    environment and baseline, the two merge: the buckets tuned now replace theirs, the others are kept (so
+    tuning more shapes into one file adds to it). Otherwise `new` replaces `old`, and the words say why."""
+    from .dispatch import DispatchTable
+
+    if old is None:
+        return new, f"{len(new.entries)} entries"
+    if old.env_id != new.env_id:
+        return new, (f"replaced its {len(old.entries)} buckets: they were tuned in environment {old.env_id or '?'}, "
+                     f"these in {new.env_id}")
+    if old.baseline != new.baseline:
+        return new, f"replaced its {len(old.entries)} buckets: they were tuned against {old.baseline!r}, these " \
+                    f"against {new.baseline!r}"
+    kept = {b: e for b, e in old.entries.items() if b not in new.entries}
+    notes = list(new.notes) + [n for n in old.notes if not any(f"bucket {b}:" in n for b in new.entries)]
+    merged = DispatchTable(environment=new.environment, entries={**kept, **new.entries}, baseline=new.baseline,
+                           created=new.created, notes=notes)
+    replaced = len(new.entries) - (len(merged.entries) - len(old.entries))
+    return merged, f"{len(new.entries)} entries tuned now, {replaced} of them replacing older ones; {len(kept)} kept"
+
+
 # ---------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------
