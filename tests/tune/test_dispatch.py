@@ -471,3 +471,25 @@ def test_cli_tune_into_an_existing_table_adds_and_replaces_buckets(tmp_path, cap
     bad.write_text('{"mine": 1}')
     code, err = cli(16, bad)
     assert code == 2 and "exists and is not a dispatch table" in err and bad.read_text() == '{"mine": 1}'
+
+
+@pytest.mark.parametrize("corrupt", [
+    b"\xff\xfe\x00 not text", b'{"format": "attnbench-dispatch", "version": 1, "entries": null}',
+    b'{"format": "attnbench-dispatch", "version": 1, "entries": {"b": 1}}',
+    b'{"format": "attnbench-dispatch", "version": 1, "environment": [1], "entries": []}',
+    b'{"format": "attnbench-dispatch", "version": 1, "notes": "abc", "entries": []}',
+    b'{"format": "attnbench-dispatch", "version": 0, "entries": []}',
+    b'{"format": "attnbench-dispatch", "version": "1", "entries": []}',
+    b'{"format": "attnbench-dispatch", "version": 1, "entries": [{"bucket": "b", "winner": {"impl": "x", '
+    b'"params": [1, 2]}, "workload": {}}]}',
+    b'{"format": "attnbench-dispatch", "version": 1, "entries": [{"bucket": "b", "winner": "x", "workload": {}}]}',
+])
+def test_a_corrupt_table_file_is_one_user_error(tmp_path, corrupt):
+    p = tmp_path / "d.json"
+    p.write_bytes(corrupt)
+    with pytest.raises(UserError) as err:
+        load_table(p, reload=True)
+    assert "upgrade" not in str(err.value)
+    q, k, v = qkv()
+    with pytest.raises(UserError):
+        dispatch.attention(q, k, v, table=str(p))

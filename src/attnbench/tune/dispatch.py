@@ -89,12 +89,22 @@ class Entry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Entry":
+        if not isinstance(d, dict):
+            raise UserError(f"dispatch table entry is malformed: {type(d).__name__}, not an object")
         try:
             win = d["winner"]
-            return cls(bucket=d["bucket"], impl=win["impl"], params=dict(win.get("params") or {}),
-                       workload=dict(d["workload"]), data={k: v for k, v in d.items()})
-        except (KeyError, TypeError) as exc:
+            entry = cls(bucket=d["bucket"], impl=win["impl"], params=win.get("params") or {},
+                        workload=d["workload"], data={k: v for k, v in d.items()})
+        except KeyError as exc:
             raise UserError(f"dispatch table entry is malformed (missing {exc})") from None
+        except (TypeError, AttributeError):
+            raise UserError(f"dispatch table entry is malformed: its winner is {d.get('winner')!r}") from None
+        for name, want in (("bucket", str), ("impl", str), ("params", dict), ("workload", dict)):
+            if not isinstance(getattr(entry, name), want):
+                raise UserError(f"dispatch table entry {d.get('bucket')!r} is malformed: {name} is "
+                                f"{getattr(entry, name)!r}, not a {want.__name__}")
+        entry.params, entry.workload = dict(entry.params), dict(entry.workload)
+        return entry
 
 
 @dataclass(eq=False)  # identity hash: attention() keys its dispatcher cache on the table object
@@ -141,16 +151,23 @@ class DispatchTable:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UserError(f"not an attnbench dispatch table{where}: format is not {FORMAT!r}")
         version = data.get("version")
-        if not isinstance(version, int) or version > VERSION:
+        if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
             raise UserError(f"dispatch table{where} has version {version!r}; this attnbench reads up to "
                             f"{VERSION}: upgrade attnbench")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise UserError(f"dispatch table{where} has version {version!r}, not a whole number from 1 to {VERSION}")
+        fields = {"entries": list, "environment": dict, "notes": list, "baseline": str, "created": str}
+        for name, want in fields.items():
+            if name in data and not isinstance(data[name], want):
+                raise UserError(f"dispatch table{where} is malformed: {name} is a {type(data[name]).__name__}, "
+                                f"not a {want.__name__}")
         entries = {}
         for d in data.get("entries", []):
             e = Entry.from_dict(d)
             entries[e.bucket] = e
         return cls(environment=dict(data.get("environment") or {}), entries=entries,
                    baseline=data.get("baseline", "sdpa-auto"), created=data.get("created", ""),
-                   notes=list(data.get("notes", [])), source=source)
+                   notes=[str(n) for n in data.get("notes", [])], source=source)
 
 
 def _sorted(x: Any) -> Any:
@@ -175,8 +192,10 @@ def load_table(path: str | os.PathLike, reload: bool = False) -> DispatchTable:
             raise UserError(f"dispatch table not found: {p}")
         try:
             data = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"dispatch table {p} is not JSON: {exc}") from None
+        except OSError as exc:
+            raise UserError(f"dispatch table {p} cannot be read: {exc}") from None
         table = DispatchTable.from_dict(data, source=key)
         with _LOCK:
             _TABLES[key] = table
