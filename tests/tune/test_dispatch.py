@@ -493,3 +493,14 @@ def test_a_corrupt_table_file_is_one_user_error(tmp_path, corrupt):
     q, k, v = qkv()
     with pytest.raises(UserError):
         dispatch.attention(q, k, v, table=str(p))
+
+
+def test_inputs_on_a_device_neither_cpu_nor_cuda_fall_back():
+    """A CPU table's winner is not run on another kind of device (the fingerprint calls every non-CUDA device
+    a CPU, so its environment id matched); the meta device stands for one here (mps, xpu, ...)."""
+    t = table_for(W, impl="reference")
+    q, k, v = (x.to("meta") for x in qkv())
+    with pytest.warns(RuntimeWarning, match="these inputs are on meta"):
+        out = dispatch.attention(q, k, v, table=t)
+    assert out.device.type == "meta" and out.shape == q.shape
+    assert dispatch.explain(q, k, v, table=t) == "sdpa fallback: environment differs from the table's"

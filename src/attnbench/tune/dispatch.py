@@ -449,8 +449,14 @@ class Dispatcher:
             warnings.warn(f"attnbench.attention: {message}", RuntimeWarning, stacklevel=4)
 
     def _env_matches(self, device: str) -> bool:
-        kind = "cuda" if device.startswith("cuda") else "cpu"
+        kind = device.split(":")[0]
         ok = self._env_ok.get(device)
+        if ok is None and kind not in ("cpu", "cuda"):
+            # tables are tuned on a CPU or a CUDA GPU; the fingerprint would call any other device a CPU
+            ok = self._env_ok[device] = False
+            self._warn(f"{self.table.source or 'the dispatch table'} was tuned on "
+                       f"{self.table.environment.get('device_kind', '?')}, these inputs are on {device}: using "
+                       "scaled_dot_product_attention")
         if ok is None:
             from ..analysis import device as devmod
 
