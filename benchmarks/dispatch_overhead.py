@@ -157,7 +157,7 @@ def main() -> None:
                      "host_us_attention": h_disp, "host_overhead_us": h_over,
                      "device_ms_sdpa": float(sorted(b)[len(b) // 2]), "device_ms_attention": float(sorted(a)[len(a) // 2]),
                      "samples_attention": a, "samples_sdpa": b, **cmp})
-        del x, q, k, v
+        x = q = k = v = None  # free the inputs before the next shape (rebound, not del: ruff reads del as F821 here)
         torch.cuda.empty_cache()
     gpu = torch.cuda.get_device_name()
     lines = [f"attnbench.attention(table) vs F.scaled_dot_product_attention on {gpu}", "",
