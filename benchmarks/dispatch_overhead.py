@@ -12,8 +12,9 @@ llm-prefill shapes. Then per shape:
     (B1 H1 S16, D64 in the table and D128 not) are host-bound, so their difference is the
     dispatcher's own cost per call, on the winner's path and on the fallback path;
   - device ms by CUDA events (cold L2), 100 samples each, in interleaved batches of 10: attention
-    vs sdpa-auto, compared with attnbench.compare.comparison (ratio of medians with a bootstrap CI, Mann-Whitney,
-    Holm, verdict at a 2% threshold); "slower" on a tuned shape fails the check (the untuned shape's
+    vs sdpa-auto, compared with attnbench.compare.comparison as one interleaved session (batch k of each is
+    round k: ratio of medians with a bootstrap CI over rounds, signed-rank test on the per-round ratios,
+    verdict at a 2% threshold); "slower" on a tuned shape fails the check (the untuned shape's
     verdict is reported beside it: there the call is SDPA plus the dispatcher's host work).
 Finishes in under 2 minutes on an H100.
 """
@@ -70,16 +71,20 @@ def host_pair(direct, dispatched, reps: int = 7) -> tuple[float, float, float]:
 
 
 def compare_samples(w, a: list[float], b: list[float]) -> dict:
-    """attention (a) vs sdpa-auto (b): attnbench.compare.comparison where present, else stats directly."""
+    """attention (a) vs sdpa-auto (b), timed in BATCHES interleaved batches of PER_BATCH: paired by round
+    (without the batches, comparison would take the samples as independent, and bursts that move a whole
+    batch would read as significance); attnbench.compare.comparison where present, else stats directly."""
     try:
         from attnbench.compare.comparison import compare_measurements
         from attnbench.store import Measurement
 
-        ma = Measurement(workload=w, impl="attention(table)", status="ok", timer="cold", samples_ms=tuple(a))
-        mb = Measurement(workload=w, impl="sdpa-auto", status="ok", timer="cold", samples_ms=tuple(b))
+        rounds = {"batch_sizes": (PER_BATCH,) * BATCHES,
+                  "extra": {"timing": {"interleaved": {"session": "dispatch_overhead"}}}}
+        ma = Measurement(workload=w, impl="attention(table)", status="ok", timer="cold", samples_ms=tuple(a), **rounds)
+        mb = Measurement(workload=w, impl="sdpa-auto", status="ok", timer="cold", samples_ms=tuple(b), **rounds)
         row = compare_measurements([ma], [mb], a_name="attention(table)", b_name="sdpa-auto").rows[0]
         return {"ratio": row.time_ratio, "ci": list(row.time_ratio_ci), "p": row.p_value, "verdict": row.verdict,
-                "via": "attnbench.compare.comparison"}
+                "pairing": row.pairing, "via": "attnbench.compare.comparison"}
     except ImportError:
         from attnbench.analysis import stats
 
@@ -152,7 +157,7 @@ def main() -> None:
                      "host_us_attention": h_disp, "host_overhead_us": h_over,
                      "device_ms_sdpa": float(sorted(b)[len(b) // 2]), "device_ms_attention": float(sorted(a)[len(a) // 2]),
                      "samples_attention": a, "samples_sdpa": b, **cmp})
-        del x, q, k, v
+        x = q = k = v = None  # free the inputs before the next shape (rebound, not del: ruff reads del as F821 here)
         torch.cuda.empty_cache()
     gpu = torch.cuda.get_device_name()
     lines = [f"attnbench.attention(table) vs F.scaled_dot_product_attention on {gpu}", "",

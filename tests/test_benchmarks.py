@@ -48,3 +48,23 @@ def test_every_benchmark_stops_with_one_line_without_a_gpu(tmp_path):
             failures.append(f"{' '.join(argv)}: exit {rc}, expected one line saying it needs a CUDA GPU, got "
                             f"{len(lines)} lines:\n{text[-800:]}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_dispatch_overhead_compares_its_interleaved_batches_as_rounds():
+    """The benchmark times attention and SDPA in 10 interleaved batches; its verdict pairs them by round, as
+    `compare` does for impls timed in one session (it passed bare samples, which compare took as unpaired)."""
+    import importlib.util
+    import random
+
+    from attnbench.spec import Workload
+
+    spec = importlib.util.spec_from_file_location("dispatch_overhead", ROOT / "benchmarks" / "dispatch_overhead.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = random.Random(0)
+    n = bench.BATCHES * bench.PER_BATCH
+    sdpa = [1.0 + rng.gauss(0, 0.003) for _ in range(n)]
+    # the same speed, except that a host burst slowed two of attention's ten batches by 10%
+    attn = [1.0 + rng.gauss(0, 0.003) + (0.1 if i // bench.PER_BATCH in (3, 7) else 0.0) for i in range(n)]
+    row = bench.compare_samples(Workload(1, 1, 1, 16, 16, 64, "fp16"), attn, sdpa)
+    assert row["pairing"] == "rounds" and row["verdict"] != "slower"

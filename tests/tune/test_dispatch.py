@@ -117,15 +117,16 @@ def test_reference_winner_and_gqa_and_grad_pass():
     gw = W.replace(kv_heads=2)
     t = table_for(gw, impl="reference")
     q, k, v = qkv(hkv=2)
-    out = dispatch.attention(q, k, v, table=t)  # enable_gqa=None: inferred from the head counts
+    out = dispatch.attention(q, k, v, table=t, enable_gqa=None)  # None: inferred from the head counts
     torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, enable_gqa=True))
-    assert dispatch.explain(q, k, v, table=t).startswith("reference")
+    assert dispatch.explain(q, k, v, table=t, enable_gqa=True).startswith("reference")
     # with gradients the pass is fwd+bwd: a fwd-only table falls back, a fwd+bwd entry is used
     q, k, v = qkv(hkv=2, grad=True)
-    assert "fwd+bwd" in dispatch.explain(q, k, v, table=t) and "sdpa fallback" in dispatch.explain(q, k, v, table=t)
+    assert "fwd+bwd" in dispatch.explain(q, k, v, table=t, enable_gqa=True)
+    assert "sdpa fallback" in dispatch.explain(q, k, v, table=t, enable_gqa=True)
     t2 = table_for(gw.replace(direction="fwd+bwd"))
     CALLS.clear()
-    out = dispatch.attention(q, k, v, table=t2)
+    out = dispatch.attention(q, k, v, table=t2, enable_gqa=True)
     grads = torch.autograd.grad(out.sum(), (q, k, v))
     ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     torch.testing.assert_close(out, ref)
@@ -133,7 +134,8 @@ def test_reference_winner_and_gqa_and_grad_pass():
         torch.testing.assert_close(g, r)
     assert CALLS["spy"] == 1
     with torch.no_grad():  # no autograd: the fwd bucket again
-        assert "fwd/" in dispatch.explain(q, k, v, table=t2) and "sdpa fallback" in dispatch.explain(q, k, v, table=t2)
+        why = dispatch.explain(q, k, v, table=t2, enable_gqa=True)
+        assert "fwd/" in why and "sdpa fallback" in why
 
 
 def test_other_environment_falls_back_and_warns_once():
@@ -241,10 +243,10 @@ def test_cli_tune_writes_a_table_that_drives_attention(tmp_path, capsys):
 
     for w in load_preset("cpu-smoke").workloads:
         q, k, v = qkv(b=w.batch, hq=w.q_heads, hkv=w.kv_heads, s=w.q_len, d=w.head_dim)
-        got = dispatch.attention(q, k, v, is_causal=w.causal, table=str(out))
+        got = dispatch.attention(q, k, v, is_causal=w.causal, enable_gqa=w.gqa, table=str(out))
         want = F.scaled_dot_product_attention(q, k, v, is_causal=w.causal, enable_gqa=w.gqa)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # the winner may be the eager reference
-        why = dispatch.explain(q, k, v, is_causal=w.causal, table=str(out))
+        why = dispatch.explain(q, k, v, is_causal=w.causal, enable_gqa=w.gqa, table=str(out))
         winner = load_table(out).lookup(workload_bucket(w)).impl
         assert why.startswith(winner) or why == "sdpa fallback: winner is sdpa-auto"
     # the second tune reads the cache; json format
@@ -332,7 +334,8 @@ def test_mask_keyword_picks_the_bucket_and_falls_back_to_an_explicit_mask():
     assert CALLS == {"window:7": 1, "causal-br": 1}
     q, k, v = qkv(hkv=2)  # grouped-query heads with an explicit mask: K and V repeated, the result the same
     want = attention_math(q.double(), k.double(), v.double(), "window:5").float()
-    torch.testing.assert_close(dispatch.attention(q, k, v, mask="window:5", table=t), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dispatch.attention(q, k, v, mask="window:5", enable_gqa=True, table=t), want,
+                               rtol=1e-4, atol=1e-5)
     # dropout with a mask: the explicit mask, every call
     q, k, v = qkv()
     torch.manual_seed(3)
@@ -360,3 +363,144 @@ def test_flex_mask_mods_keep_what_spec_masks_keep():
     assert dispatch._flex_mask_mod("full", 4, 4) is None
     with pytest.raises(ValueError, match="no FlexAttention mask_mod"):
         dispatch._flex_mask_mod("document:2+2", 4, 4)
+
+
+def test_concurrent_calls_keep_sdpa_backend_flags_and_each_others_backends():
+    """SDPA's backend flags are process-wide: winners restricted to one backend, called from several threads,
+    must not leave backends switched off, nor run another thread's SDPA fallback under their flags (on a CPU,
+    dropout has no flash kernel: 'No available kernel')."""
+    import threading
+
+    C = torch._C
+    flags = (C._get_flash_sdp_enabled, C._get_math_sdp_enabled, C._get_mem_efficient_sdp_enabled)
+    before = [f() for f in flags]
+    small = W.replace(batch=1, q_heads=2, kv_heads=2, q_len=8, kv_len=8, head_dim=16)
+    flash, math = table_for(small, impl="sdpa-flash"), table_for(small, impl="sdpa-math")
+    q, k, v = qkv(b=1, hq=2, hkv=2, s=8, d=16)
+    assert dispatch.explain(q, k, v, table=flash).startswith("sdpa-flash")
+    errors = []
+
+    def loop(call):
+        try:
+            for _ in range(1500):
+                call()
+        except Exception as exc:  # noqa: BLE001 (recorded, asserted below)
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    calls = [lambda: dispatch.attention(q, k, v, table=flash), lambda: dispatch.attention(q, k, v, table=math),
+             lambda: dispatch.attention(q, k, v, dropout_p=0.5, table=flash)]
+    threads = [threading.Thread(target=loop, args=(c,)) for c in calls + calls[:2]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = [f() for f in flags]
+    for f, on in zip((C._set_sdp_use_flash, C._set_sdp_use_math, C._set_sdp_use_mem_efficient), before):
+        f(on)  # leave the process as it was for the tests after this one, even when this one fails
+    assert after == before
+    assert errors == []
+
+
+def test_enable_gqa_defaults_to_sdpas_false():
+    """SDPA's enable_gqa is False: K and V with fewer heads (not one) are its error, with or without a table,
+    never a grouped-query result it would not give; one KV head broadcasts in both; None infers."""
+    gw = W.replace(kv_heads=2)
+    t = table_for(gw, impl="reference")
+    q, k, v = qkv(hkv=2)
+    with pytest.raises(RuntimeError) as sdpa_error:
+        F.scaled_dot_product_attention(q, k, v)
+    for table in (t, None):
+        with pytest.raises(RuntimeError) as ours:
+            dispatch.attention(q, k, v, table=table)
+        assert str(ours.value) == str(sdpa_error.value)
+    assert "enable_gqa=False" in dispatch.explain(q, k, v, table=t)
+    want = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    for gqa in (True, None):
+        torch.testing.assert_close(dispatch.attention(q, k, v, enable_gqa=gqa, table=t), want)
+        assert dispatch.explain(q, k, v, enable_gqa=gqa, table=t).startswith("reference")
+    q, k, v = qkv(hkv=1)
+    torch.testing.assert_close(dispatch.attention(q, k, v, table=t), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_other_environment_warning_names_what_differs_and_a_bad_table_argument_is_a_user_error():
+    fp = devmod.fingerprint("cpu")
+    t = table_for(W, env={"env_id": "elsewhere", "device_kind": "cpu", "torch": "2.0.0", "cpu_model": fp["cpu_model"]})
+    q, k, v = qkv()
+    with pytest.warns(RuntimeWarning, match=r"torch: 2\.0\.0 -> " + fp["torch"].replace("+", r"\+")):
+        torch.testing.assert_close(dispatch.attention(q, k, v, table=t), F.scaled_dot_product_attention(q, k, v))
+    for bad in (t.to_dict(), 3, ["dispatch.json"]):
+        with pytest.raises(UserError, match="table must be a path or a DispatchTable"):
+            dispatch.attention(q, k, v, table=bad)
+
+
+def test_cli_tune_into_an_existing_table_adds_and_replaces_buckets(tmp_path, capsys):
+    """Re-running tune with the same -o updates the table: the buckets tuned now replace theirs, the others
+    stay; a table of another environment is replaced (and it says so); a file that is not a table is refused
+    before anything is measured."""
+    from attnbench.cli import main
+    from attnbench.tune.report import update_table
+
+    out, db = tmp_path / "d.json", str(tmp_path / "t.db")
+
+    def cli(seq, output=out):
+        args = ["tune", "-b", "1", "-H", "2", "-s", str(seq), "-d", "16", "-i", "sdpa-math", "--budget", "1s",
+                "--samples", "10", "--db", db, "-o", str(output), "-q"]
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        return code, capsys.readouterr().err
+
+    def buckets(path=out):
+        return sorted(e["bucket"] for e in json.loads(path.read_text())["entries"])
+
+    assert cli(16)[0] == 0 and buckets() == ["fp32/d16/full/gqa1/fwd/q16/kv16/b1"]
+    code, err = cli(32)
+    assert code == 0 and "1 entries tuned now, 0 of them replacing older ones; 1 kept" in err
+    assert buckets() == ["fp32/d16/full/gqa1/fwd/q16/kv16/b1", "fp32/d16/full/gqa1/fwd/q32/kv32/b1"]
+    code, err = cli(16)
+    assert code == 0 and "1 entries tuned now, 1 of them replacing older ones; 1 kept" in err and len(buckets()) == 2
+    # another environment's table is replaced, not merged
+    old = load_table(out, reload=True)
+    foreign = DispatchTable(environment={"env_id": "elsewhere"}, entries=dict(old.entries))
+    new = table_for(W)
+    table, what = update_table(new, foreign)
+    assert table is new and "tuned in environment elsewhere" in what
+    bad = tmp_path / "notes.json"
+    bad.write_text('{"mine": 1}')
+    code, err = cli(16, bad)
+    assert code == 2 and "exists and is not a dispatch table" in err and bad.read_text() == '{"mine": 1}'
+
+
+@pytest.mark.parametrize("corrupt", [
+    b"\xff\xfe\x00 not text", b'{"format": "attnbench-dispatch", "version": 1, "entries": null}',
+    b'{"format": "attnbench-dispatch", "version": 1, "entries": {"b": 1}}',
+    b'{"format": "attnbench-dispatch", "version": 1, "environment": [1], "entries": []}',
+    b'{"format": "attnbench-dispatch", "version": 1, "notes": "abc", "entries": []}',
+    b'{"format": "attnbench-dispatch", "version": 0, "entries": []}',
+    b'{"format": "attnbench-dispatch", "version": "1", "entries": []}',
+    b'{"format": "attnbench-dispatch", "version": 1, "entries": [{"bucket": "b", "winner": {"impl": "x", '
+    b'"params": [1, 2]}, "workload": {}}]}',
+    b'{"format": "attnbench-dispatch", "version": 1, "entries": [{"bucket": "b", "winner": "x", "workload": {}}]}',
+])
+def test_a_corrupt_table_file_is_one_user_error(tmp_path, corrupt):
+    p = tmp_path / "d.json"
+    p.write_bytes(corrupt)
+    with pytest.raises(UserError) as err:
+        load_table(p, reload=True)
+    assert "upgrade" not in str(err.value)
+    q, k, v = qkv()
+    with pytest.raises(UserError):
+        dispatch.attention(q, k, v, table=str(p))
+
+
+def test_inputs_on_a_device_neither_cpu_nor_cuda_fall_back():
+    """A CPU table's winner is not run on another kind of device (the fingerprint calls every non-CUDA device
+    a CPU, so its environment id matched); the meta device stands for one here (mps, xpu, ...)."""
+    t = table_for(W, impl="reference")
+    q, k, v = (x.to("meta") for x in qkv())
+    with pytest.warns(RuntimeWarning, match="these inputs are on meta"):
+        out = dispatch.attention(q, k, v, table=t)
+    assert out.device.type == "meta" and out.shape == q.shape
+    assert dispatch.explain(q, k, v, table=t) == "sdpa fallback: environment differs from the table's"

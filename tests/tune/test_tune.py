@@ -242,3 +242,39 @@ def test_without_a_baseline_the_report_says_so():
     md = markdown(result)
     assert "| speedup (no --baseline) |" in md and "speedup vs  |" not in md
     assert {c.impl for c in result.workloads[0].candidates} == {"sdpa-flash", "sdpa-math"}
+
+
+def test_the_report_says_whether_the_speedup_is_significant_or_the_baseline_was_chosen():
+    def row(medians, spread):
+        res = _tune(["sdpa-flash"], medians, spread=spread, racing=RacingPolicy(first_samples=10, max_samples=10))[0]
+        line = next(line for line in markdown(res).splitlines() if line.startswith("| B1"))
+        return res.workloads[0], line
+
+    r, line = row({"sdpa-flash": 0.7, "sdpa-auto": 1.0}, 0.02)
+    assert r.speedup["lo"] > 1 and "vs sdpa-auto: faster |" in line
+    r, line = row({"sdpa-flash": 0.985, "sdpa-auto": 1.0}, 0.3)  # noisy: the best median, but within noise
+    assert r.chosen == "sdpa-flash" and r.speedup["lo"] < 1 < r.speedup["hi"]
+    assert "vs sdpa-auto: not significantly faster (the CI includes 1) |" in line
+    r, line = row({"sdpa-flash": 1.0, "sdpa-auto": 1.004}, 0.0)  # a tie goes to the baseline: no speedup claimed
+    assert r.chosen == "sdpa-auto" and "| none: sdpa-auto itself was chosen |" in line and "1x [1, 1]" not in line
+
+
+def whole_tiles_only(q, k, v, is_causal=False, enable_gqa=False, **_):
+    """Right only when kv_len is a multiple of 16: a partial last tile of keys is dropped."""
+    import torch.nn.functional as F
+
+    sk = k.shape[-2]
+    whole = sk - sk % 16 or sk
+    return F.scaled_dot_product_attention(q, k[..., :whole, :], v[..., :whole, :], is_causal=is_causal,
+                                          enable_gqa=enable_gqa)
+
+
+def test_a_kernel_right_only_on_whole_tiles_never_wins_the_bucket():
+    """The table sends every length of a bucket (S 17..32 here) to the winner of S32: the gate checks the
+    candidate on an odd length of the bucket too, so one right only at S32 is rejected, with the shape."""
+    plugin = "tests.tune.test_tune:whole_tiles_only"
+    r = _tune([plugin, "sdpa-math"], {plugin: 0.1, "sdpa-math": 1.0, "sdpa-auto": 1.2})[0].workloads[0]
+    bad = r.get(plugin)
+    assert r.chosen == "sdpa-math" and bad.status == "incorrect"
+    assert "right on this shape but not on B1 H2 S31 D16 fp32" in bad.reason
+    assert r.get("sdpa-math").status == "ok" and r.get("sdpa-auto").status == "ok"

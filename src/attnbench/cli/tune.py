@@ -44,8 +44,9 @@ def tune(
     latency_budget: Optional[str] = typer.Option(None, "--latency-budget", help="throughput objective: e.g. 2ms"),
     plan_impl: str = typer.Option("best", "--plan-impl", help="throughput objective: 'best' (tune each batch) "
                                   "or an impl name"),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the dispatch table (latency) or "
-                                          "the capacity plan JSON (throughput)"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="write the dispatch table (latency; an "
+                                          "existing one of this environment is added to) or the capacity plan JSON "
+                                          "(throughput)"),
     fmt: str = typer.Option("md", "--format", help="md or json (the report printed at the end)"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
     timer: str = typer.Option("auto", "--timer", help="cold (GPU default), warm, host (CPU default)"),
@@ -62,7 +63,7 @@ def tune(
     from ..execute import open_executor
     from ..tune import tuner as tn
     from ..tune.capacity import capacity_json, capacity_markdown, plan_capacity
-    from ..tune.report import dispatch_table, json_report, markdown
+    from ..tune.report import dispatch_table, json_report, markdown, update_table
 
     if fmt not in ("md", "json"):
         raise UserError(f"--format must be md or json, got {fmt!r}")
@@ -73,6 +74,7 @@ def tune(
     if objective == "throughput" and executor != "inproc":
         raise UserError("--executor works with --objective latency; a capacity plan searches batches in turn")
     check_output(output)
+    old_table = _existing_table(output) if objective == "latency" else None
     say = None if quiet else (lambda line: typer.echo(line, err=True))
     with open_executor(executor) as ex, open_store(db) as store:
         dev = ex.device(device)
@@ -113,10 +115,25 @@ def tune(
                 result = tn.tune(config, store, progress=say, executor=ex)
             text = json.dumps(json_report(result), indent=2, default=str) if fmt == "json" else markdown(result)
             if output:
-                dispatch_table(result).save(output)
+                table, what = update_table(dispatch_table(result), old_table)
+                table.save(output)
     if output:
-        typer.echo(f"wrote {output}", err=True)
+        typer.echo(f"wrote {output}" + (f" ({what})" if objective == "latency" else ""), err=True)
     typer.echo(text)
+
+
+def _existing_table(output: Optional[Path]):
+    """The dispatch table already at -o (tune adds to it), None if there is no file; another file is refused
+    before anything is measured rather than overwritten."""
+    from ..tune.dispatch import load_table
+
+    if output is None or not output.exists():
+        return None
+    try:
+        return load_table(output, reload=True)
+    except UserError as exc:
+        raise UserError(f"--output {output} exists and is not a dispatch table tune can add to ({exc}); "
+                        "remove it or give another file") from None
 
 
 @contextmanager

@@ -89,12 +89,22 @@ class Entry:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Entry":
+        if not isinstance(d, dict):
+            raise UserError(f"dispatch table entry is malformed: {type(d).__name__}, not an object")
         try:
             win = d["winner"]
-            return cls(bucket=d["bucket"], impl=win["impl"], params=dict(win.get("params") or {}),
-                       workload=dict(d["workload"]), data={k: v for k, v in d.items()})
-        except (KeyError, TypeError) as exc:
+            entry = cls(bucket=d["bucket"], impl=win["impl"], params=win.get("params") or {},
+                        workload=d["workload"], data={k: v for k, v in d.items()})
+        except KeyError as exc:
             raise UserError(f"dispatch table entry is malformed (missing {exc})") from None
+        except (TypeError, AttributeError):
+            raise UserError(f"dispatch table entry is malformed: its winner is {d.get('winner')!r}") from None
+        for name, want in (("bucket", str), ("impl", str), ("params", dict), ("workload", dict)):
+            if not isinstance(getattr(entry, name), want):
+                raise UserError(f"dispatch table entry {d.get('bucket')!r} is malformed: {name} is "
+                                f"{getattr(entry, name)!r}, not a {want.__name__}")
+        entry.params, entry.workload = dict(entry.params), dict(entry.workload)
+        return entry
 
 
 @dataclass(eq=False)  # identity hash: attention() keys its dispatcher cache on the table object
@@ -141,16 +151,23 @@ class DispatchTable:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UserError(f"not an attnbench dispatch table{where}: format is not {FORMAT!r}")
         version = data.get("version")
-        if not isinstance(version, int) or version > VERSION:
+        if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
             raise UserError(f"dispatch table{where} has version {version!r}; this attnbench reads up to "
                             f"{VERSION}: upgrade attnbench")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise UserError(f"dispatch table{where} has version {version!r}, not a whole number from 1 to {VERSION}")
+        fields = {"entries": list, "environment": dict, "notes": list, "baseline": str, "created": str}
+        for name, want in fields.items():
+            if name in data and not isinstance(data[name], want):
+                raise UserError(f"dispatch table{where} is malformed: {name} is a {type(data[name]).__name__}, "
+                                f"not a {want.__name__}")
         entries = {}
         for d in data.get("entries", []):
             e = Entry.from_dict(d)
             entries[e.bucket] = e
         return cls(environment=dict(data.get("environment") or {}), entries=entries,
                    baseline=data.get("baseline", "sdpa-auto"), created=data.get("created", ""),
-                   notes=list(data.get("notes", [])), source=source)
+                   notes=[str(n) for n in data.get("notes", [])], source=source)
 
 
 def _sorted(x: Any) -> Any:
@@ -175,8 +192,10 @@ def load_table(path: str | os.PathLike, reload: bool = False) -> DispatchTable:
             raise UserError(f"dispatch table not found: {p}")
         try:
             data = json.loads(p.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"dispatch table {p} is not JSON: {exc}") from None
+        except OSError as exc:
+            raise UserError(f"dispatch table {p} cannot be read: {exc}") from None
         table = DispatchTable.from_dict(data, source=key)
         with _LOCK:
             _TABLES[key] = table
@@ -236,14 +255,34 @@ def _resolve_mask(mask, is_causal, q, k) -> str:
     return masks.canonical_mask(mask, q.shape[-2], k.shape[-2])
 
 
+# SDPA's backend flags are process-wide, not per thread. A winner restricted to one backend sets them for its
+# call and restores them; without this lock, two threads doing so interleave their save and restore and leave
+# backends switched off for the whole process, and an SDPA fallback in another thread meanwhile runs under the
+# winner's flags ("No available kernel" for dropout in a CPU flash-only window). Held only once a restricted
+# winner has been built in this process (_RESTRICTED), and never while torch.compile traces (it cannot enter
+# a lock). SDPA called by other code than attnbench's is not covered: torch's own sdpa_kernel has the same race.
+_SDP_FLAGS_LOCK = threading.Lock()
+_RESTRICTED = [False]
+
+
+def _compiling() -> Callable[[], bool]:
+    import torch
+
+    return getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
+
 def _sdpa_fallback(F, is_causal: bool, scale, enable_gqa, attn_mask=None, dropout_p: float = 0.0):
     kwargs: dict[str, Any] = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal,
                               "scale": scale}
     if enable_gqa:
         kwargs["enable_gqa"] = True
+    sdpa, compiling, lock, restricted = F.scaled_dot_product_attention, _compiling(), _SDP_FLAGS_LOCK, _RESTRICTED
 
     def fn(q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+        if restricted[0] and not compiling():
+            with lock:
+                return sdpa(q, k, v, **kwargs)
+        return sdpa(q, k, v, **kwargs)
 
     return fn
 
@@ -330,18 +369,20 @@ def _build_sdpa_backend(workload, backend_name: str):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         backend = getattr(SDPBackend, backend_name)
+        _RESTRICTED[0] = True
 
         def slow(q, k, v):
-            with sdpa_kernel(backend):
+            with _SDP_FLAGS_LOCK, sdpa_kernel(backend):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=causal, **extra)
 
         return slow
     setters = tuple(getattr(C, f"_set_sdp_use_{n}") for n in names)
     getters = tuple(getattr(C, f"_get_{n}_sdp_enabled") for n in names)
     want = tuple(n == _FLAGS[backend_name] for n in names)
-    sdpa = F.scaled_dot_product_attention
+    sdpa, compiling, lock = F.scaled_dot_product_attention, _compiling(), _SDP_FLAGS_LOCK
+    _RESTRICTED[0] = True
 
-    def fn(q, k, v):
+    def restricted(q, k, v):
         before = [g() for g in getters]
         for s, on in zip(setters, want):
             s(on)
@@ -350,6 +391,12 @@ def _build_sdpa_backend(workload, backend_name: str):
         finally:
             for s, on in zip(setters, before):
                 s(on)
+
+    def fn(q, k, v):
+        if compiling():
+            return restricted(q, k, v)
+        with lock:
+            return restricted(q, k, v)
 
     return fn
 
@@ -372,7 +419,7 @@ class Dispatcher:
         self._lock = threading.Lock()
 
     # -- the hot path ----------------------------------------------------------------------------
-    def __call__(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None,
+    def __call__(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
                  mask=None):
         if attn_mask is not None or dropout_p:
             return self._unbucketed(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask)
@@ -402,18 +449,30 @@ class Dispatcher:
             warnings.warn(f"attnbench.attention: {message}", RuntimeWarning, stacklevel=4)
 
     def _env_matches(self, device: str) -> bool:
-        kind = "cuda" if device.startswith("cuda") else "cpu"
+        kind = device.split(":")[0]
         ok = self._env_ok.get(device)
+        if ok is None and kind not in ("cpu", "cuda"):
+            # tables are tuned on a CPU or a CUDA GPU; the fingerprint would call any other device a CPU
+            ok = self._env_ok[device] = False
+            self._warn(f"{self.table.source or 'the dispatch table'} was tuned on "
+                       f"{self.table.environment.get('device_kind', '?')}, these inputs are on {device}: using "
+                       "scaled_dot_product_attention")
         if ok is None:
             from ..analysis import device as devmod
 
-            here = devmod.env_id(devmod.fingerprint(device))
+            fp = devmod.fingerprint(device)
+            here = devmod.env_id(fp)
             ok = self.table.environment.get("device_kind", kind) == kind and here == self.table.env_id
             self._env_ok[device] = ok
             if not ok:
                 src = self.table.source or "the dispatch table"
+                tuned = self.table.environment
+                # the table keeps a summary of its fingerprint: name what differs among the keys it kept
+                diff = [f"{k}: {tuned.get(k)} -> {fp.get(k)}" for k in devmod.PERF_KEYS
+                        if k in tuned and tuned.get(k) != fp.get(k)]
+                what = ", ".join(diff) or "a setting outside the summary, e.g. TF32 or deterministic mode"
                 self._warn(f"{src} was tuned in environment {self.table.env_id or '?'}, this is {here} "
-                           f"({device}): using scaled_dot_product_attention")
+                           f"({device}; {what}): using scaled_dot_product_attention")
         return ok
 
     def _decide(self, key: tuple, q, k, v) -> tuple[Any, str]:
@@ -507,7 +566,7 @@ class Dispatcher:
 
         return call
 
-    def explain(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None,
+    def explain(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
                 mask=None) -> str:
         """Which callable a call with these arguments uses, and why (builds it if needed)."""
         if attn_mask is not None or dropout_p:
@@ -529,7 +588,11 @@ _FAST: dict[Any, Dispatcher] = {}
 
 
 def _dispatcher(table) -> Dispatcher:
-    d = _FAST.get(table)
+    try:
+        d = _FAST.get(table)
+    except TypeError:  # unhashable: not a path nor a DispatchTable
+        raise UserError(f"attnbench.attention: table must be a path or a DispatchTable, not a "
+                        f"{type(table).__name__}") from None
     if d is not None:
         return d
     if table is None:
@@ -537,8 +600,11 @@ def _dispatcher(table) -> Dispatcher:
         loaded = load_table(path) if path else None
     elif isinstance(table, DispatchTable):
         loaded = table
-    else:
+    elif isinstance(table, (str, os.PathLike)):
         loaded = load_table(table)
+    else:
+        raise UserError(f"attnbench.attention: table must be a path or a DispatchTable, not a "
+                        f"{type(table).__name__}")
     with _LOCK:
         d = _FAST.get(loaded) if loaded is not None else None
         if d is None:
@@ -549,22 +615,23 @@ def _dispatcher(table) -> Dispatcher:
     return d
 
 
-def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None, *,
+def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
               table=None, mask=None):
     """scaled_dot_product_attention's signature; runs the tuned winner for the input's bucket.
 
     table: a dispatch table path or a loaded DispatchTable (default: $ATTNBENCH_DISPATCH, else plain
-    SDPA). enable_gqa=None infers grouped-query attention from the head counts. mask: instead of
+    SDPA). enable_gqa: as SDPA's (default False: K and V with fewer heads than Q are SDPA's error, or its
+    broadcast of a single head); None infers it from the head counts. mask: instead of
     is_causal, a spec.masks text ('causal-br', 'window:W', ...), aligned bottom-right as decoding and
     flash-attention's sliding windows are; without a table entry it becomes an explicit SDPA mask.
     """
-    d = _FAST.get(table)
+    d = _FAST.get(table) if table is None or isinstance(table, (str, DispatchTable)) else None
     if d is None:
         d = _dispatcher(table)
     return d(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask)
 
 
-def explain(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=None, *,
+def explain(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
             table=None, mask=None) -> str:
     """What `attention` with the same arguments runs, in words."""
     return _dispatcher(table).explain(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask)

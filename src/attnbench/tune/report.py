@@ -49,14 +49,45 @@ def dispatch_table(result: TuneResult):
     return DispatchTable(environment=env, entries=entries, baseline=result.baseline, created=created, notes=notes)
 
 
+def update_table(new, old) -> tuple[Any, str]:
+    """The table to write over `old` (the file's table, or None) and what was done, in words. Of one
+    environment and baseline, the two merge: the buckets tuned now replace theirs, the others are kept (so
+    tuning more shapes into one file adds to it). Otherwise `new` replaces `old`, and the words say why."""
+    from .dispatch import DispatchTable
+
+    if old is None:
+        return new, f"{len(new.entries)} entries"
+    if old.env_id != new.env_id:
+        return new, (f"replaced its {len(old.entries)} buckets: they were tuned in environment {old.env_id or '?'}, "
+                     f"these in {new.env_id}")
+    if old.baseline != new.baseline:
+        return new, f"replaced its {len(old.entries)} buckets: they were tuned against {old.baseline!r}, these " \
+                    f"against {new.baseline!r}"
+    kept = {b: e for b, e in old.entries.items() if b not in new.entries}
+    notes = list(new.notes) + [n for n in old.notes if not any(f"bucket {b}:" in n for b in new.entries)]
+    merged = DispatchTable(environment=new.environment, entries={**kept, **new.entries}, baseline=new.baseline,
+                           created=new.created, notes=notes)
+    replaced = len(new.entries) - (len(merged.entries) - len(old.entries))
+    return merged, f"{len(new.entries)} entries tuned now, {replaced} of them replacing older ones; {len(kept)} kept"
+
+
 # ---------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------
 
-def _speedup_text(s: dict[str, Any] | None) -> str:
+def _speedup_text(s: dict[str, Any] | None, chosen: str | None = None) -> str:
+    """The speedup with its CI and what the CI says: 'faster' only when its lower bound is above 1."""
     if not s:
         return "n/a"
-    return f"{s['value']:.3g}x [{s['lo']:.3g}, {s['hi']:.3g}] vs {s['baseline']}"
+    if chosen == s["baseline"]:
+        return f"none: {s['baseline']} itself was chosen"
+    if s["lo"] > 1:
+        verdict = "faster"
+    elif s["hi"] < 1:
+        verdict = "slower"
+    else:
+        verdict = "not significantly faster (the CI includes 1)"
+    return f"{s['value']:.3g}x [{s['lo']:.3g}, {s['hi']:.3g}] vs {s['baseline']}: {verdict}"
 
 
 def markdown(result: TuneResult) -> str:
@@ -75,7 +106,7 @@ def markdown(result: TuneResult) -> str:
         search = "cached" if r.cached else f"{r.stop_reason}, {int(r.cost.get('samples', 0))} samples"
         out.append("| " + " | ".join(_cell(x) for x in (
             r.workload.label, win.label if win else "none correct", med,
-            _speedup_text(r.speedup) if win else "", f"{ru.label} {_ms(ru.median_ms)} ms" if ru else "", search)) + " |")
+            _speedup_text(r.speedup, r.chosen) if win else "", f"{ru.label} {_ms(ru.median_ms)} ms" if ru else "", search)) + " |")
     for r in result.workloads:
         out += ["", f"## {r.workload.label}", ""]
         cost = r.cost

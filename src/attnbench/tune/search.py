@@ -157,6 +157,42 @@ class _Search:
         if c.status != "ok":
             c.release()
             return False
+        return self._check_bucket(c)
+
+    def _check_bucket(self, c: _Live) -> bool:
+        """The dispatch table gives the winner every shape of this workload's bucket, so the gate checks it on
+        one more of them (_bucket_sibling: odd lengths, a partial last tile where the workload's lengths are
+        multiples of a block). A kernel right only on whole tiles would otherwise win here and be called,
+        unchecked, on every other length of the bucket."""
+        w2 = _bucket_sibling(self.w)
+        if w2 is None:
+            return True
+        try:
+            if c.impl.supports(w2, self.device):
+                return True  # refused there: dispatch falls back to SDPA for that shape, nothing wrong is run
+        except Exception:
+            return True
+
+        def check() -> None:
+            from ..measure.correctness import check as check_fn
+
+            if c.exclusive:  # building another shape replaces its compiled function: rebuild c when next timed
+                self.live_exclusive.pop(c.impl.family, None)
+            self.stage = f"build for {w2.label}"
+            fn = c.impl.build(w2, self.device, c.params)
+            self.stage = f"correctness check on {w2.label}"
+            with c.impl.context():
+                result = check_fn(fn, w2, self.device)
+            if not result.ok:
+                c.status = "incorrect"
+                c.reason = (f"right on this shape but not on {w2.label}, which its dispatch bucket also sends "
+                            f"to it: {result.reason}")
+
+        if not self._guard(c, "bucket check", check):
+            return False
+        if c.status != "ok":
+            c.release()
+            return False
         return True
 
     # -- sampling -------------------------------------------------------------------------------
@@ -301,6 +337,25 @@ class _Search:
         return max(hi for _, hi in cis) <= min(lo for lo, _ in cis) * (1 + rp.equivalence)
 
 
+def _bucket_sibling(w: Workload) -> Workload | None:
+    """The workload with each even length n made n - 1 where that is still in its power-of-two bucket (n in
+    (2^(k-1), 2^k]): odd, so a partial last tile for any power-of-two block, and never larger than the
+    workload. None when no length changes (odd already, or 2) or the mask cannot be stated at the new
+    lengths."""
+    def odd(n: int) -> int:
+        top = 1 << (n - 1).bit_length()
+        return n - 1 if n % 2 == 0 and n - 1 > top // 2 else n
+
+    q_len, kv_len = odd(w.q_len), odd(w.kv_len)
+    if (q_len, kv_len) == (w.q_len, w.kv_len):
+        return None
+    try:
+        w2 = w.replace(q_len=q_len, kv_len=kv_len, mask=w.mask, causal=w.causal)
+    except Exception:  # a mask tied to the lengths (documents of given sizes), or a layout that needs them
+        return None
+    return w2
+
+
 def _finish(search: _Search, cands: list[_Live], stop: str, rounds: int, cfg: TuneConfig, eid: str,
             wall_s: float) -> WorkloadResult:
     from ..analysis.stats import median, median_ci, ratio_ci
@@ -350,8 +405,10 @@ def search_workload(w: Workload, impls: list, device: str, timer, cfg: TuneConfi
     Over every candidate (impl x its param_space, or the params given):
 
     1. Gate: supports(), build, first call (compilation, timed apart), correctness against float64
-       attention. Rejected with a status and reason: unsupported, incorrect, oom, error; after the first
-       samples also implausible (above the device's compute or memory ceiling, `roofline.plausibility`).
+       attention, on the workload and on one more shape of its dispatch bucket (`_bucket_sibling`: even
+       lengths made odd), since the table sends the whole bucket to the winner. Rejected with a status and
+       reason: unsupported, incorrect, oom, error; after the first samples also implausible (above the
+       device's compute or memory ceiling, `roofline.plausibility`).
        A rejected candidate is never a winner.
     2. Racing (default): every survivor gets `first_samples`; after each round the leader is the lowest
        median; a candidate is dropped when the lower bound of its median's CI (order statistics, 99%)
