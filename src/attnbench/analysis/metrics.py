@@ -70,7 +70,9 @@ def assess(w: Workload, median_ms: float, host_ms: float | None, ceilings) -> di
     peak, bw = ceilings.peak(w.dtype), ceilings.gbps
     out: dict = {"tflops": tf, "gbps": gb, "intensity": intensity(w),
                  "pct_peak": 100 * tf / peak if peak else None, "pct_bandwidth": 100 * gb / bw if bw else None,
-                 "pct_bound": None, "peak_source": ceilings.source(w.dtype), "bandwidth_source": ceilings.gbps_source}
+                 "pct_bound": None, "peak_source": ceilings.source(w.dtype), "bandwidth_source": ceilings.gbps_source,
+                 # the vendor's figure beside a measured copy ceiling: a read-mostly kernel may pass the copy
+                 "pct_datasheet_bandwidth": 100 * gb / ceilings.datasheet_gbps if ceilings.datasheet_gbps else None}
     if peak and bw:
         out["pct_bound"] = 100 * tf / roofline.roofline_bound_tflops(intensity(w), peak, bw)
     out["regime"] = roofline.regime(flops(w), min_bytes(w), median_ms, host_ms, ceilings, w.dtype)

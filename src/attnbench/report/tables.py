@@ -100,17 +100,31 @@ def row_environments(store: Store, rows: list[Row]) -> dict[str, str]:
 def _env_line(env: dict[str, Any] | None) -> str:
     if not env:
         return "unknown environment"
+    def versions(*keys: tuple[str, str]) -> list[str]:  # a version not recorded is left out, not 'None'
+        return [f"{name} {env[k]}" for k, name in keys if env.get(k) not in (None, "")]
+
     if env.get("device_kind") == "cuda" or env.get("gpu_name"):
-        parts = [str(env.get("gpu_name", "GPU")), f"torch {env.get('torch')}", f"CUDA {env.get('cuda')}",
-                 f"cuDNN {env.get('cudnn')}"]
-        if env.get("triton"):
-            parts.append(f"triton {env['triton']}")
+        parts = [str(env.get("gpu_name") or "GPU")] + versions(("torch", "torch"), ("cuda", "CUDA"),
+                                                                ("cudnn", "cuDNN"), ("triton", "triton"))
     else:
-        parts = [f"CPU ({env.get('cpu_model', '?')})", f"torch {env.get('torch')}"]
+        parts = [f"CPU ({env.get('cpu_model') or '?'})"] + versions(("torch", "torch"))
     return ", ".join(parts)
 
 
-def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, Any], ceilings=None) -> str:
+def ceilings_text(ceilings, dtypes: list[str]) -> str:
+    """'bf16 793 TFLOP/s (measured); memory 3000 GB/s (measured)': each dtype's compute ceiling and the memory
+    ceiling, with where each came from."""
+    peaks = ", ".join(f"{d} {ceilings.peak(d):.4g} TFLOP/s ({ceilings.source(d)})" for d in dtypes if ceilings.peak(d))
+    bw = f"{ceilings.gbps:.4g} GB/s ({ceilings.gbps_source})" if ceilings.gbps else "unknown"
+    if ceilings.gbps and ceilings.gbps_source.startswith("measured") and ceilings.datasheet_gbps:
+        bw += f", datasheet {ceilings.datasheet_gbps:.4g} GB/s"
+    return f"{peaks or 'compute peak unknown'}; memory {bw}"
+
+
+def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, Any], ceilings=None,
+            environments: dict[str, tuple[str, dict[str, Any] | None, Any]] | None = None) -> str:
+    """The Methods section. `environments` (env id -> (device name, fingerprint, ceilings)), given when the rows
+    come from more than one environment, replaces `env` and `ceilings` with one entry per environment."""
     timers = sorted({r.m.timer for r in rows if r.m.timer})
     ok = [r for r in rows if r.m.ok]
     ns = [len(r.m.samples_ms) for r in ok]
@@ -156,15 +170,20 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
                  "the last batch element. NaN or Inf fails (on CUDA, so does an element never written). Incorrect "
                  "results get no timing; `rel err` is ||out - ref|| / ||ref||, for information.")
     lines.append(f"- {metrics.CONVENTION}")
-    lines.append(f"- Environment: {_env_line(env)}.")
+    if environments:
+        lines.append("- Environments (never pooled; each row names its own): " + "; ".join(
+            f"{name} = {_env_line(fp)}" for name, fp, _ in environments.values()) + ".")
+    else:
+        lines.append(f"- Environment: {_env_line(env)}.")
     if any(r.m.peak_mem_mb is not None for r in ok):
         lines.append("- Peak memory: torch.cuda.max_memory_allocated over one call (inputs included), in MB.")
-    if ceilings is not None:
-        dtypes = sorted({r.m.workload.dtype for r in rows})
-        peaks = ", ".join(f"{d} {ceilings.peak(d):.4g} TFLOP/s ({ceilings.source(d)})" for d in dtypes
-                          if ceilings.peak(d))
-        bw = f"{ceilings.gbps:.4g} GB/s ({ceilings.gbps_source})" if ceilings.gbps else "unknown"
-        lines.append(f"- Ceilings: {peaks or 'compute peak unknown'}; memory {bw}. `% peak` is TFLOP/s over "
+    if ceilings is not None or environments:
+        if environments:
+            known = "; ".join(f"{name}: {ceilings_text(c, sorted({r.m.workload.dtype for r in rows if r.m.env_id == e}))}"
+                              for e, (name, _, c) in environments.items() if c is not None)
+        else:
+            known = ceilings_text(ceilings, sorted({r.m.workload.dtype for r in rows}))
+        lines.append(f"- Ceilings: {known}. `% peak` is TFLOP/s over "
                      "the compute ceiling, in brackets over the roofline bound at the workload's intensity; "
                      "the regime compares the arithmetic intensity with the ridge point "
                      "(host-bound: the host time per call exceeds the device time). A figure above 100% of "
@@ -173,8 +192,10 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
                      "read-mostly kernel whose working set is over 4x the L2 (decode over a long cache) may "
                      "run above it and is flagged only above the datasheet bandwidth. Measure the ceilings with "
                      "`attnbench env --ceilings`. A row whose intensity is below the ridge point (decode) shows GB/s "
-                     "over the measured copy ceiling instead, marked `of BW`, host-bound or not: its figure of "
-                     "merit is bandwidth.")
+                     "over the memory ceiling above instead, marked `of BW`, host-bound or not: its figure of "
+                     "merit is bandwidth. Above 100% of a measured copy ceiling such a row is marked `above copy` "
+                     "with its % of the datasheet bandwidth beside it: not a win, a read-mostly kernel can pass a "
+                     "copy, which also writes.")
     policy = run_config.get("policy")
     if policy:
         lines.append(f"- Policy: {json.dumps(policy, sort_keys=True)}.")
@@ -186,11 +207,27 @@ def pct_text(roof: dict[str, Any]) -> str:
     figure of merit is bandwidth (decode), GB/s as % of the memory ceiling, marked 'of BW' (also when the
     row is host-bound: the kernel is still bounded by memory)."""
     if roof.get("bound_by", roof.get("regime")) == "memory-bound" and roof.get("pct_bandwidth") is not None:
-        return f"{roof['pct_bandwidth']:.0f}% of BW"
-    pct = f"{roof['pct_peak']:.0f}%" if roof.get("pct_peak") is not None else ""
-    if pct and roof.get("pct_bound") is not None:
-        pct += f" ({roof['pct_bound']:.0f}%)"
-    return pct
+        text = f"{fmt_pct(roof['pct_bandwidth'])}% of BW"
+        if above_copy(roof):
+            text += f" (above copy; {fmt_pct(roof['pct_datasheet_bandwidth'])}% of datasheet)"
+        return text
+    text = f"{fmt_pct(roof['pct_peak'])}%" if roof.get("pct_peak") is not None else ""
+    if text and roof.get("pct_bound") is not None:
+        text += f" ({fmt_pct(roof['pct_bound'])}%)"
+    return text
+
+
+def above_copy(roof: dict[str, Any]) -> bool:
+    """A row above 100% of the measured copy ceiling that the plausibility check let pass (a read-mostly kernel
+    whose working set is far above the L2, under the datasheet bandwidth): shown with a mark, never plainly."""
+    return (roof.get("pct_bandwidth") is not None and roof["pct_bandwidth"] > 100
+            and str(roof.get("bandwidth_source", "")).startswith("measured")
+            and roof.get("pct_datasheet_bandwidth") is not None and roof.get("plausibility") != "implausible")
+
+
+def fmt_pct(x: float) -> str:
+    """A percentage with sense at both ends: '83', '4.5', '0.012' (never '0' for a small positive share)."""
+    return f"{x:.0f}" if abs(x) >= 10 else f"{x:.2g}"
 
 
 def timing_note(m: Measurement, typical_mhz: float | None) -> str:
@@ -236,6 +273,7 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
     rows = rows_for(store, info.run_id)
     title = f"# attnbench run {info.run_id}" + (f": {info.name}" if info.name else "")
     envs = row_environments(store, rows)
+    per_env = {e: (name, store.environment(e), run_ceilings(store, e)) for e, name in envs.items()}
     device = (f"{len(envs)} environments ({'; '.join(_env_line(store.environment(e)) + f' [{e}]' for e in envs)}),"
               " never pooled: each row names its own" if envs else _env_line(env))
     out = [title, "", f"Device: {device}. Status: {info.status}. "
@@ -259,19 +297,19 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
                 note += f", timer {m.timer} (auto" + (f", probe {1e3 * choice['probe_ms']:.3g} us" if
                                                        choice.get("probe_ms") is not None else "") + ")"
             roof = r.roofline or {}
-            pct = pct_text(roof)
+            pct_cell = pct_text(roof)
             regime = roof.get("regime", "")
             if roof.get("plausibility") == "implausible":
                 status_flag = "IMPLAUSIBLE: " + roof["plausibility_reason"]
                 note = f"{status_flag}; {note}"
         else:
-            time_text, tf, gb, note, pct, regime = "", "", "", m.reason, "", ""
+            time_text, tf, gb, note, pct_cell, regime = "", "", "", m.reason, "", ""
         err = f"{m.rel_err:.1e}" if m.rel_err is not None else ""
         where = (envs.get(m.env_id, ""),) if envs else ()
         out.append("| " + " | ".join(md_cell(x) for x in (
-            m.workload.label, m.impl_label, *where, m.status, time_text, tf, gb, pct, regime, err, m.backend, note))
+            m.workload.label, m.impl_label, *where, m.status, time_text, tf, gb, pct_cell, regime, err, m.backend, note))
             + " |")
-    out += ["", methods(rows, env, info.config, run_ceilings(store, info.env_id)), ""]
+    out += ["", methods(rows, env, info.config, run_ceilings(store, info.env_id), environments=per_env or None), ""]
     return "\n".join(out)
 
 
