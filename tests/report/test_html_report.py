@@ -114,9 +114,10 @@ def test_run_page_is_self_contained_escaped_and_complete(store, run_id, characte
     assert "<script>alert" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert page.count("<script>") == 1                      # only the sort script
-    # one latency and one TFLOP/s plot per swept group (seq, batch, heads), plus the roofline
+    # one latency and one throughput plot per swept group (seq, batch, heads), plus the roofline; a group whose rows
+    # are all memory-bound (intensity below the ridge point) gets GB/s, its figure of merit
     assert len(re.findall(r'data-plot="latency-\d+"', page)) == 3
-    assert len(re.findall(r'data-plot="tflops-\d+"', page)) == 3
+    assert len(re.findall(r'data-plot="(?:tflops|gbps)-\d+"', page)) == 3
     assert page.count('data-plot="roofline"') == 1
     assert page.count("<svg") == 7
     # summary, flags, table, methods
@@ -312,3 +313,49 @@ def test_methods_state_the_correctness_criterion(store, run_id):
     assert CRITERION in bullet and "2x eager math's" in bullet and "(batch, head, row)" in bullet
     page = htmlreport.render_run(store, run_id)
     assert "2x eager math&#x27;s (4x for gradients" in page and "TF32 matmuls allowed" in page
+
+
+H200 = {"device_kind": "cuda", "gpu_name": "NVIDIA H200", "torch": "2.11.0", "cuda": "13.0", "l2_mb": 60}
+DECODE = Workload(16, 32, 8, 1, 32768, 128, dtype="bf16", mask="causal-br")   # a 2.1 GB KV cache
+
+
+def _at_gbps(w: Workload, impl: str, gbps: float, env: str, seed: int) -> Measurement:
+    from attnbench.analysis import metrics
+
+    return Measurement(workload=w, impl=impl, status="ok", timer="cold", env_id=env, device="cuda",
+                       samples_ms=_samples(metrics.min_bytes(w) / (gbps * 1e6), seed), stop_reason="converged")
+
+
+def test_run_page_of_a_run_on_two_gpus_names_each_rows_device_and_never_ranks_across_them(store):
+    """The page of a run on an H100 and an H200 named the H100 alone (header, summary, ceilings), gave no row its
+    device, ranked the H200's kernel against the H100's as 'fastest' and drew both as one series."""
+    store.add_environment("h200", H200)
+    rid = store.start_run("envA", {}, name="two gpus")
+    for env, impl, gbps in (("envA", "sdpa-cudnn", 2000.0), ("h200", "sdpa-flash", 4000.0)):
+        store.add(rid, _at_gbps(DECODE, impl, gbps, env, 1))   # a cell is measured once, on one worker
+    store.finish_run(rid)
+    view = htmlreport.gather_run(store, rid)
+    assert {e.device for e in view.entries} == {"NVIDIA H100 80GB HBM3 · envA", "NVIDIA H200 · h200"}
+    assert len({e.series for e in view.entries}) == 2                      # two series, one per device
+    assert [second for _, second in htmlreport.best_per_workload(view)] == [None, None]
+    page = htmlreport.render_run_view(view)
+    assert "2 environments, never pooled (each row names its own)" in page
+    assert page.count("<td>NVIDIA H200 · h200</td>") == 2                  # the fastest table and the row
+    assert "NVIDIA H200 · h200: memory</td><td class=\"n\">4800 GB/s</td><td>datasheet" in page
+    assert "NVIDIA H100 80GB HBM3 · envA: memory</td><td class=\"n\">3000 GB/s</td><td>measured" in page
+
+
+def test_decode_rows_lead_with_bandwidth_and_above_copy_is_flagged(store):
+    """A decode row's '% of peak' cell gave its % of the compute peak (1.6), the fastest table gave TFLOP/s and
+    the plot TFLOP/s, and a row at 105% of the measured copy ceiling was not marked."""
+    rid = store.start_run("envA", {}, name="decode")
+    store.add(rid, _at_gbps(DECODE, "sdpa-cudnn", 3150.0, "envA", 1))    # 105% of the copy, 94% of the datasheet
+    store.add(rid, _at_gbps(DECODE.replace(kv_len=16384), "sdpa-cudnn", 2000.0, "envA", 2))
+    store.finish_run(rid)
+    page = htmlreport.render_run(store, rid)
+    assert ">105% of BW</td>" in page and ">67% of BW</td>" in page
+    assert re.search(r">31[45]\d GB/s \(105% of BW\)<", page)
+    assert 'data-plot="gbps-0"' in page and 'data-plot="tflops-' not in page
+    assert "measured copy ceiling" in page
+    items = _flagged_items(page)
+    assert len(items) == 1 and items[0].startswith("above copy") and "94% of the datasheet bandwidth" in items[0]

@@ -76,10 +76,11 @@ RUN_PAGE = _HEAD.replace("{{ title }}", _RUN_TITLE) + """<body>
 ({% for s, n in counts|dictsort %}{{ n }} {{ s }}{% if not loop.last %}, {% endif %}{% endfor %})</p>
 
 <h2 id="summary">Summary</h2>
-<dl class="kv">
-{% for k, val in software %}<dt>{{ k }}</dt><dd>{{ val }}</dd>
+{% for prefix, items in software %}<dl class="kv">
+{% for k, val in items %}<dt>{{ prefix }}{{ k }}</dt><dd>{{ val }}</dd>
 {% endfor %}
 </dl>
+{% endfor %}
 {% if ceiling_rows|selectattr(2, "ne", "unknown")|list %}
 <h3>Ceilings</h3>
 <table><thead><tr><th>ceiling</th><th>value</th><th>source</th></tr></thead><tbody>
@@ -89,14 +90,14 @@ RUN_PAGE = _HEAD.replace("{{ title }}", _RUN_TITLE) + """<body>
 <p class="muted">No compute or memory ceilings are known for this device, so no % of peak, regime or roof.</p>
 {% endif %}
 
-<h3>Fastest implementation per workload (median, among ok measurements)</h3>
+<h3>Fastest implementation per workload{% if v.environments %} and device{% endif %} (median, among ok measurements)</h3>
 {% if best %}
-<table><thead><tr><th>workload</th><th>fastest</th><th>median ms [95% CI]</th><th>TFLOP/s</th>
-<th>runner-up</th><th>runner-up / fastest</th></tr></thead><tbody>
-{% for e, second in best %}<tr><td>{{ e.m.workload.label }}</td>
+<table><thead><tr><th>workload</th>{% if v.environments %}<th>device</th>{% endif %}<th>fastest</th><th>median ms [95% CI]</th>
+<th>figure of merit</th><th>runner-up</th><th>runner-up / fastest</th></tr></thead><tbody>
+{% for e, second in best %}<tr><td>{{ e.m.workload.label }}</td>{% if v.environments %}<td>{{ e.device }}</td>{% endif %}
 <td>{{ e.series }}{% for f in e.flags %} <span class="flag">{{ f }}</span>{% endfor %}</td>
 <td class="n">{{ e.row.median_ms|num }} [{{ e.row.ci[0]|num }}, {{ e.row.ci[1]|num }}]</td>
-<td class="n">{{ e.row.tflops|num(3) }}</td>
+<td class="n">{{ e.merit }}</td>
 <td>{% if second %}{{ second.series }}{% endif %}</td>
 <td class="n">{% if second %}{{ (second.row.median_ms / e.row.median_ms)|num(3) }}×{% endif %}</td></tr>
 {% endfor %}</tbody></table>
@@ -130,14 +131,17 @@ regime column</summary><ul>
 
 <h2 id="plots">Plots</h2>
 {% if not plots %}<p>No ok measurements to plot.</p>{% endif %}
-{% for g, lat, tf in plots %}
+{% for g, lat, tf, bw in plots %}
 <h3>{% if g.axis %}{{ g.title }} sweep{% else %}workloads{% endif %}{% if g.fixed %} · {{ g.fixed }}{% endif %}
 {% if g.note %} <span class="muted">({{ g.note }})</span>{% endif %}</h3>
 <div class="plots">
 <figure class="plot" data-plot="latency-{{ loop.index0 }}">{{ lat }}<figcaption>Median latency per call with the
 95% bootstrap CI of the median as error bars; axes are logarithmic where the data span more than {{ log_decades }} decades.</figcaption></figure>
-<figure class="plot" data-plot="tflops-{{ loop.index0 }}">{{ tf }}<figcaption>TFLOP/s at the median (the CI inverted);
-dashed: measured matmul ceiling, dotted: datasheet peak, where known.</figcaption></figure>
+{% if bw %}<figure class="plot" data-plot="gbps-{{ loop.index0 }}">{{ tf }}<figcaption>Memory-bound workloads: GB/s of
+minimum traffic at the median (the CI inverted); dashed: measured copy ceiling (a copy reads and writes), dotted:
+datasheet bandwidth, where known.</figcaption></figure>
+{% else %}<figure class="plot" data-plot="tflops-{{ loop.index0 }}">{{ tf }}<figcaption>TFLOP/s at the median (the CI inverted);
+dashed: measured matmul ceiling, dotted: datasheet peak, where known.</figcaption></figure>{% endif %}
 </div>
 {% endfor %}
 {% if roof %}
@@ -149,15 +153,15 @@ arithmetic intensity (FLOPs / minimum bytes); roofs: min(compute peak, intensity
 <h2 id="table">All measurements</h2>
 <p class="muted">Click a column header to sort.</p>
 <div class="scroll"><table class="sortable" id="measurements"><thead><tr>
-<th>workload</th><th>impl</th><th>status</th><th>median ms</th><th>95% CI ms</th><th>TFLOP/s</th><th>GB/s</th>
-<th>% of peak</th><th>% of bound</th><th>FLOP/B</th><th>regime</th><th>rel err</th><th>backend</th><th>timer</th><th>n</th><th>stop</th><th>notes</th>
+<th>workload</th><th>impl</th>{% if v.environments %}<th>device</th>{% endif %}<th>status</th><th>median ms</th><th>95% CI ms</th><th>TFLOP/s</th><th>GB/s</th>
+<th>% of peak (of BW)</th><th>% of bound</th><th>FLOP/B</th><th>regime</th><th>rel err</th><th>backend</th><th>timer</th><th>n</th><th>stop</th><th>notes</th>
 </tr></thead><tbody>
 {% for e in v.entries %}{% set m = e.m %}<tr class="st-{{ m.status }}">
-<td data-v="{{ e.index }}">{{ m.workload.label }}</td><td>{{ e.series }}</td><td>{{ m.status }}</td>
+<td data-v="{{ e.index }}">{{ m.workload.label }}</td><td>{{ e.series }}</td>{% if v.environments %}<td>{{ e.device }}</td>{% endif %}<td>{{ m.status }}</td>
 <td class="n">{{ e.row.median_ms|num }}</td>
 <td class="n" data-v="{{ e.row.ci[0] if e.row.ci else '' }}">{% if e.row.ci %}{{ e.row.ci[0]|num }}–{{ e.row.ci[1]|num }}{% endif %}</td>
 <td class="n">{{ e.row.tflops|num(3) }}</td><td class="n">{{ e.row.gbps|num(4) }}</td>
-<td class="n">{{ e.pct_peak|num(3) }}</td><td class="n">{{ e.pct_bound|num(3) }}</td><td class="n">{{ e.intensity|num(3) }}</td>
+<td class="n" data-v="{{ e.pct|replace('% of BW', '') }}">{{ e.pct }}</td><td class="n">{{ e.pct_bound|num(3) }}</td><td class="n">{{ e.intensity|num(3) }}</td>
 <td>{{ e.regime if e.regime != 'unknown' else '' }}</td>
 <td class="n" data-v="{{ m.rel_err if m.rel_err is not none else '' }}">{% if m.rel_err is not none %}{{ '%.1e'|format(m.rel_err) }}{% endif %}</td>
 <td>{{ m.backend }}</td><td>{{ m.timer }}</td><td class="n">{{ m.samples_ms|length if m.ok else '' }}</td><td>{{ m.stop_reason }}</td>
