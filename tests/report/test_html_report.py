@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import io
 import re
 
@@ -164,7 +165,7 @@ def test_csv_parses(store, run_id, characterize):
     assert all(len(r) == len(report.CSV_COLUMNS) and None not in r for r in rows)
     evil = [r for r in rows if r["impl"] == EVIL]
     assert len(evil) == len(characterize)
-    assert float(evil[0]["ci_lo"]) <= float(evil[0]["median_ms"]) <= float(evil[0]["ci_hi"])
+    assert float(evil[0]["ci95_lo_ms"]) <= float(evil[0]["median_ms"]) <= float(evil[0]["ci95_hi_ms"])
     bad = next(r for r in rows if r["status"] == "incorrect")
     assert bad["median_ms"] == "" and float(bad["rel_err"]) == 0.5
 
@@ -359,3 +360,20 @@ def test_decode_rows_lead_with_bandwidth_and_above_copy_is_flagged(store):
     assert "measured copy ceiling" in page
     items = _flagged_items(page)
     assert len(items) == 1 and items[0].startswith("above copy") and "94% of the datasheet bandwidth" in items[0]
+
+
+def test_csv_names_units_devices_and_flags_and_json_gives_the_ceilings(store, run_id):
+    """The CSV had no device, no flag on an implausible row (a warm-cache 'win' read as a plain number) and CI
+    columns without a unit; the JSON gave percentages of ceilings it did not state."""
+    rows = list(csv.DictReader(io.StringIO(report.csv_report(store, run_id))))
+    assert {"ci95_lo_ms", "ci95_hi_ms", "host_median_ms", "pct_peak", "pct_bandwidth"} <= set(rows[0])
+    assert {r["device"] for r in rows} == {"NVIDIA H100 80GB HBM3"} and {r["env_id"] for r in rows} == {"envA"}
+    hot = next(r for r in rows if r["impl"] == "warm-cache")
+    assert hot["flag"] == "implausible" and "above the copy ceiling" in hot["flag_reason"]
+    assert float(hot["pct_bandwidth"]) > 100
+    assert all(r["flag"] == "" for r in rows if r["impl"] == "sdpa-math")
+    for col in ("median_ms", "ci95_lo_ms", "pct_peak", "host_median_ms"):   # one type per column: a number or empty
+        assert all(r[col] == "" or float(r[col]) >= 0 for r in rows)
+    data = report.json_report(store, run_id)
+    assert data["ceilings"]["envA"]["gbps"] == 3000.0 and data["ceilings"]["envA"]["tflops"]["fp16"] == 797.0
+    json.dumps(data, allow_nan=False)   # strict JSON: no NaN or Infinity anywhere

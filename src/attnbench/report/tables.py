@@ -315,12 +315,17 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
 
 CSV_COLUMNS = ("run_id", "workload_key", "workload", "batch", "q_heads", "kv_heads", "q_len", "kv_len",
                "head_dim", "dtype", "causal", "mask", "score_mod", "pass", "impl", "params", "status", "reason",
-               "timer", "n", "median_ms", "ci_lo", "ci_hi", "tflops", "gbps", "rel_err", "backend", "stop_reason")
+               "timer", "n", "median_ms", "ci95_lo_ms", "ci95_hi_ms", "tflops", "gbps", "rel_err", "backend",
+               "stop_reason", "env_id", "device", "host_median_ms", "pct_peak", "pct_bandwidth", "regime", "flag",
+               "flag_reason")
 
 
 def csv_report(store: Store, run_id: int | str | None = None) -> str:
     """One row per measurement (CSV_COLUMNS; empty cells where a value does not apply), for
-    spreadsheets and pandas. Times are ms: the median and its 95% CI; params as canonical JSON."""
+    spreadsheets and pandas. Times are ms: the median and its 95% CI; tflops in TFLOP/s, gbps in GB/s, pct_* in
+    percent (of the compute ceiling, of the memory ceiling); params as canonical JSON; device names the row's
+    GPU (or CPU); flag is 'implausible' (above a ceiling: never a win) or 'above copy' (a memory-bound row above
+    the measured copy ceiling, under the datasheet), with flag_reason."""
     import csv
     import io
 
@@ -330,17 +335,30 @@ def csv_report(store: Store, run_id: int | str | None = None) -> str:
     buf = io.StringIO()
     out = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     out.writeheader()
+    devices: dict[str, str] = {}
     for r in rows_for(store, info.run_id):
         m, w = r.m, r.m.workload
+        eid = m.env_id or info.env_id
+        if eid not in devices:
+            env = store.environment(eid) or {}
+            devices[eid] = env.get("gpu_name") or (f"CPU ({env.get('cpu_model') or '?'})" if env else "")
+        roof = r.roofline or {}
+        flag = ("implausible" if roof.get("plausibility") == "implausible" else
+                "above copy" if above_copy(roof) else "")
         out.writerow({
             "run_id": info.run_id, "workload_key": w.key, "workload": w.label, "batch": w.batch,
             "q_heads": w.q_heads, "kv_heads": w.kv_heads, "q_len": w.q_len, "kv_len": w.kv_len,
             "head_dim": w.head_dim, "dtype": w.dtype, "causal": w.causal, "mask": w.mask,
             "score_mod": w.score_mod, "pass": w.direction, "impl": m.impl,
             "params": params_key(m.params), "status": m.status, "reason": m.reason, "timer": m.timer,
-            "n": len(m.samples_ms), "median_ms": _g(r.median_ms), "ci_lo": _g(r.ci[0] if r.ci else None),
-            "ci_hi": _g(r.ci[1] if r.ci else None), "tflops": _g(r.tflops), "gbps": _g(r.gbps),
+            "n": len(m.samples_ms), "median_ms": _g(r.median_ms), "ci95_lo_ms": _g(r.ci[0] if r.ci else None),
+            "ci95_hi_ms": _g(r.ci[1] if r.ci else None), "tflops": _g(r.tflops), "gbps": _g(r.gbps),
             "rel_err": _g(m.rel_err), "backend": m.backend, "stop_reason": m.stop_reason,
+            "env_id": eid, "device": devices[eid], "host_median_ms": _g(r.host_median_ms),
+            "pct_peak": _g(roof.get("pct_peak")), "pct_bandwidth": _g(roof.get("pct_bandwidth")),
+            "regime": roof.get("regime") or "", "flag": flag,
+            "flag_reason": roof.get("plausibility_reason") or "" if flag == "implausible" else
+            f"{fmt_pct(roof['pct_datasheet_bandwidth'])}% of the datasheet bandwidth" if flag else "",
         })
     return buf.getvalue()
 
@@ -355,5 +373,7 @@ def json_report(store: Store, run_id: int | str | None = None) -> dict[str, Any]
     rows = rows_for(store, info.run_id)
     data["measurements"] = [r.to_dict() for r in rows]
     data["environments"] = {e: store.environment(e) for e in dict.fromkeys(r.m.env_id for r in rows if r.m.env_id)}
-    data["methods"] = {"flop_convention": metrics.CONVENTION, "timers": TIMER_TEXT}
+    # the ceilings each row's pct_* and plausibility were taken against, per environment (null where unknown)
+    data["ceilings"] = {e: run_ceilings(store, e).to_dict() for e in data["environments"]}
+    data["methods"] = {"flop_convention": metrics.CONVENTION, "timers": TIMER_TEXT, "ci_method": CI_METHOD}
     return data
