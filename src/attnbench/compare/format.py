@@ -65,6 +65,10 @@ def _num(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _median(x: float, ci: tuple[float, float]) -> str:
+    return f"{_num(x)} [{_num(ci[0])}, {_num(ci[1])}]"
+
+
 def _ratio(x: float, ci: tuple[float, float]) -> str:
     return f"{x:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
@@ -117,9 +121,10 @@ def to_markdown(c: Comparison) -> str:
                  f"{r.rounds} {r.pairing}", f"{_p(r.p_holm)} ({_p(r.p_value)})", r.verdict_label or r.verdict,
                  "; ".join(r.flags)] for r in c.rows]
     else:
-        header = ["workload", f"A median ms ({c.a_name})", f"B median ms ({c.b_name})", "speedup [95% CI]", delta,
-                  "evidence", pcol, "verdict", "flags"]
-        body = [[r.label, _num(r.a_median_ms), _num(r.b_median_ms), _ratio(r.speedup, r.speedup_ci),
+        header = ["workload", f"A median ms [95% CI] ({c.a_name})", f"B median ms [95% CI] ({c.b_name})",
+                  "speedup [95% CI]", delta, "evidence", pcol, "verdict", "flags"]
+        body = [[r.label, _median(r.a_median_ms, r.a_ci_ms), _median(r.b_median_ms, r.b_ci_ms),
+                 _ratio(r.speedup, r.speedup_ci),
                  f"{r.cliffs_delta:+.2f} ({r.magnitude})", f"{r.rounds} {r.pairing}",
                  f"{_p(r.p_holm)} ({_p(r.p_value)})", r.verdict_label or r.verdict, "; ".join(r.flags)]
                 for r in c.rows]
