@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import io
 import re
@@ -377,3 +378,21 @@ def test_csv_names_units_devices_and_flags_and_json_gives_the_ceilings(store, ru
     data = report.json_report(store, run_id)
     assert data["ceilings"]["envA"]["gbps"] == 3000.0 and data["ceilings"]["envA"]["tflops"]["fp16"] == 797.0
     json.dumps(data, allow_nan=False)   # strict JSON: no NaN or Infinity anywhere
+
+
+def test_history_never_pools_environments(store, characterize):
+    """Runs on an H100 and then an H200 were one line per (workload, impl, timer): a change of GPU drawn, and
+    tabled, as a change of speed of one cell."""
+    store.add_environment("h200", H200)
+    w = characterize[0]
+    for env, scale in (("envA", 1.0), ("h200", 0.5)):
+        rid = store.start_run(env, {}, name=env)
+        store.add(rid, dataclasses.replace(_ok(w, "sdpa-flash", seed=1, scale=scale), env_id=env))
+        store.finish_run(rid)
+    h = history.gather(store)
+    assert len(h.cells) == 2 and [len(c.points) for c in h.cells] == [1, 1]
+    assert [c.device for c in h.cells] == ["NVIDIA H100 80GB HBM3 · envA", "NVIDIA H200 · h200"]
+    md = history.markdown(h)
+    assert "| sdpa-flash (cold) · NVIDIA H200 · h200 |" in md
+    page = htmlreport.render_history(store)
+    assert "sdpa-flash · NVIDIA H200 · h200" in page

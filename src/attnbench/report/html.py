@@ -356,7 +356,7 @@ def history_plots(h: History) -> list[tuple[str, str]]:
     mixed = len({c.timer for c in h.cells}) > 1
 
     def series_name(c) -> str:
-        return c.impl_label + (f" ({c.timer})" if mixed and c.timer else "")
+        return c.impl_label + (f" ({c.timer})" if mixed and c.timer else "") + (f" · {c.device}" if c.device else "")
 
     names = list(dict.fromkeys(series_name(c) for c in h.cells))
     styles = {s: (P.PALETTE[i % len(P.PALETTE)], P.MARKERS[i % len(P.MARKERS)]) for i, s in enumerate(names)}

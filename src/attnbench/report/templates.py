@@ -209,7 +209,7 @@ verdict (▲ regression, ▼ improvement).</p>
 <p class="muted">Median ms [95% CI] per run. Click a column header to sort.</p>
 <div class="scroll"><table class="sortable" id="history"><thead><tr><th>workload</th><th>impl</th><th>timer</th>
 {% for r in h.runs %}<th>{{ run_title(r) }}</th>{% endfor %}</tr></thead><tbody>
-{% for c, cells in rows %}<tr><td>{{ c.workload.label }}</td><td>{{ c.impl_label }}</td><td>{{ c.timer }}</td>
+{% for c, cells in rows %}<tr><td>{{ c.workload.label }}</td><td>{{ c.impl_label }}{% if c.device %} · {{ c.device }}{% endif %}</td><td>{{ c.timer }}</td>
 {% for p, text in cells %}
 <td class="n" data-v="{{ p.median_ms if p and p.median_ms is not none else '' }}">
 {%- if p and p.verdict == REGRESSION %}<span class="flag bad">{{ text }}</span>
