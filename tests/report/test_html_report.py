@@ -396,3 +396,27 @@ def test_history_never_pools_environments(store, characterize):
     assert "| sdpa-flash (cold) · NVIDIA H200 · h200 |" in md
     page = htmlreport.render_history(store)
     assert "sdpa-flash · NVIDIA H200 · h200" in page
+
+
+def test_every_format_gives_the_same_median_and_interval(store):
+    """Markdown, JSON, CSV, the HTML page and the history agree on each median and its CI to the precision shown
+    (the history gave an order-statistic interval over single samples, narrower on bursty batches than the
+    run report's bootstrap over batches)."""
+    from attnbench.report.text import fmt_ms
+    from tests.analysis import bursty
+
+    x, sizes = bursty.apart(np.random.default_rng(3), batches=12, per_batch=8, base=0.1)
+    rid = store.start_run("envA", {}, name="bursty")
+    store.add(rid, Measurement(workload=Workload(32, 8, 8, 128, 128, 64, dtype="fp16"), impl="sdpa-flash",
+                               status="ok", timer="cold", env_id="envA", device="cuda", samples_ms=tuple(x),
+                               batch_sizes=tuple(sizes), stop_reason="converged"))
+    store.finish_run(rid)
+    summary = report.json_report(store, rid)["measurements"][0]["summary"]
+    med, (lo, hi) = summary["median_ms"], summary["ci95_ms"]
+    (row,) = list(csv.DictReader(io.StringIO(report.csv_report(store, rid))))
+    assert (float(row["median_ms"]), float(row["ci95_lo_ms"]), float(row["ci95_hi_ms"])) == (med, lo, hi)
+    assert f"| {fmt_ms(med)} [{fmt_ms(lo)}, {fmt_ms(hi)}] |" in report.markdown(store, rid)
+    page = htmlreport.render_run(store, rid)
+    assert f">{med:.4g}</td>" in page and f"{lo:.4g}–{hi:.4g}" in page
+    (cell,) = history.gather(store, impl="sdpa-flash").cells
+    assert (cell.points[0].median_ms, cell.points[0].ci) == (med, (lo, hi))

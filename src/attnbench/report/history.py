@@ -123,9 +123,10 @@ def _matches(m: Measurement, workload: str | None, impl: str | None) -> bool:
 
 def gather(store: Store, workload: str | None = None, impl: str | None = None) -> History:
     """Every matching cell across stored runs. `workload` matches a substring of the workload key or label
-    (case-insensitive); `impl` matches an impl name or impl label exactly. The CI of each median is the
-    order-statistic (distribution-free) interval: fast for many runs, and slightly conservative."""
-    from ..analysis.stats import median, median_ci_order
+    (case-insensitive); `impl` matches an impl name or impl label exactly. The CI of each median is the run
+    report's (a bootstrap over the measurement's batches, tables.summarize), so both pages give one interval."""
+    from ..analysis.rounds import block_median_ci
+    from ..analysis.stats import median
 
     verdicts = GateVerdicts(store)
     cells: dict[tuple[str, str, str, str], Cell] = {}
@@ -142,7 +143,7 @@ def gather(store: Store, workload: str | None = None, impl: str | None = None) -
                       verdict=verdicts(m))
             if m.ok:
                 p.median_ms = median(m.samples_ms)
-                p.ci = median_ci_order(m.samples_ms)
+                p.ci = block_median_ci(m.samples_ms, m.batch_sizes or None, seed=0)
             cell.points.append(p)
     env_ids = list(dict.fromkeys(c.env_id for c in cells.values()))
     if len(env_ids) > 1:
@@ -188,7 +189,7 @@ def markdown(h: History) -> str:
     if not h.cells:
         return title + "\n\nNo stored measurement matches."
     out = [title, "", f"{len(h.runs)} runs, {len(h.cells)} cells. Median ms [95% CI of the median, "
-                      "order statistics]; ▲/▼ mark gate verdicts (regression / improvement).", ""]
+                      "a bootstrap over each measurement's batches, as in the run report]; ▲/▼ mark gate verdicts (regression / improvement).", ""]
     out.append("| workload | impl | " + " | ".join(_cell(run_title(r)) for r in h.runs) + " |")
     out.append("|---|---|" + "---|" * len(h.runs))
     for c in h.cells:

@@ -188,7 +188,7 @@ the measurements' median clocks).</p>
 HISTORY_PAGE = _HEAD.replace("{{ title }}", "attnbench history{% if filters %} ({{ filters }}){% endif %}") + """<body>
 <h1>attnbench history{% if filters %} <span class="muted">({{ filters }})</span>{% endif %}</h1>
 <p class="muted">{{ h.runs|length }} runs, {{ h.cells|length }} cells (workload × impl × timer). Each point is a
-cell's median in one run, with the 95% order-statistic CI of the median as a band; circled points carry a gate
+cell's median in one run, with the 95% CI of the median (a bootstrap over its batches, as on the run page) as a band; circled points carry a gate
 verdict (▲ regression, ▼ improvement).</p>
 {% if not h.cells %}<p>No stored measurement matches.</p>{% endif %}
 
