@@ -492,3 +492,16 @@ def test_cli_usage_errors_are_one_line_exit_2(args, tmp_path, capsys):
     code, out, err = cli(args + ["--db", str(tmp_path / "c.db")], capsys)
     assert code == 2 and out == ""
     assert err.startswith("attnbench: error: ") and err.count("\n") == 1
+
+
+def test_a_verdict_on_an_implausible_side_says_so_and_a_narrow_interval_keeps_its_digits():
+    """A warm-cache A (above a ceiling) read as a plain 'faster' with the flag in the last column, and a ratio of
+    1.0029 [1.0027, 1.0031] printed as '1.003 [1.003, 1.003]', an interval of no width."""
+    extra = {"plausibility": "implausible", "plausibility_reason": "131% of the fp16 peak"}
+    c = C.compare_measurements([mk(W, lognormal(100, 0.5, seed=1), extra=extra)], [mk(W, lognormal(100, 1.0, seed=2))])
+    assert c.rows[0].verdict == "faster"
+    md = F.to_markdown(c)
+    assert "| faster (A implausible: see flags) | A implausible: 131% of the fp16 peak |" in md
+    assert "1 row with a side above a device ceiling" in md
+    assert F._ratio(1.0029, (1.00274, 1.00311)) == "1.0029 [1.0027, 1.0031]"
+    assert F._ratio(1.25, (1.2, 1.3)) == "1.250 [1.200, 1.300]" and F._ratio(1.0, (1.0, 1.0)) == "1.000 [1.000, 1.000]"
