@@ -420,3 +420,25 @@ def test_every_format_gives_the_same_median_and_interval(store):
     assert f">{med:.4g}</td>" in page and f"{lo:.4g}–{hi:.4g}" in page
     (cell,) = history.gather(store, impl="sdpa-flash").cells
     assert (cell.points[0].median_ms, cell.points[0].ci) == (med, (lo, hi))
+
+
+def test_fastest_table_says_when_intervals_overlap_and_scales_small_rates(tmp_path):
+    """'runner-up / fastest 1.12x' was printed bare between rows whose CIs overlapped, and a CPU's rate read
+    '0.00107 TFLOP/s'."""
+    w = Workload(1, 2, 2, 64, 64, 16, dtype="fp32")
+    with Store(tmp_path / "cpu.db") as s:
+        s.add_environment("cpu", {"device_kind": "cpu", "torch": "2.13.0", "cpu_model": "x86_64"})
+        rid = s.start_run("cpu", {})
+        for impl, ms, seed in (("a", 0.100, 1), ("b", 0.101, 2), ("c", 0.2, 3)):
+            s.add(rid, Measurement(workload=w, impl=impl, status="ok", timer="host", env_id="cpu",
+                                   samples_ms=_samples(ms, seed), batch_sizes=(3,) * 10))
+        s.finish_run(rid)
+        view = htmlreport.gather_run(s, rid)
+        page = htmlreport.render_run_view(view)
+    (first, second), = htmlreport.best_per_workload(view)
+    assert htmlreport.ratio_text(first, second).endswith("× (CIs overlap: not told apart)")
+    c = next(e for e in view.entries if e.m.impl == "c")
+    assert htmlreport.ratio_text(first, c) == f"{c.row.median_ms / first.row.median_ms:.3g}×"
+    assert "a ratio between two rows is a hint, not a verdict" in page
+    assert first.merit.endswith(" GFLOP/s") and not first.merit.startswith("0.")
+    assert htmlreport._rate(599.0, "FLOP/s", "T") == "599 TFLOP/s" and htmlreport._rate(0.5, "B/s", "G") == "500 MB/s"

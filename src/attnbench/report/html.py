@@ -88,10 +88,10 @@ def _entry(row: Row, index: int, series: str, typical_mhz: float | None, device:
     e.regime = roof.get("regime") or ""
     if memory_bound(roof):
         e.pct = f"{fmt_pct(roof['pct_bandwidth'])}% of BW"
-        e.merit = f"{_num(row.gbps)} GB/s ({e.pct})"
+        e.merit = f"{_rate(row.gbps, 'B/s', 'G')} ({e.pct})"
     else:
         e.pct = fmt_pct(e.pct_peak) if e.pct_peak is not None else ""
-        e.merit = f"{_num(row.tflops, 3)} TFLOP/s" + (f" ({e.pct}% of peak)" if e.pct else "")
+        e.merit = _rate(row.tflops, "FLOP/s", "T") + (f" ({e.pct}% of peak)" if e.pct else "")
     if above_copy(roof):
         e.flags.append("above copy")
         e.notes.append(f"{_num(row.gbps)} GB/s is {fmt_pct(roof['pct_bandwidth'])}% of the measured copy ceiling "
@@ -111,6 +111,23 @@ def _entry(row: Row, index: int, series: str, typical_mhz: float | None, device:
         e.notes.append(f"SM clock fell to {low:.0f} MHz, typical {typical_mhz:.0f} MHz"
                        if low is not None and typical_mhz else "throttled")
     return e
+
+
+def _rate(value: float, unit: str, prefix: str) -> str:
+    """A rate in the largest SI unit that keeps it at 1 or more: 599 TFLOP/s, 1.07 GFLOP/s (a CPU), 3142 GB/s."""
+    prefixes = "TGMk"
+    i = prefixes.index(prefix)
+    while i < len(prefixes) - 1 and 0 < abs(value) < 1:
+        value, i = value * 1e3, i + 1
+    return f"{_num(value, 3)} {prefixes[i]}{unit}"
+
+
+def ratio_text(first: Entry, second: Entry) -> str:
+    """runner-up / fastest, and whether their intervals overlap: a ratio between two rows has no test, so it is a
+    hint, not a verdict (attnbench compare pairs rounds and tests)."""
+    r = second.row.median_ms / first.row.median_ms
+    overlap = second.row.ci[0] <= first.row.ci[1]
+    return f"{_num(r, 3)}×" + (" (CIs overlap: not told apart)" if overlap else "")
 
 
 def gather_run(store: Store, run_id: int | str | None = None) -> RunView:
@@ -339,7 +356,7 @@ def render_run_view(view: RunView) -> str:
         best=best_per_workload(view), plots=plots, roof=roof, ceiling_rows=ceiling_rows,
         attention=attention(view), host_bound=[e for e in view.entries if "host-bound" in e.flags],
         unsupported=[e for e in view.entries if e.m.status == "unsupported"], methods=methods_html(md),
-        convention=metrics.CONVENTION, log_decades=P.LOG_DECADES, throttle=THROTTLE_DROP)
+        convention=metrics.CONVENTION, log_decades=P.LOG_DECADES, throttle=THROTTLE_DROP, ratio=ratio_text)
 
 
 def render_run(store: Store, run_id: int | str | None = None) -> str:

@@ -99,8 +99,11 @@ RUN_PAGE = _HEAD.replace("{{ title }}", _RUN_TITLE) + """<body>
 <td class="n">{{ e.row.median_ms|num }} [{{ e.row.ci[0]|num }}, {{ e.row.ci[1]|num }}]</td>
 <td class="n">{{ e.merit }}</td>
 <td>{% if second %}{{ second.series }}{% endif %}</td>
-<td class="n">{% if second %}{{ (second.row.median_ms / e.row.median_ms)|num(3) }}×{% endif %}</td></tr>
+<td class="n">{% if second %}{{ ratio(e, second) }}{% endif %}</td></tr>
 {% endfor %}</tbody></table>
+<p class="muted">Each row is its own measurement: a ratio between two rows is a hint, not a verdict (it has no test,
+and unless they were interleaved, what changed between the two measurements is in neither interval). For a verdict,
+use <code>attnbench compare</code>.</p>
 {% else %}<p>No ok measurements.</p>{% endif %}
 
 <h3>Flagged</h3>
