@@ -119,3 +119,16 @@ def test_a_wild_spread_across_repeats_reads_as_a_factor():
     reps = [{"repeat": 1, "median_ms": 0.1}, {"repeat": 2, "median_ms": 18.1}]
     m = _bursty(SMALL, "sdpa-math", 4, extra={"repeats": reps})
     assert "spread across 2 repeats 181x" in report.timing_note(m, None)
+
+
+def test_methods_state_the_bytes_of_fwd_plus_bwd_and_one_sample_count_once(tmp_path):
+    """The convention gave the bytes of forward and of backward but not of fwd+bwd rows, and a run whose
+    measurements all took 20 samples read 'Samples per measurement: 20–20'."""
+    with Store(tmp_path / "r.db") as s:
+        s.add_environment("h100", H100)
+        rid = s.start_run("h100", {})
+        s.add(rid, meas(BIG.replace(direction="fwd+bwd"), 12.0))
+        s.add(rid, meas(BIG, 3.58, impl="sdpa-flash"))
+        text = report.markdown(s, rid)
+    assert "fwd+bwd counts as many (Q, K, V, dO read; O, dQ, dK, dV written)" in text
+    assert "- Samples per measurement: 20 (stop:" in text

@@ -10,7 +10,8 @@ CONVENTION = (
     "window and document as spec/masks.py defines them), never a 0.5 factor; backward = 2.5x forward, "
     "fwd+bwd = 3.5x forward (the flash-attention convention). Softmax, scaling and score modifiers are not "
     "counted. Bytes: the minimum traffic: forward reads Q, K, V once and writes O once; backward reads "
-    "Q, K, V, O, dO and writes dQ, dK, dV; K and V count once per KV head (GQA), and only the key rows "
+    "Q, K, V, O, dO and writes dQ, dK, dV; fwd+bwd counts as many (Q, K, V, dO read; O, dQ, dK, dV written); "
+    "K and V count once per KV head (GQA), and only the key rows "
     "some query sees (a sliding window over a long cache reads only the window); a paged KV cache adds its "
     "block table and sequence lengths (int32), not the unused tail of each sequence's last page."
 )

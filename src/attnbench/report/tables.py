@@ -135,7 +135,8 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
     if "auto" not in timers and any(r.m.extra.get("timer_choice") for r in ok):
         lines.append(f"- Timers chosen by `auto`: {TIMER_TEXT['auto']}.")
     if ns:
-        lines.append(f"- Samples per measurement: {min(ns)}–{max(ns)} (stop: {', '.join(stops) or 'n/a'}), "
+        count = str(min(ns)) if min(ns) == max(ns) else f"{min(ns)}–{max(ns)}"
+        lines.append(f"- Samples per measurement: {count} (stop: {', '.join(stops) or 'n/a'}), "
                      "after a first call timed apart (compilation) and a warm-up by time; every raw sample "
                      "is kept in the store.")
     lines.append(f"- Median with a 95% confidence interval of the median by a {CI_METHOD}. It covers the "
