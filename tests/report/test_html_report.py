@@ -442,3 +442,17 @@ def test_fastest_table_says_when_intervals_overlap_and_scales_small_rates(tmp_pa
     assert "a ratio between two rows is a hint, not a verdict" in page
     assert first.merit.endswith(" GFLOP/s") and not first.merit.startswith("0.")
     assert htmlreport._rate(599.0, "FLOP/s", "T") == "599 TFLOP/s" and htmlreport._rate(0.5, "B/s", "G") == "500 MB/s"
+
+
+def test_run_page_gives_the_spread_across_repeats(store):
+    """The Markdown note gave a pooled cell's spread across repeats, batches and precision; the page gave only its
+    stop reason."""
+    w = Workload(32, 8, 8, 128, 128, 64, dtype="fp16")
+    reps = [{"repeat": i + 1, "median_ms": v} for i, v in enumerate((0.100, 0.104, 0.101))]
+    rid = store.start_run("envA", {}, name="repeats")
+    store.add(rid, Measurement(workload=w, impl="sdpa-flash", status="ok", timer="cold", env_id="envA", device="cuda",
+                               samples_ms=_samples(0.1, 1), batch_sizes=(3,) * 10, stop_reason="converged",
+                               extra={"repeats": reps, "precision": 0.02}))
+    store.finish_run(rid)
+    page = htmlreport.render_run(store, rid)
+    assert "n=30 in 10 batches converged ±2%, spread across 3 repeats 4%" in page

@@ -22,7 +22,7 @@ from ..store import RunInfo, Store
 from . import plots as P
 from .history import IMPROVEMENT, REGRESSION, History, run_date, run_title
 from .tables import (Row, _env_line, above_copy, fmt_pct, methods, row_environments, rows_for, run_ceilings,
-                     typical_clock)
+                     timing_note, typical_clock)
 
 THROTTLE_DROP = 0.10  # flagged when a clock reading fell more than this below the run's typical clock
 # The Flagged list, most severe first: statuses that lost a measurement, then flags on numbers that were kept.
@@ -47,6 +47,7 @@ class Entry:
     device: str = ""                # the row's environment ('NVIDIA H200 · 3f2a1c') when a run holds several
     merit: str = ""                 # the figure of merit: '599 TFLOP/s (61% of peak)' or '3142 GB/s (65% of BW)'
     pct: str = ""                   # the % cell: '61' of peak, or '65% of BW' for a memory-bound row
+    sampling: str = ""              # the Markdown note's timing part: batches, stop, ±, spread across repeats, IQR
 
     @property
     def m(self):
@@ -83,6 +84,7 @@ def _entry(row: Row, index: int, series: str, typical_mhz: float | None, device:
     e = Entry(row, index, series, metrics.intensity(w), device=device)
     if not m.ok:
         return e
+    e.sampling = timing_note(m, typical_mhz)
     roof = row.roofline or {}  # report.rows_for places every ok row on the roofline (metrics.assess)
     e.pct_peak, e.pct_bound = roof.get("pct_peak"), roof.get("pct_bound")
     e.regime = roof.get("regime") or ""

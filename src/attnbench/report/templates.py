@@ -157,7 +157,7 @@ arithmetic intensity (FLOPs / minimum bytes); roofs: min(compute peak, intensity
 <p class="muted">Click a column header to sort.</p>
 <div class="scroll"><table class="sortable" id="measurements"><thead><tr>
 <th>workload</th><th>impl</th>{% if v.environments %}<th>device</th>{% endif %}<th>status</th><th>median ms</th><th>95% CI ms</th><th>TFLOP/s</th><th>GB/s</th>
-<th>% of peak (of BW)</th><th>% of bound</th><th>FLOP/B</th><th>regime</th><th>rel err</th><th>backend</th><th>timer</th><th>n</th><th>stop</th><th>notes</th>
+<th>% of peak (of BW)</th><th>% of bound</th><th>FLOP/B</th><th>regime</th><th>rel err</th><th>backend</th><th>timer</th><th>n</th><th>sampling</th><th>notes</th>
 </tr></thead><tbody>
 {% for e in v.entries %}{% set m = e.m %}<tr class="st-{{ m.status }}">
 <td data-v="{{ e.index }}">{{ m.workload.label }}</td><td>{{ e.series }}</td>{% if v.environments %}<td>{{ e.device }}</td>{% endif %}<td>{{ m.status }}</td>
@@ -167,7 +167,7 @@ arithmetic intensity (FLOPs / minimum bytes); roofs: min(compute peak, intensity
 <td class="n" data-v="{{ e.pct|replace('% of BW', '') }}">{{ e.pct }}</td><td class="n">{{ e.pct_bound|num(3) }}</td><td class="n">{{ e.intensity|num(3) }}</td>
 <td>{{ e.regime if e.regime != 'unknown' else '' }}</td>
 <td class="n" data-v="{{ m.rel_err if m.rel_err is not none else '' }}">{% if m.rel_err is not none %}{{ '%.1e'|format(m.rel_err) }}{% endif %}</td>
-<td>{{ m.backend }}</td><td>{{ m.timer }}</td><td class="n">{{ m.samples_ms|length if m.ok else '' }}</td><td>{{ m.stop_reason }}</td>
+<td>{{ m.backend }}</td><td>{{ m.timer }}</td><td class="n">{{ m.samples_ms|length if m.ok else '' }}</td><td>{{ e.sampling }}</td>
 <td class="wrap">{% for f in e.flags %}<span class="flag">{{ f }}</span>{% endfor %}
 {{ m.reason }}{% if m.reason and e.notes %}; {% endif %}{{ e.notes|join('; ') }}</td>
 </tr>
