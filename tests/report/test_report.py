@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -132,3 +134,17 @@ def test_methods_state_the_bytes_of_fwd_plus_bwd_and_one_sample_count_once(tmp_p
         text = report.markdown(s, rid)
     assert "fwd+bwd counts as many (Q, K, V, dO read; O, dQ, dK, dV written)" in text
     assert "- Samples per measurement: 20 (stop:" in text
+
+
+def test_rows_timed_differently_each_name_their_timer(tmp_path):
+    """A table mixing graph and cold rows (not chosen by auto) named the timers in Methods only, not which row
+    used which."""
+    with Store(tmp_path / "r.db") as s:
+        s.add_environment("h100", H100)
+        rid = s.start_run("h100", {})
+        s.add(rid, meas(BIG, 3.58))
+        s.add(rid, dataclasses.replace(meas(SMALL, 0.012, impl="sdpa-flash"), timer="graph"))
+        text = report.markdown(s, rid)
+    rows = {ln.split("|")[2].strip(): ln for ln in text.splitlines() if ln.startswith("| B")}
+    assert rows["sdpa-cudnn"].rstrip(" |").endswith(", timer cold")
+    assert rows["sdpa-flash"].rstrip(" |").endswith(", timer graph")

@@ -283,6 +283,7 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
                "GB/s | % peak (of bound) | regime | rel err | ran | note |")
     out.append("|---" * (12 if envs else 11) + "|")
     typical = typical_clock(rows)
+    mixed = len({r.m.timer for r in rows if r.m.ok}) > 1
     for r in rows:
         m = r.m
         if m.ok:
@@ -297,6 +298,8 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
             if choice:
                 note += f", timer {m.timer} (auto" + (f", probe {1e3 * choice['probe_ms']:.3g} us" if
                                                        choice.get("probe_ms") is not None else "") + ")"
+            elif mixed:  # rows of one table timed differently: each names its timer, not the Methods alone
+                note += f", timer {m.timer}"
             roof = r.roofline or {}
             pct_cell = pct_text(roof)
             regime = roof.get("regime", "")
