@@ -211,6 +211,10 @@ def test_per_token_compares_throughput_across_shapes_and_says_so():
     md = F.to_markdown(c)
     assert "Normalized comparison (per token): different workloads" in md
     assert "tokens/s ratio" in md and f"| {W.label} | {big.label} |" in md
+    # each side's tokens/s with its interval (the median's CI inverted), not bare
+    tokens = W.batch * W.q_len
+    assert (f"| {r.a_tokens_per_s:.4g} [{tokens / (r.a_ci_ms[1] * 1e-3):.4g}, "
+            f"{tokens / (r.a_ci_ms[0] * 1e-3):.4g}] |") in md
     assert F.to_json(c)["normalized"] == "per token: different workloads"
 
 

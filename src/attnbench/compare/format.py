@@ -65,6 +65,12 @@ def _num(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _per_s(tokens_per_s: float, w: Workload, ci_ms: tuple[float, float]) -> str:
+    """Query tokens per second at the median, with the median's CI inverted."""
+    tokens = w.batch * w.q_len
+    return f"{_num(tokens_per_s)} [{_num(tokens / (ci_ms[1] * 1e-3))}, {_num(tokens / (ci_ms[0] * 1e-3))}]"
+
+
 def _median(x: float, ci: tuple[float, float]) -> str:
     return f"{_num(x)} [{_num(ci[0])}, {_num(ci[1])}]"
 
@@ -125,11 +131,13 @@ def to_markdown(c: Comparison) -> str:
     delta = "Cliff's delta (magnitude)"
     pcol = "Holm p (raw p)"
     if c.per_token:
-        header = ["A workload", "B workload", "impl A", "impl B", "A tokens/s", "B tokens/s", "A TFLOP/s",
+        header = ["A workload", "B workload", "impl A", "impl B", "A tokens/s [95% CI]", "B tokens/s [95% CI]",
+                  "A TFLOP/s",
                   "B TFLOP/s", "tokens/s ratio [95% CI]", "TFLOP/s ratio [95% CI]", delta, "evidence", pcol, "verdict",
                   "flags"]
-        body = [[r.workload_a.label, r.workload_b.label, r.impl_a, r.impl_b, _num(r.a_tokens_per_s),
-                 _num(r.b_tokens_per_s), f"{r.a_tflops:.3g}", f"{r.b_tflops:.3g}", _ratio(r.speedup, r.speedup_ci),
+        body = [[r.workload_a.label, r.workload_b.label, r.impl_a, r.impl_b,
+                 _per_s(r.a_tokens_per_s, r.workload_a, r.a_ci_ms), _per_s(r.b_tokens_per_s, r.workload_b, r.b_ci_ms),
+                 f"{r.a_tflops:.3g}", f"{r.b_tflops:.3g}", _ratio(r.speedup, r.speedup_ci),
                  _ratio(r.tflops_ratio, r.tflops_ratio_ci), f"{r.cliffs_delta:+.2f} ({r.magnitude})",
                  f"{r.rounds} {r.pairing}", f"{_p(r.p_holm)} ({_p(r.p_value)})", _verdict(r),
                  "; ".join(r.flags)] for r in c.rows]
