@@ -316,6 +316,18 @@ def test_compare_runs_refuses_different_environments_unless_allowed(tmp_path):
         assert "- measured on NVIDIA H100 80GB HBM3" in F.to_markdown(C.compare_runs(store, r1, r3))
 
 
+def test_compare_runs_warns_of_a_run_that_did_not_complete(tmp_path):
+    """An interrupted run was compared as if whole: its unmeasured cells read as unmatched with no word why."""
+    with Store(tmp_path / "r.db") as store:
+        r1 = _store_run(store, "e1", FP, [mk(W, lognormal(seed=1), impl="sdpa-flash")])
+        r2 = _store_run(store, "e1", FP, [mk(W, lognormal(seed=2), impl="sdpa-flash")])
+        store.finish_run(r2, "interrupted")
+        c = C.compare_runs(store, r1, r2)
+        assert c.warnings == (f"run {r2} is interrupted, not complete: cells it never measured are listed as "
+                              "unmatched; `attnbench run ... --resume` finishes it",)
+        assert not C.compare_runs(store, r1, r1).warnings
+
+
 def test_compare_runs_matches_workload_by_impl_and_filters_by_impl(tmp_path):
     with Store(tmp_path / "r.db") as store:
         both = lambda s: [mk(W, lognormal(seed=s), impl="sdpa-math"),  # noqa: E731

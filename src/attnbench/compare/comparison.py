@@ -432,6 +432,9 @@ def compare_runs(store, run_a, run_b, allow_env_mismatch: bool = False, impl: st
     for info, ms in ((ia, ma), (ib, mb)):
         if not ms:
             raise UserError(f"run {info.run_id} has no measurements" + (f" of impl {impl!r}" if impl else ""))
+        if info.status != "complete":  # an interrupted or unfinished run: its missing cells are not a change
+            warnings.append(f"run {info.run_id} is {info.status}, not complete: cells it never measured are listed as "
+                            "unmatched; `attnbench run ... --resume` finishes it")
 
     def name(info, ms):
         single = _single_name(ms, "")
