@@ -11,6 +11,7 @@ dl.kv dt { color: #555; } dl.kv dd { margin: 0; }
 table { border-collapse: collapse; font-size: 12.5px; margin: .5rem 0; }
 th, td { border: 1px solid #ddd; padding: .2rem .45rem; text-align: left; vertical-align: top; }
 td { white-space: nowrap; } td.wrap { white-space: normal; min-width: 24rem; }
+td.wrap-s { white-space: normal; min-width: 14rem; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 thead th { background: #f6f6f6; }
 table.sortable thead th { cursor: pointer; user-select: none; }
@@ -167,7 +168,7 @@ arithmetic intensity (FLOPs / minimum bytes); roofs: min(compute peak, intensity
 <td class="n" data-v="{{ e.pct|replace('% of BW', '') }}">{{ e.pct }}</td><td class="n">{{ e.pct_bound|num(3) }}</td><td class="n">{{ e.intensity|num(3) }}</td>
 <td>{{ e.regime if e.regime != 'unknown' else '' }}</td>
 <td class="n" data-v="{{ m.rel_err if m.rel_err is not none else '' }}">{% if m.rel_err is not none %}{{ '%.1e'|format(m.rel_err) }}{% endif %}</td>
-<td>{{ m.backend }}</td><td>{{ m.timer }}</td><td class="n">{{ m.samples_ms|length if m.ok else '' }}</td><td>{{ e.sampling }}</td>
+<td>{{ m.backend }}</td><td>{{ m.timer }}</td><td class="n">{{ m.samples_ms|length if m.ok else '' }}</td><td class="wrap-s">{{ e.sampling }}</td>
 <td class="wrap">{% for f in e.flags %}<span class="flag">{{ f }}</span>{% endfor %}
 {{ m.reason }}{% if m.reason and e.notes %}; {% endif %}{{ e.notes|join('; ') }}</td>
 </tr>
