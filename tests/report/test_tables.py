@@ -139,3 +139,21 @@ def test_methods_of_a_run_on_several_gpus_give_each_environment_and_its_ceilings
     ceilings = next(ln for ln in methods.splitlines() if ln.startswith("- Ceilings:"))
     assert "NVIDIA H100 80GB HBM3 · h100: bf16 793 TFLOP/s (measured)" in ceilings
     assert "NVIDIA H200 · h200: bf16 989 TFLOP/s (datasheet); memory 4800 GB/s (datasheet)" in ceilings
+
+
+def test_a_run_measured_wholly_on_another_environment_is_described_by_it(tmp_path):
+    """Every row came from an H200 worker, but the header, Methods and ceilings described the run's own
+    environment (an H100)."""
+    with Store(tmp_path / "r.db") as s:
+        s.add_environment("h100", H100)
+        s.add_environment("h200", H200)
+        rid = s.start_run("h100", {})
+        s.add(rid, Measurement(workload=PREFILL, impl="sdpa-cudnn", status="ok", samples_ms=(3.3,) * 20,
+                               timer="cold", device="cuda", env_id="h200"))
+        text = report.markdown(s, rid)
+        from attnbench.report import html as htmlreport
+
+        page = htmlreport.render_run(s, rid)
+    assert text.splitlines()[2].startswith("Device: NVIDIA H200, torch 2.11.0") and "H100" not in text
+    assert "bf16 989 TFLOP/s (datasheet); memory 4800 GB/s (datasheet)" in text
+    assert "H100" not in page

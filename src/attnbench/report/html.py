@@ -21,8 +21,8 @@ from ..measure.clocks import throttled
 from ..store import RunInfo, Store
 from . import plots as P
 from .history import IMPROVEMENT, REGRESSION, History, run_date, run_title
-from .tables import (Row, _env_line, above_copy, fmt_pct, methods, row_environments, rows_for, run_ceilings,
-                     timing_note, typical_clock)
+from .tables import (Row, _env_line, above_copy, fmt_pct, measured_env_id, methods, row_environments, rows_for,
+                     run_ceilings, timing_note, typical_clock)
 
 THROTTLE_DROP = 0.10  # flagged when a clock reading fell more than this below the run's typical clock
 # The Flagged list, most severe first: statuses that lost a measurement, then flags on numbers that were kept.
@@ -135,11 +135,12 @@ def ratio_text(first: Entry, second: Entry) -> str:
 def gather_run(store: Store, run_id: int | str | None = None) -> RunView:
     """Everything the run page shows, read from the store; no HTML."""
     info = store.run(run_id)
-    env = store.environment(info.env_id) or {}
-    measured = store.get("ceilings", info.env_id) if info.env_id else None
-    measured = measured if isinstance(measured, dict) else None
-    ceil = run_ceilings(store, info.env_id)
     rows = rows_for(store, info.run_id)
+    env_id = measured_env_id(info, rows)
+    env = store.environment(env_id) or {}
+    measured = store.get("ceilings", env_id) if env_id else None
+    measured = measured if isinstance(measured, dict) else None
+    ceil = run_ceilings(store, env_id)
     typical = typical_clock(rows)
     order = {w: i for i, w in enumerate(dict.fromkeys(r.m.workload for r in rows))}
     mixed = len({r.m.timer for r in rows if r.m.ok}) > 1

@@ -268,10 +268,18 @@ def typical_clock(rows: list[Row]) -> float | None:
     return median(meds) if meds else None
 
 
+def measured_env_id(info, rows: list[Row]) -> str:
+    """The environment the rows were measured in when they share one, else the run's: a run whose every
+    measurement came from one worker is described by that worker's device, not by the run's first guess."""
+    ids = {r.m.env_id for r in rows if r.m.env_id}
+    return ids.pop() if len(ids) == 1 else info.env_id
+
+
 def markdown(store: Store, run_id: int | str | None = None) -> str:
     info = store.run(run_id)
-    env = store.environment(info.env_id)
     rows = rows_for(store, info.run_id)
+    env_id = measured_env_id(info, rows)
+    env = store.environment(env_id)
     title = f"# attnbench run {info.run_id}" + (f": {info.name}" if info.name else "")
     envs = row_environments(store, rows)
     per_env = {e: (name, store.environment(e), run_ceilings(store, e)) for e, name in envs.items()}
@@ -313,7 +321,7 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
         out.append("| " + " | ".join(md_cell(x) for x in (
             m.workload.label, m.impl_label, *where, m.status, time_text, tf, gb, pct_cell, regime, err, m.backend, note))
             + " |")
-    out += ["", methods(rows, env, info.config, run_ceilings(store, info.env_id), environments=per_env or None), ""]
+    out += ["", methods(rows, env, info.config, run_ceilings(store, env_id), environments=per_env or None), ""]
     return "\n".join(out)
 
 
