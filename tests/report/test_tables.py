@@ -2,6 +2,7 @@
 
 from attnbench.analysis import metrics
 from attnbench.measure.runner import annotate
+from attnbench.report import html as htmlreport
 from attnbench.report import tables as report
 from attnbench.spec import Workload
 from attnbench.store import Measurement, Store
@@ -151,8 +152,6 @@ def test_a_run_measured_wholly_on_another_environment_is_described_by_it(tmp_pat
         s.add(rid, Measurement(workload=PREFILL, impl="sdpa-cudnn", status="ok", samples_ms=(3.3,) * 20,
                                timer="cold", device="cuda", env_id="h200"))
         text = report.markdown(s, rid)
-        from attnbench.report import html as htmlreport
-
         page = htmlreport.render_run(s, rid)
     assert text.splitlines()[2].startswith("Device: NVIDIA H200, torch 2.11.0") and "H100" not in text
     assert "bf16 989 TFLOP/s (datasheet); memory 4800 GB/s (datasheet)" in text
