@@ -156,3 +156,18 @@ def test_a_run_measured_wholly_on_another_environment_is_described_by_it(tmp_pat
     assert text.splitlines()[2].startswith("Device: NVIDIA H200, torch 2.11.0") and "H100" not in text
     assert "bf16 989 TFLOP/s (datasheet); memory 4800 GB/s (datasheet)" in text
     assert "H100" not in page
+
+
+def test_methods_without_any_ceiling_say_what_is_not_given(tmp_path):
+    """On a CPU (no ceiling known) the Methods explained % of peak, regimes and IMPLAUSIBLE flags that no row
+    could carry."""
+    with Store(tmp_path / "r.db") as s:
+        s.add_environment("cpu", {"device_kind": "cpu", "cpu_model": "x86_64", "torch": "2.13.0"})
+        rid = s.start_run("cpu", {})
+        s.add(rid, Measurement(workload=PREFILL.replace(q_len=64, kv_len=64), impl="sdpa-math", status="ok",
+                               samples_ms=(0.3,) * 20, timer="host", env_id="cpu"))
+        text = report.markdown(s, rid)
+    line = next(ln for ln in text.splitlines() if ln.startswith("- Ceilings:"))
+    assert line == ("- Ceilings: compute peak unknown; memory unknown: no ceiling is known for this device, so no row "
+                    "gets a % of peak, a regime or a plausibility check, and no roof is drawn. Measure them with "
+                    "`attnbench env --ceilings`.")

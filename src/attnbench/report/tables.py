@@ -178,12 +178,20 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
         lines.append(f"- Environment: {_env_line(env)}.")
     if any(r.m.peak_mem_mb is not None for r in ok):
         lines.append("- Peak memory: torch.cuda.max_memory_allocated over one call (inputs included), in MB.")
+    known = ""
     if ceilings is not None or environments:
         if environments:
             known = "; ".join(f"{name}: {ceilings_text(c, sorted({r.m.workload.dtype for r in rows if r.m.env_id == e}))}"
                               for e, (name, _, c) in environments.items() if c is not None)
         else:
             known = ceilings_text(ceilings, sorted({r.m.workload.dtype for r in rows}))
+        sets = [c for _, _, c in environments.values()] if environments else [ceilings]
+        if not any(c is not None and (c.gbps or any(c.tflops.values())) for c in sets):
+            lines.append(f"- Ceilings: {known}: no ceiling is known for this device, so no row gets a % of peak, a "
+                         "regime or a plausibility check, and no roof is drawn. Measure them with "
+                         "`attnbench env --ceilings`.")
+            known = ""
+    if known:
         lines.append(f"- Ceilings: {known}. `% peak` is TFLOP/s over "
                      "the compute ceiling, in brackets over the roofline bound at the workload's intensity; "
                      "the regime compares the arithmetic intensity with the ridge point "
