@@ -127,6 +127,8 @@ def test_run_page_is_self_contained_escaped_and_complete(store, run_id, characte
     assert "incorrect" in page and "rel err 0.5" in page
     assert "1 unsupported" in page
     assert '<span class="flag">implausible' in page and '<span class="flag">throttled' in page
+    flagged = sum("implausible" in e.flags for e in htmlreport.gather_run(store, run_id).entries)
+    assert flagged >= 1 and page.count('<tr class="st-ok implausible">') == flagged   # highlighted in the table
     assert page.count('<span class="flag">host-bound') == 2   # in Flagged and in the table: launchy only
     assert page.count('<tr class="st-') == 3 * len(characterize) + 4
     assert "Methods" in page and "bootstrap over batches" in page and "flash-attention convention" in page

@@ -53,6 +53,9 @@ def test_markdown_shows_peak_regime_and_flags(tmp_path):
     lines = {ln.split("|")[2].strip(): ln for ln in text.splitlines() if ln.startswith("| B")}
     assert "compute-bound" in lines["sdpa-cudnn"] and "% (" in lines["sdpa-cudnn"]
     assert "IMPLAUSIBLE" in lines["warm-kernel"]
+    # flagged beside the figure too, not only in the note at the end of the row
+    assert lines["warm-kernel"].split(" | ")[6].endswith("of BW IMPLAUSIBLE")
+    assert "IMPLAUSIBLE" not in lines["sdpa-cudnn"]
     assert "peak 1536 MB" in lines["sdpa-cudnn"] and "Peak memory:" in text
     assert "| unsupported |" in text and "why" in text
     # Methods names each dtype's ceiling and where it came from (no measured ceilings stored here).

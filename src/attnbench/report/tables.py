@@ -322,6 +322,7 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
             if roof.get("plausibility") == "implausible":
                 status_flag = "IMPLAUSIBLE: " + roof["plausibility_reason"]
                 note = f"{status_flag}; {note}"
+                pct_cell += " IMPLAUSIBLE"   # beside the figure itself, not only in the last column
         else:
             time_text, tf, gb, note, pct_cell, regime = "", "", "", m.reason, "", ""
         err = f"{m.rel_err:.1e}" if m.rel_err is not None else ""

@@ -18,6 +18,7 @@ table.sortable thead th { cursor: pointer; user-select: none; }
 th[aria-sort=ascending]::after { content: " \\25B2"; } th[aria-sort=descending]::after { content: " \\25BC"; }
 tr.st-incorrect td, tr.st-error td, tr.st-oom td { background: #fdecea; }
 tr.st-unsupported td { color: #777; }
+tr.implausible td { background: #fff3cd; }
 .flag { display: inline-block; font-size: 11px; padding: 0 .35em; border-radius: 3px; margin-right: .2em;
         background: #fff3cd; border: 1px solid #e0c36a; }
 .flag.bad { background: #fdecea; border-color: #e3a09a; } .flag.good { background: #e6f4ea; border-color: #8fc79d; }
@@ -160,7 +161,7 @@ arithmetic intensity (FLOPs / minimum bytes); roofs: min(compute peak, intensity
 <th>workload</th><th>impl</th>{% if v.environments %}<th>device</th>{% endif %}<th>status</th><th>median ms</th><th>95% CI ms</th><th>TFLOP/s</th><th>GB/s</th>
 <th>% of peak (of BW)</th><th>% of bound</th><th>FLOP/B</th><th>regime</th><th>rel err</th><th>backend</th><th>timer</th><th>n</th><th>sampling</th><th>notes</th>
 </tr></thead><tbody>
-{% for e in v.entries %}{% set m = e.m %}<tr class="st-{{ m.status }}">
+{% for e in v.entries %}{% set m = e.m %}<tr class="st-{{ m.status }}{% if 'implausible' in e.flags %} implausible{% endif %}">
 <td data-v="{{ e.index }}">{{ m.workload.label }}</td><td>{{ e.series }}</td>{% if v.environments %}<td>{{ e.device }}</td>{% endif %}<td>{{ m.status }}</td>
 <td class="n">{{ e.row.median_ms|num }}</td>
 <td class="n" data-v="{{ e.row.ci[0] if e.row.ci else '' }}">{% if e.row.ci %}{{ e.row.ci[0]|num }}–{{ e.row.ci[1]|num }}{% endif %}</td>
