@@ -261,3 +261,22 @@ def test_env_ceilings_with_a_bad_db_fails_before_measuring(capsys, tmp_path, mon
     monkeypatch.setattr(device, "measure_ceilings", lambda dev: pytest.fail("measured before the --db check"))
     code, _, err = cli(capsys, "env", "--ceilings", "--db", str(tmp_path / "missing" / "r.db"))
     assert code == 2 and "database folder does not exist" in err
+
+
+def test_runs_names_the_device_of_each_run_and_every_device_of_a_mixed_one(capsys, tmp_path):
+    """`attnbench runs` gave an environment hash only, and for a run on two GPUs only the first."""
+    from attnbench.spec import Workload
+    from attnbench.store import Measurement, Store
+
+    db = str(tmp_path / "r.db")
+    w = Workload(1, 2, 2, 32, 32, 16, dtype="fp32")
+    with Store(db) as s:
+        s.add_environment("e100", {"device_kind": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3"})
+        s.add_environment("e200", {"device_kind": "cuda", "gpu_name": "NVIDIA H200"})
+        rid = s.start_run("e100", {}, name="two gpus")
+        for env, impl in (("e100", "a"), ("e200", "b")):
+            s.add(rid, Measurement(workload=w, impl=impl, status="ok", samples_ms=(1.0,), env_id=env, timer="cold"))
+        s.finish_run(rid)
+        assert s.run_env_ids(rid) == ["e100", "e200"]
+    code, out, _ = cli(capsys, "runs", "--db", db)
+    assert code == 0 and "2 measurements  NVIDIA H100 80GB HBM3 (env e100) + NVIDIA H200 (env e200)  two gpus" in out

@@ -211,6 +211,10 @@ def test_per_token_compares_throughput_across_shapes_and_says_so():
     md = F.to_markdown(c)
     assert "Normalized comparison (per token): different workloads" in md
     assert "tokens/s ratio" in md and f"| {W.label} | {big.label} |" in md
+    # each side's tokens/s with its interval (the median's CI inverted), not bare
+    tokens = W.batch * W.q_len
+    assert (f"| {r.a_tokens_per_s:.4g} [{tokens / (r.a_ci_ms[1] * 1e-3):.4g}, "
+            f"{tokens / (r.a_ci_ms[0] * 1e-3):.4g}] |") in md
     assert F.to_json(c)["normalized"] == "per token: different workloads"
 
 
@@ -222,6 +226,19 @@ def test_per_token_pairs_by_impl_then_position():
     assert sorted((r.impl_a, r.impl_b, r.workload_a.causal) for r in c.rows) == [("p", "p", False),
                                                                                   ("q", "q", False)]
     assert [(u.side, u.impl) for u in c.unmatched] == [("A", "q")]
+
+
+def test_per_token_pairs_a_workload_both_sides_hold_with_itself_whatever_the_order():
+    """Two runs of the same shapes stored in another order were paired by position: S64 against S128, a change
+    of workload reported as 'different workloads' with a throughput ratio."""
+    big = W.replace(q_len=128, kv_len=128)
+    a = [mk(W, lognormal(seed=1), impl="k"), mk(big, lognormal(median=2.0, seed=2), impl="k")]
+    b = [mk(big, lognormal(median=2.0, seed=3), impl="k"), mk(W, lognormal(seed=4), impl="k"),
+         mk(W.replace(head_dim=64), impl="k")]
+    c = C.compare_measurements(a, b, per_token=True)
+    assert [(r.workload_a, r.workload_b) for r in c.rows] == [(W, W), (big, big)]
+    assert not c.different_workloads and "same workloads" in F.to_markdown(c)
+    assert [(u.side, u.key) for u in c.unmatched] == [("B", W.replace(head_dim=64).key)]
 
 
 def test_pairs_by_workload_and_impl_when_a_side_holds_several_impls():
@@ -291,6 +308,24 @@ def test_compare_runs_refuses_different_environments_unless_allowed(tmp_path):
         md = F.to_markdown(c)
         assert md.index("**Warning:** environments differ") < md.index("| workload |")
         assert c.a_name == f"run {r1} (sdpa-flash)"
+        # the output says where each side was measured (it named no device at all)
+        assert c.notes[0] == ("A measured on NVIDIA H100 80GB HBM3, torch 2.11.0, CUDA 13.0; "
+                              "B measured on NVIDIA H100 80GB HBM3, torch 2.12.0, CUDA 13.0")
+        r3 = _store_run(store, "e1", FP, [mk(W, lognormal(seed=3), impl="sdpa-flash")])
+        assert C.compare_runs(store, r1, r3).notes[0] == "measured on NVIDIA H100 80GB HBM3, torch 2.11.0, CUDA 13.0"
+        assert "- measured on NVIDIA H100 80GB HBM3" in F.to_markdown(C.compare_runs(store, r1, r3))
+
+
+def test_compare_runs_warns_of_a_run_that_did_not_complete(tmp_path):
+    """An interrupted run was compared as if whole: its unmeasured cells read as unmatched with no word why."""
+    with Store(tmp_path / "r.db") as store:
+        r1 = _store_run(store, "e1", FP, [mk(W, lognormal(seed=1), impl="sdpa-flash")])
+        r2 = _store_run(store, "e1", FP, [mk(W, lognormal(seed=2), impl="sdpa-flash")])
+        store.finish_run(r2, "interrupted")
+        c = C.compare_runs(store, r1, r2)
+        assert c.warnings == (f"run {r2} is interrupted, not complete: cells it never measured are listed as "
+                              "unmatched; `attnbench run ... --resume` finishes it",)
+        assert not C.compare_runs(store, r1, r1).warnings
 
 
 def test_compare_runs_matches_workload_by_impl_and_filters_by_impl(tmp_path):
@@ -317,6 +352,7 @@ def test_compare_impls_measures_both_in_one_run_with_a_fake_timer(tmp_path):
         assert all(r.n_a == r.n_b == 8 for r in c.rows)
         assert c.counts["faster"] == c.counts["slower"] == 0  # one fake distribution for both
         assert any(f"run {rid}" in n for n in c.notes)
+        assert c.notes[0].startswith("measured on CPU (")
 
 
 def test_compare_impls_with_itself_is_one_interleaved_run(tmp_path):
@@ -346,8 +382,11 @@ def test_markdown_layout_and_convention():
     assert md.startswith("# attnbench compare: A = new (candidate) vs B = old (baseline)")
     assert "Speedup = median time of B / median time of A: above 1 means A (new) is faster" in md
     r = c.rows[0]
-    assert (f"| {W.label} | {r.a_median_ms:.4g} | {r.b_median_ms:.4g} | {r.speedup:.3f} "
-            f"[{r.speedup_ci[0]:.3f}, {r.speedup_ci[1]:.3f}] |") in md
+    # each median with its 95% CI (a median shown bare was a number without its uncertainty)
+    assert (f"| {W.label} | {r.a_median_ms:.4g} [{r.a_ci_ms[0]:.4g}, {r.a_ci_ms[1]:.4g}] | {r.b_median_ms:.4g} "
+            f"[{r.b_ci_ms[0]:.4g}, {r.b_ci_ms[1]:.4g}] | {r.speedup:.3f} [{r.speedup_ci[0]:.3f}, {r.speedup_ci[1]:.3f}] |"
+            ) in md
+    assert "| A median ms [95% CI] (new) | B median ms [95% CI] (old) |" in md
     assert "Suite (1 row): geometric-mean speedup" in md
     assert "Verdicts: faster 0, slower 0, same 0, inconclusive 1 (threshold 2%" in md
     assert "timer `fake`" in md
@@ -469,3 +508,16 @@ def test_cli_usage_errors_are_one_line_exit_2(args, tmp_path, capsys):
     code, out, err = cli(args + ["--db", str(tmp_path / "c.db")], capsys)
     assert code == 2 and out == ""
     assert err.startswith("attnbench: error: ") and err.count("\n") == 1
+
+
+def test_a_verdict_on_an_implausible_side_says_so_and_a_narrow_interval_keeps_its_digits():
+    """A warm-cache A (above a ceiling) read as a plain 'faster' with the flag in the last column, and a ratio of
+    1.0029 [1.0027, 1.0031] printed as '1.003 [1.003, 1.003]', an interval of no width."""
+    extra = {"plausibility": "implausible", "plausibility_reason": "131% of the fp16 peak"}
+    c = C.compare_measurements([mk(W, lognormal(100, 0.5, seed=1), extra=extra)], [mk(W, lognormal(100, 1.0, seed=2))])
+    assert c.rows[0].verdict == "faster"
+    md = F.to_markdown(c)
+    assert "| faster (A implausible: see flags) | A implausible: 131% of the fp16 peak |" in md
+    assert "1 row with a side above a device ceiling" in md
+    assert F._ratio(1.0029, (1.00274, 1.00311)) == "1.0029 [1.0027, 1.0031]"
+    assert F._ratio(1.25, (1.2, 1.3)) == "1.250 [1.200, 1.300]" and F._ratio(1.0, (1.0, 1.0)) == "1.000 [1.000, 1.000]"

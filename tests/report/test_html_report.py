@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import io
 import re
 
@@ -114,9 +116,10 @@ def test_run_page_is_self_contained_escaped_and_complete(store, run_id, characte
     assert "<script>alert" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert page.count("<script>") == 1                      # only the sort script
-    # one latency and one TFLOP/s plot per swept group (seq, batch, heads), plus the roofline
+    # one latency and one throughput plot per swept group (seq, batch, heads), plus the roofline; a group whose rows
+    # are all memory-bound (intensity below the ridge point) gets GB/s, its figure of merit
     assert len(re.findall(r'data-plot="latency-\d+"', page)) == 3
-    assert len(re.findall(r'data-plot="tflops-\d+"', page)) == 3
+    assert len(re.findall(r'data-plot="(?:tflops|gbps)-\d+"', page)) == 3
     assert page.count('data-plot="roofline"') == 1
     assert page.count("<svg") == 7
     # summary, flags, table, methods
@@ -124,6 +127,8 @@ def test_run_page_is_self_contained_escaped_and_complete(store, run_id, characte
     assert "incorrect" in page and "rel err 0.5" in page
     assert "1 unsupported" in page
     assert '<span class="flag">implausible' in page and '<span class="flag">throttled' in page
+    flagged = sum("implausible" in e.flags for e in htmlreport.gather_run(store, run_id).entries)
+    assert flagged >= 1 and page.count('<tr class="st-ok implausible">') == flagged   # highlighted in the table
     assert page.count('<span class="flag">host-bound') == 2   # in Flagged and in the table: launchy only
     assert page.count('<tr class="st-') == 3 * len(characterize) + 4
     assert "Methods" in page and "bootstrap over batches" in page and "flash-attention convention" in page
@@ -163,7 +168,7 @@ def test_csv_parses(store, run_id, characterize):
     assert all(len(r) == len(report.CSV_COLUMNS) and None not in r for r in rows)
     evil = [r for r in rows if r["impl"] == EVIL]
     assert len(evil) == len(characterize)
-    assert float(evil[0]["ci_lo"]) <= float(evil[0]["median_ms"]) <= float(evil[0]["ci_hi"])
+    assert float(evil[0]["ci95_lo_ms"]) <= float(evil[0]["median_ms"]) <= float(evil[0]["ci95_hi_ms"])
     bad = next(r for r in rows if r["status"] == "incorrect")
     assert bad["median_ms"] == "" and float(bad["rel_err"]) == 0.5
 
@@ -312,3 +317,144 @@ def test_methods_state_the_correctness_criterion(store, run_id):
     assert CRITERION in bullet and "2x eager math's" in bullet and "(batch, head, row)" in bullet
     page = htmlreport.render_run(store, run_id)
     assert "2x eager math&#x27;s (4x for gradients" in page and "TF32 matmuls allowed" in page
+
+
+H200 = {"device_kind": "cuda", "gpu_name": "NVIDIA H200", "torch": "2.11.0", "cuda": "13.0", "l2_mb": 60}
+DECODE = Workload(16, 32, 8, 1, 32768, 128, dtype="bf16", mask="causal-br")   # a 2.1 GB KV cache
+
+
+def _at_gbps(w: Workload, impl: str, gbps: float, env: str, seed: int) -> Measurement:
+    from attnbench.analysis import metrics
+
+    return Measurement(workload=w, impl=impl, status="ok", timer="cold", env_id=env, device="cuda",
+                       samples_ms=_samples(metrics.min_bytes(w) / (gbps * 1e6), seed), stop_reason="converged")
+
+
+def test_run_page_of_a_run_on_two_gpus_names_each_rows_device_and_never_ranks_across_them(store):
+    """The page of a run on an H100 and an H200 named the H100 alone (header, summary, ceilings), gave no row its
+    device, ranked the H200's kernel against the H100's as 'fastest' and drew both as one series."""
+    store.add_environment("h200", H200)
+    rid = store.start_run("envA", {}, name="two gpus")
+    for env, impl, gbps in (("envA", "sdpa-cudnn", 2000.0), ("h200", "sdpa-flash", 4000.0)):
+        store.add(rid, _at_gbps(DECODE, impl, gbps, env, 1))   # a cell is measured once, on one worker
+    store.finish_run(rid)
+    view = htmlreport.gather_run(store, rid)
+    assert {e.device for e in view.entries} == {"NVIDIA H100 80GB HBM3 · envA", "NVIDIA H200 · h200"}
+    assert len({e.series for e in view.entries}) == 2                      # two series, one per device
+    assert [second for _, second in htmlreport.best_per_workload(view)] == [None, None]
+    page = htmlreport.render_run_view(view)
+    assert "2 environments, never pooled (each row names its own)" in page
+    assert page.count("<td>NVIDIA H200 · h200</td>") == 2                  # the fastest table and the row
+    assert "NVIDIA H200 · h200: memory</td><td class=\"n\">4800 GB/s</td><td>datasheet" in page
+    assert "NVIDIA H100 80GB HBM3 · envA: memory</td><td class=\"n\">3000 GB/s</td><td>measured" in page
+
+
+def test_decode_rows_lead_with_bandwidth_and_above_copy_is_flagged(store):
+    """A decode row's '% of peak' cell gave its % of the compute peak (1.6), the fastest table gave TFLOP/s and
+    the plot TFLOP/s, and a row at 105% of the measured copy ceiling was not marked."""
+    rid = store.start_run("envA", {}, name="decode")
+    store.add(rid, _at_gbps(DECODE, "sdpa-cudnn", 3150.0, "envA", 1))    # 105% of the copy, 94% of the datasheet
+    store.add(rid, _at_gbps(DECODE.replace(kv_len=16384), "sdpa-cudnn", 2000.0, "envA", 2))
+    store.finish_run(rid)
+    page = htmlreport.render_run(store, rid)
+    assert ">105% of BW</td>" in page and ">67% of BW</td>" in page
+    assert re.search(r">31[45]\d GB/s \(105% of BW\)<", page)
+    assert 'data-plot="gbps-0"' in page and 'data-plot="tflops-' not in page
+    assert "measured copy ceiling" in page
+    items = _flagged_items(page)
+    assert len(items) == 1 and items[0].startswith("above copy") and "94% of the datasheet bandwidth" in items[0]
+
+
+def test_csv_names_units_devices_and_flags_and_json_gives_the_ceilings(store, run_id):
+    """The CSV had no device, no flag on an implausible row (a warm-cache 'win' read as a plain number) and CI
+    columns without a unit; the JSON gave percentages of ceilings it did not state."""
+    rows = list(csv.DictReader(io.StringIO(report.csv_report(store, run_id))))
+    assert {"ci95_lo_ms", "ci95_hi_ms", "host_median_ms", "pct_peak", "pct_bandwidth"} <= set(rows[0])
+    assert {r["device"] for r in rows} == {"NVIDIA H100 80GB HBM3"} and {r["env_id"] for r in rows} == {"envA"}
+    hot = next(r for r in rows if r["impl"] == "warm-cache")
+    assert hot["flag"] == "implausible" and "above the copy ceiling" in hot["flag_reason"]
+    assert float(hot["pct_bandwidth"]) > 100
+    assert all(r["flag"] == "" for r in rows if r["impl"] == "sdpa-math")
+    for col in ("median_ms", "ci95_lo_ms", "pct_peak", "host_median_ms"):   # one type per column: a number or empty
+        assert all(r[col] == "" or float(r[col]) >= 0 for r in rows)
+    data = report.json_report(store, run_id)
+    assert data["ceilings"]["envA"]["gbps"] == 3000.0 and data["ceilings"]["envA"]["tflops"]["fp16"] == 797.0
+    json.dumps(data, allow_nan=False)   # strict JSON: no NaN or Infinity anywhere
+
+
+def test_history_never_pools_environments(store, characterize):
+    """Runs on an H100 and then an H200 were one line per (workload, impl, timer): a change of GPU drawn, and
+    tabled, as a change of speed of one cell."""
+    store.add_environment("h200", H200)
+    w = characterize[0]
+    for env, scale in (("envA", 1.0), ("h200", 0.5)):
+        rid = store.start_run(env, {}, name=env)
+        store.add(rid, dataclasses.replace(_ok(w, "sdpa-flash", seed=1, scale=scale), env_id=env))
+        store.finish_run(rid)
+    h = history.gather(store)
+    assert len(h.cells) == 2 and [len(c.points) for c in h.cells] == [1, 1]
+    assert [c.device for c in h.cells] == ["NVIDIA H100 80GB HBM3 · envA", "NVIDIA H200 · h200"]
+    md = history.markdown(h)
+    assert "| sdpa-flash (cold) · NVIDIA H200 · h200 |" in md
+    page = htmlreport.render_history(store)
+    assert "sdpa-flash · NVIDIA H200 · h200" in page
+
+
+def test_every_format_gives_the_same_median_and_interval(store):
+    """Markdown, JSON, CSV, the HTML page and the history agree on each median and its CI to the precision shown
+    (the history gave an order-statistic interval over single samples, narrower on bursty batches than the
+    run report's bootstrap over batches)."""
+    from attnbench.report.text import fmt_ms
+    from tests.analysis import bursty
+
+    x, sizes = bursty.apart(np.random.default_rng(3), batches=12, per_batch=8, base=0.1)
+    rid = store.start_run("envA", {}, name="bursty")
+    store.add(rid, Measurement(workload=Workload(32, 8, 8, 128, 128, 64, dtype="fp16"), impl="sdpa-flash",
+                               status="ok", timer="cold", env_id="envA", device="cuda", samples_ms=tuple(x),
+                               batch_sizes=tuple(sizes), stop_reason="converged"))
+    store.finish_run(rid)
+    summary = report.json_report(store, rid)["measurements"][0]["summary"]
+    med, (lo, hi) = summary["median_ms"], summary["ci95_ms"]
+    (row,) = list(csv.DictReader(io.StringIO(report.csv_report(store, rid))))
+    assert (float(row["median_ms"]), float(row["ci95_lo_ms"]), float(row["ci95_hi_ms"])) == (med, lo, hi)
+    assert f"| {fmt_ms(med)} [{fmt_ms(lo)}, {fmt_ms(hi)}] |" in report.markdown(store, rid)
+    page = htmlreport.render_run(store, rid)
+    assert f">{med:.4g}</td>" in page and f"{lo:.4g}–{hi:.4g}" in page
+    (cell,) = history.gather(store, impl="sdpa-flash").cells
+    assert (cell.points[0].median_ms, cell.points[0].ci) == (med, (lo, hi))
+
+
+def test_fastest_table_says_when_intervals_overlap_and_scales_small_rates(tmp_path):
+    """'runner-up / fastest 1.12x' was printed bare between rows whose CIs overlapped, and a CPU's rate read
+    '0.00107 TFLOP/s'."""
+    w = Workload(1, 2, 2, 64, 64, 16, dtype="fp32")
+    with Store(tmp_path / "cpu.db") as s:
+        s.add_environment("cpu", {"device_kind": "cpu", "torch": "2.13.0", "cpu_model": "x86_64"})
+        rid = s.start_run("cpu", {})
+        for impl, ms, seed in (("a", 0.100, 1), ("b", 0.101, 2), ("c", 0.2, 3)):
+            s.add(rid, Measurement(workload=w, impl=impl, status="ok", timer="host", env_id="cpu",
+                                   samples_ms=_samples(ms, seed), batch_sizes=(3,) * 10))
+        s.finish_run(rid)
+        view = htmlreport.gather_run(s, rid)
+        page = htmlreport.render_run_view(view)
+    (first, second), = htmlreport.best_per_workload(view)
+    assert htmlreport.ratio_text(first, second).endswith("× (CIs overlap: not told apart)")
+    c = next(e for e in view.entries if e.m.impl == "c")
+    assert htmlreport.ratio_text(first, c) == f"{c.row.median_ms / first.row.median_ms:.3g}×"
+    assert "a ratio between two rows is a hint, not a verdict" in page
+    assert first.merit.endswith(" GFLOP/s") and not first.merit.startswith("0.")
+    assert htmlreport._rate(599.0, "FLOP/s", "T") == "599 TFLOP/s" and htmlreport._rate(0.5, "B/s", "G") == "500 MB/s"
+
+
+def test_run_page_gives_the_spread_across_repeats(store):
+    """The Markdown note gave a pooled cell's spread across repeats, batches and precision; the page gave only its
+    stop reason."""
+    w = Workload(32, 8, 8, 128, 128, 64, dtype="fp16")
+    reps = [{"repeat": i + 1, "median_ms": v} for i, v in enumerate((0.100, 0.104, 0.101))]
+    rid = store.start_run("envA", {}, name="repeats")
+    store.add(rid, Measurement(workload=w, impl="sdpa-flash", status="ok", timer="cold", env_id="envA", device="cuda",
+                               samples_ms=_samples(0.1, 1), batch_sizes=(3,) * 10, stop_reason="converged",
+                               extra={"repeats": reps, "precision": 0.02}))
+    store.finish_run(rid)
+    page = htmlreport.render_run(store, rid)
+    assert "n=30 in 10 batches converged ±2%, spread across 3 repeats 4%" in page

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -51,6 +53,9 @@ def test_markdown_shows_peak_regime_and_flags(tmp_path):
     lines = {ln.split("|")[2].strip(): ln for ln in text.splitlines() if ln.startswith("| B")}
     assert "compute-bound" in lines["sdpa-cudnn"] and "% (" in lines["sdpa-cudnn"]
     assert "IMPLAUSIBLE" in lines["warm-kernel"]
+    # flagged beside the figure too, not only in the note at the end of the row
+    assert lines["warm-kernel"].split(" | ")[6].endswith("of BW IMPLAUSIBLE")
+    assert "IMPLAUSIBLE" not in lines["sdpa-cudnn"]
     assert "peak 1536 MB" in lines["sdpa-cudnn"] and "Peak memory:" in text
     assert "| unsupported |" in text and "why" in text
     # Methods names each dtype's ceiling and where it came from (no measured ceilings stored here).
@@ -119,3 +124,30 @@ def test_a_wild_spread_across_repeats_reads_as_a_factor():
     reps = [{"repeat": 1, "median_ms": 0.1}, {"repeat": 2, "median_ms": 18.1}]
     m = _bursty(SMALL, "sdpa-math", 4, extra={"repeats": reps})
     assert "spread across 2 repeats 181x" in report.timing_note(m, None)
+
+
+def test_methods_state_the_bytes_of_fwd_plus_bwd_and_one_sample_count_once(tmp_path):
+    """The convention gave the bytes of forward and of backward but not of fwd+bwd rows, and a run whose
+    measurements all took 20 samples read 'Samples per measurement: 20–20'."""
+    with Store(tmp_path / "r.db") as s:
+        s.add_environment("h100", H100)
+        rid = s.start_run("h100", {})
+        s.add(rid, meas(BIG.replace(direction="fwd+bwd"), 12.0))
+        s.add(rid, meas(BIG, 3.58, impl="sdpa-flash"))
+        text = report.markdown(s, rid)
+    assert "fwd+bwd counts as many (Q, K, V, dO read; O, dQ, dK, dV written)" in text
+    assert "- Samples per measurement: 20 (stop:" in text
+
+
+def test_rows_timed_differently_each_name_their_timer(tmp_path):
+    """A table mixing graph and cold rows (not chosen by auto) named the timers in Methods only, not which row
+    used which."""
+    with Store(tmp_path / "r.db") as s:
+        s.add_environment("h100", H100)
+        rid = s.start_run("h100", {})
+        s.add(rid, meas(BIG, 3.58))
+        s.add(rid, dataclasses.replace(meas(SMALL, 0.012, impl="sdpa-flash"), timer="graph"))
+        text = report.markdown(s, rid)
+    rows = {ln.split("|")[2].strip(): ln for ln in text.splitlines() if ln.startswith("| B")}
+    assert rows["sdpa-cudnn"].rstrip(" |").endswith(", timer cold")
+    assert rows["sdpa-flash"].rstrip(" |").endswith(", timer graph")

@@ -10,7 +10,8 @@ CONVENTION = (
     "window and document as spec/masks.py defines them), never a 0.5 factor; backward = 2.5x forward, "
     "fwd+bwd = 3.5x forward (the flash-attention convention). Softmax, scaling and score modifiers are not "
     "counted. Bytes: the minimum traffic: forward reads Q, K, V once and writes O once; backward reads "
-    "Q, K, V, O, dO and writes dQ, dK, dV; K and V count once per KV head (GQA), and only the key rows "
+    "Q, K, V, O, dO and writes dQ, dK, dV; fwd+bwd counts as many (Q, K, V, dO read; O, dQ, dK, dV written); "
+    "K and V count once per KV head (GQA), and only the key rows "
     "some query sees (a sliding window over a long cache reads only the window); a paged KV cache adds its "
     "block table and sequence lengths (int32), not the unused tail of each sequence's last page."
 )
@@ -70,7 +71,9 @@ def assess(w: Workload, median_ms: float, host_ms: float | None, ceilings) -> di
     peak, bw = ceilings.peak(w.dtype), ceilings.gbps
     out: dict = {"tflops": tf, "gbps": gb, "intensity": intensity(w),
                  "pct_peak": 100 * tf / peak if peak else None, "pct_bandwidth": 100 * gb / bw if bw else None,
-                 "pct_bound": None, "peak_source": ceilings.source(w.dtype), "bandwidth_source": ceilings.gbps_source}
+                 "pct_bound": None, "peak_source": ceilings.source(w.dtype), "bandwidth_source": ceilings.gbps_source,
+                 # the vendor's figure beside a measured copy ceiling: a read-mostly kernel may pass the copy
+                 "pct_datasheet_bandwidth": 100 * gb / ceilings.datasheet_gbps if ceilings.datasheet_gbps else None}
     if peak and bw:
         out["pct_bound"] = 100 * tf / roofline.roofline_bound_tflops(intensity(w), peak, bw)
     out["regime"] = roofline.regime(flops(w), min_bytes(w), median_ms, host_ms, ceilings, w.dtype)

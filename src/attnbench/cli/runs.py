@@ -10,7 +10,7 @@ from .options import DB_OPT, open_store
 
 
 def runs(db: Optional[str] = DB_OPT) -> None:
-    """The stored runs, newest last."""
+    """The stored runs, newest last, each with the device it ran on (every device, when its workers differed)."""
     import time
 
     with open_store(db, must_exist=True) as store:
@@ -21,4 +21,13 @@ def runs(db: Optional[str] = DB_OPT) -> None:
         for r in infos:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
             noun = "measurement" if r.n_measurements == 1 else "measurements"
-            typer.echo(f"{r.run_id:>4}  {when}  {r.status:<11}  {r.n_measurements:>4} {noun}  env {r.env_id}  {r.name}")
+            where = " + ".join(f"{_device(store.environment(e))} (env {e})" for e in store.run_env_ids(r.run_id))
+            typer.echo(f"{r.run_id:>4}  {when}  {r.status:<11}  {r.n_measurements:>4} {noun:<12}  {where or 'env ?'}  "
+                       f"{r.name}")
+
+
+def _device(env: dict | None) -> str:
+    """'NVIDIA H200', or 'CPU (model)'; '?' for an environment not stored."""
+    if not env:
+        return "?"
+    return str(env.get("gpu_name") or f"CPU ({env.get('cpu_model') or '?'})")

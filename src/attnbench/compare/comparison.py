@@ -196,8 +196,9 @@ def _match_workloads(a: Sequence[Measurement], b: Sequence[Measurement]):
 
 
 def _match_per_token(a: Sequence[Measurement], b: Sequence[Measurement]):
-    """Pair by impl (label with params), then by position within each impl, in the order given (a run's
-    measurement order); when the sides share no impl, by position over the whole lists. Extras are unmatched."""
+    """Pair by impl (label with params): first the cells whose workload both sides hold, then the others by
+    position within each impl, in the order given (a run's measurement order); when the sides share no impl, the
+    same over the whole lists. Extras are unmatched."""
     impls_b = {m.impl_label for m in b}
     common = [i for i in dict.fromkeys(m.impl_label for m in a) if i in impls_b]
     groups = [([m for m in a if m.impl_label == i], [m for m in b if m.impl_label == i]) for i in common]
@@ -205,7 +206,16 @@ def _match_per_token(a: Sequence[Measurement], b: Sequence[Measurement]):
         groups = [(list(a), list(b))]
     pairs, paired = [], set()
     for ga, gb in groups:
-        for ma, mb in zip(ga, gb):
+        # like with like first: a workload both sides hold is never paired with another shape
+        same = {m.workload: m for m in reversed(gb)}
+        for ma in ga:
+            mb = same.pop(ma.workload, None)
+            if mb is not None and id(mb) not in paired:
+                pairs.append((ma, mb))
+                paired.update((id(ma), id(mb)))
+        rest_a = [m for m in ga if id(m) not in paired]
+        rest_b = [m for m in gb if id(m) not in paired]
+        for ma, mb in zip(rest_a, rest_b):
             pairs.append((ma, mb))
             paired.update((id(ma), id(mb)))
     unmatched = [Unmatched(side, _label(m, True), m.workload.key, m.impl_label, m.status)
@@ -422,6 +432,9 @@ def compare_runs(store, run_a, run_b, allow_env_mismatch: bool = False, impl: st
     for info, ms in ((ia, ma), (ib, mb)):
         if not ms:
             raise UserError(f"run {info.run_id} has no measurements" + (f" of impl {impl!r}" if impl else ""))
+        if info.status != "complete":  # an interrupted or unfinished run: its missing cells are not a change
+            warnings.append(f"run {info.run_id} is {info.status}, not complete: cells it never measured are listed as "
+                            "unmatched; `attnbench run ... --resume` finishes it")
 
     def name(info, ms):
         single = _single_name(ms, "")
@@ -429,7 +442,20 @@ def compare_runs(store, run_a, run_b, allow_env_mismatch: bool = False, impl: st
 
     c = compare_measurements(ma, mb, threshold=threshold, alpha=alpha, per_token=per_token, seed=seed,
                              a_name=name(ia, ma), b_name=name(ib, mb))
-    return dataclasses.replace(c, warnings=tuple(warnings) + c.warnings, run_ids=(ia.run_id, ib.run_id))
+    where = _environment_note(store, ia.env_id, ib.env_id)
+    return dataclasses.replace(c, warnings=tuple(warnings) + c.warnings, run_ids=(ia.run_id, ib.run_id),
+                               notes=(where,) + c.notes)
+
+
+def _environment_note(store, env_a: str, env_b: str | None = None) -> str:
+    """Where the numbers were measured: 'measured on NVIDIA H100 ..., torch ...' (both sides' when they differ)."""
+    from ..report.tables import _env_line
+
+    line_a = _env_line(store.environment(env_a))
+    if env_b is None or env_b == env_a:
+        return f"measured on {line_a}"
+    line_b = _env_line(store.environment(env_b))
+    return f"measured on {line_a}" if line_a == line_b else f"A measured on {line_a}; B measured on {line_b}"
 
 
 def compare_impls(impl_a: str, impl_b: str, workloads, store, device: str | None = None, timer=None,
@@ -470,7 +496,8 @@ def compare_impls(impl_a: str, impl_b: str, workloads, store, device: str | None
     note = f"A/A comparison: one run (run {rid}), {how}" if same else f"measured in run {rid}, {how}"
     c = compare_measurements(ma, mb, threshold=threshold, alpha=alpha, per_token=per_token, seed=seed,
                              a_name=impl_a, b_name=impl_b)
-    return dataclasses.replace(c, notes=c.notes + (note,), run_ids=(rid,)), rid
+    return dataclasses.replace(c, notes=(_environment_note(store, store.run(rid).env_id),) + c.notes + (note,),
+                               run_ids=(rid,)), rid
 
 
 def with_cost(c: Comparison, calls_per_day: float, usd_per_hour: float) -> Comparison:

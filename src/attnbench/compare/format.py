@@ -65,8 +65,31 @@ def _num(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _per_s(tokens_per_s: float, w: Workload, ci_ms: tuple[float, float]) -> str:
+    """Query tokens per second at the median, with the median's CI inverted."""
+    tokens = w.batch * w.q_len
+    return f"{_num(tokens_per_s)} [{_num(tokens / (ci_ms[1] * 1e-3))}, {_num(tokens / (ci_ms[0] * 1e-3))}]"
+
+
+def _median(x: float, ci: tuple[float, float]) -> str:
+    return f"{_num(x)} [{_num(ci[0])}, {_num(ci[1])}]"
+
+
 def _ratio(x: float, ci: tuple[float, float]) -> str:
-    return f"{x:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+    """'1.003 [0.998, 1.008]', with more decimals (up to 6) where three would print a narrow interval's ends as the
+    ratio itself ('1.003 [1.003, 1.003]' reads as no uncertainty at all)."""
+    d = 3
+    while d < 6 and ci[0] < ci[1] and (f"{ci[0]:.{d}f}" == f"{x:.{d}f}" or f"{ci[1]:.{d}f}" == f"{x:.{d}f}"):
+        d += 1
+    return f"{x:.{d}f} [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
+
+
+def _verdict(r) -> str:
+    """The verdict as shown; a side flagged implausible (above a ceiling) is named in it, so no win or loss built
+    on an impossible number reads as a plain verdict."""
+    sides = [f.split(" ", 1)[0] for f in r.flags if f.startswith(("A implausible", "B implausible"))]
+    text = r.verdict_label or r.verdict
+    return text + (f" ({' and '.join(sides)} implausible: see flags)" if sides else "")
 
 
 def _p(x: float) -> str:
@@ -108,23 +131,30 @@ def to_markdown(c: Comparison) -> str:
     delta = "Cliff's delta (magnitude)"
     pcol = "Holm p (raw p)"
     if c.per_token:
-        header = ["A workload", "B workload", "impl A", "impl B", "A tokens/s", "B tokens/s", "A TFLOP/s",
+        header = ["A workload", "B workload", "impl A", "impl B", "A tokens/s [95% CI]", "B tokens/s [95% CI]",
+                  "A TFLOP/s",
                   "B TFLOP/s", "tokens/s ratio [95% CI]", "TFLOP/s ratio [95% CI]", delta, "evidence", pcol, "verdict",
                   "flags"]
-        body = [[r.workload_a.label, r.workload_b.label, r.impl_a, r.impl_b, _num(r.a_tokens_per_s),
-                 _num(r.b_tokens_per_s), f"{r.a_tflops:.3g}", f"{r.b_tflops:.3g}", _ratio(r.speedup, r.speedup_ci),
+        body = [[r.workload_a.label, r.workload_b.label, r.impl_a, r.impl_b,
+                 _per_s(r.a_tokens_per_s, r.workload_a, r.a_ci_ms), _per_s(r.b_tokens_per_s, r.workload_b, r.b_ci_ms),
+                 f"{r.a_tflops:.3g}", f"{r.b_tflops:.3g}", _ratio(r.speedup, r.speedup_ci),
                  _ratio(r.tflops_ratio, r.tflops_ratio_ci), f"{r.cliffs_delta:+.2f} ({r.magnitude})",
-                 f"{r.rounds} {r.pairing}", f"{_p(r.p_holm)} ({_p(r.p_value)})", r.verdict_label or r.verdict,
+                 f"{r.rounds} {r.pairing}", f"{_p(r.p_holm)} ({_p(r.p_value)})", _verdict(r),
                  "; ".join(r.flags)] for r in c.rows]
     else:
-        header = ["workload", f"A median ms ({c.a_name})", f"B median ms ({c.b_name})", "speedup [95% CI]", delta,
-                  "evidence", pcol, "verdict", "flags"]
-        body = [[r.label, _num(r.a_median_ms), _num(r.b_median_ms), _ratio(r.speedup, r.speedup_ci),
+        header = ["workload", f"A median ms [95% CI] ({c.a_name})", f"B median ms [95% CI] ({c.b_name})",
+                  "speedup [95% CI]", delta, "evidence", pcol, "verdict", "flags"]
+        body = [[r.label, _median(r.a_median_ms, r.a_ci_ms), _median(r.b_median_ms, r.b_ci_ms),
+                 _ratio(r.speedup, r.speedup_ci),
                  f"{r.cliffs_delta:+.2f} ({r.magnitude})", f"{r.rounds} {r.pairing}",
-                 f"{_p(r.p_holm)} ({_p(r.p_value)})", r.verdict_label or r.verdict, "; ".join(r.flags)]
+                 f"{_p(r.p_holm)} ({_p(r.p_value)})", _verdict(r), "; ".join(r.flags)]
                 for r in c.rows]
     if c.rows:
         out += _table(header, body) + [""]
+        odd = sum(any(" implausible" in f for f in r.flags) for r in c.rows)
+        if odd:
+            out += [f"{_rows(odd)} with a side above a device ceiling (implausible: warm cache, miscounted work or a "
+                    "timer error): their ratios are in the suite below but are no evidence of a speedup.", ""]
         what = "throughput ratio" if c.per_token else "speedup"
         out.append(f"Suite ({_rows(len(c.rows))}): geometric-mean {what} {_ratio(c.geomean_speedup, c.geomean_ci)} "
                    "(95% CI; bootstrap over each row's rounds, rows fixed; expanded for the fewest rounds).")

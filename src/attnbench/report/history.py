@@ -27,16 +27,25 @@ class Point:
 
 @dataclass
 class Cell:
-    """A (workload, impl[params], timer) cell followed across runs, in run order."""
+    """A (workload, impl[params], timer, environment) cell followed across runs, in run order: runs on another
+    GPU or software are another cell, never one line."""
 
     workload: Workload
     impl_label: str
     timer: str
     points: list[Point] = field(default_factory=list)
+    env_id: str = ""
+    device: str = ""       # 'NVIDIA H200 · 3f2a1c' when the history holds several environments, else ''
+
+    @property
+    def series(self) -> str:
+        """impl[params] (timer) · device: what a plot line or a table row is called."""
+        return (self.impl_label + (f" ({self.timer})" if self.timer else "")
+                + (f" · {self.device}" if self.device else ""))
 
     @property
     def label(self) -> str:
-        return f"{self.workload.label} · {self.impl_label}" + (f" ({self.timer})" if self.timer else "")
+        return f"{self.workload.label} · {self.series}"
 
 
 @dataclass
@@ -114,26 +123,33 @@ def _matches(m: Measurement, workload: str | None, impl: str | None) -> bool:
 
 def gather(store: Store, workload: str | None = None, impl: str | None = None) -> History:
     """Every matching cell across stored runs. `workload` matches a substring of the workload key or label
-    (case-insensitive); `impl` matches an impl name or impl label exactly. The CI of each median is the
-    order-statistic (distribution-free) interval: fast for many runs, and slightly conservative."""
-    from ..analysis.stats import median, median_ci_order
+    (case-insensitive); `impl` matches an impl name or impl label exactly. The CI of each median is the run
+    report's (a bootstrap over the measurement's batches, tables.summarize), so both pages give one interval."""
+    from ..analysis.rounds import block_median_ci
+    from ..analysis.stats import median
 
     verdicts = GateVerdicts(store)
-    cells: dict[tuple[str, str, str], Cell] = {}
+    cells: dict[tuple[str, str, str, str], Cell] = {}
     run_ids: set[int] = set()
     for info in store.runs():
         for m in store.measurements(info.run_id):
             if not _matches(m, workload, impl):
                 continue
             run_ids.add(info.run_id)
-            key = (m.workload.key, m.impl_label, m.timer)
-            cell = cells.setdefault(key, Cell(m.workload, m.impl_label, m.timer))
+            env_id = m.env_id or info.env_id
+            key = (m.workload.key, m.impl_label, m.timer, env_id)
+            cell = cells.setdefault(key, Cell(m.workload, m.impl_label, m.timer, env_id=env_id))
             p = Point(run_id=info.run_id, status=m.status, n=len(m.samples_ms), reason=m.reason,
                       verdict=verdicts(m))
             if m.ok:
                 p.median_ms = median(m.samples_ms)
-                p.ci = median_ci_order(m.samples_ms)
+                p.ci = block_median_ci(m.samples_ms, m.batch_sizes or None, seed=0)
             cell.points.append(p)
+    env_ids = list(dict.fromkeys(c.env_id for c in cells.values()))
+    if len(env_ids) > 1:
+        for c in cells.values():
+            env = store.environment(c.env_id) or {}
+            c.device = f"{env.get('gpu_name') or 'CPU ' + str(env.get('cpu_model', '?'))} · {c.env_id[:6]}"
     runs = [r for r in store.runs() if r.run_id in run_ids]
     return History(runs=runs, cells=list(cells.values()), filters={"workload": workload, "impl": impl})
 
@@ -173,12 +189,12 @@ def markdown(h: History) -> str:
     if not h.cells:
         return title + "\n\nNo stored measurement matches."
     out = [title, "", f"{len(h.runs)} runs, {len(h.cells)} cells. Median ms [95% CI of the median, "
-                      "order statistics]; ▲/▼ mark gate verdicts (regression / improvement).", ""]
+                      "a bootstrap over each measurement's batches, as in the run report]; ▲/▼ mark gate verdicts (regression / improvement).", ""]
     out.append("| workload | impl | " + " | ".join(_cell(run_title(r)) for r in h.runs) + " |")
     out.append("|---|---|" + "---|" * len(h.runs))
     for c in h.cells:
         by_run = {p.run_id: p for p in c.points}
-        impl = c.impl_label + (f" ({c.timer})" if c.timer else "")
+        impl = c.series
         out.append("| " + " | ".join(_cell(x) for x in [c.workload.label, impl]
                                       + [point_text(by_run.get(r.run_id)) for r in h.runs]) + " |")
     return "\n".join(out)

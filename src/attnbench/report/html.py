@@ -21,13 +21,14 @@ from ..measure.clocks import throttled
 from ..store import RunInfo, Store
 from . import plots as P
 from .history import IMPROVEMENT, REGRESSION, History, run_date, run_title
-from .tables import Row, _env_line, methods, rows_for, run_ceilings, typical_clock
+from .tables import (Row, _env_line, above_copy, fmt_pct, measured_env_id, methods, row_environments, rows_for,
+                     run_ceilings, timing_note, typical_clock)
 
 THROTTLE_DROP = 0.10  # flagged when a clock reading fell more than this below the run's typical clock
 # The Flagged list, most severe first: statuses that lost a measurement, then flags on numbers that were kept.
 # host-bound is not in it: on small kernels it is the rule (35 of 35 rows of a characterize run on an H200),
 # so the page says it in one line and the regime column says it per row.
-SEVERITY = ("incorrect", "error", "oom", "implausible", "throttled")
+SEVERITY = ("incorrect", "error", "oom", "implausible", "throttled", "above copy")
 
 
 @dataclass
@@ -41,8 +42,12 @@ class Entry:
     pct_peak: float | None = None
     pct_bound: float | None = None  # % of the roofline bound at this intensity
     regime: str = ""
-    flags: list[str] = field(default_factory=list)    # implausible / throttled / host-bound
+    flags: list[str] = field(default_factory=list)    # implausible / throttled / host-bound / above copy
     notes: list[str] = field(default_factory=list)    # why, in words
+    device: str = ""                # the row's environment ('NVIDIA H200 · 3f2a1c') when a run holds several
+    merit: str = ""                 # the figure of merit: '599 TFLOP/s (61% of peak)' or '3142 GB/s (65% of BW)'
+    pct: str = ""                   # the % cell: '61' of peak, or '65% of BW' for a memory-bound row
+    sampling: str = ""              # the Markdown note's timing part: batches, stop, ±, spread across repeats, IQR
 
     @property
     def m(self):
@@ -59,6 +64,8 @@ class RunView:
     measured: dict[str, Any] | None = None
     spec: Any = None                # datasheet.DeviceSpec or None
     styles: dict[str, tuple[str, str]] = field(default_factory=dict)   # series -> (colour, marker)
+    # env id -> (device name, fingerprint, ceilings) when the run holds several environments (never pooled)
+    environments: dict[str, tuple[str, dict[str, Any], Any]] = field(default_factory=dict)
 
 
 # -- gathering ---------------------------------------------------------------------------------------------
@@ -67,14 +74,31 @@ def _spec(env: dict[str, Any]):
     return lookup_spec(env.get("gpu_name")) if env.get("gpu_name") else None
 
 
-def _entry(row: Row, index: int, series: str, typical_mhz: float | None) -> Entry:
+def memory_bound(roof: dict[str, Any]) -> bool:
+    """Bandwidth is the row's figure of merit (decode), host-bound or not, as in the Markdown table."""
+    return roof.get("bound_by", roof.get("regime")) == "memory-bound" and roof.get("pct_bandwidth") is not None
+
+
+def _entry(row: Row, index: int, series: str, typical_mhz: float | None, device: str = "") -> Entry:
     m, w = row.m, row.m.workload
-    e = Entry(row, index, series, metrics.intensity(w))
+    e = Entry(row, index, series, metrics.intensity(w), device=device)
     if not m.ok:
         return e
+    e.sampling = timing_note(m, typical_mhz)
     roof = row.roofline or {}  # report.rows_for places every ok row on the roofline (metrics.assess)
     e.pct_peak, e.pct_bound = roof.get("pct_peak"), roof.get("pct_bound")
     e.regime = roof.get("regime") or ""
+    if memory_bound(roof):
+        e.pct = f"{fmt_pct(roof['pct_bandwidth'])}% of BW"
+        e.merit = f"{_rate(row.gbps, 'B/s', 'G')} ({e.pct})"
+    else:
+        e.pct = fmt_pct(e.pct_peak) if e.pct_peak is not None else ""
+        e.merit = _rate(row.tflops, "FLOP/s", "T") + (f" ({e.pct}% of peak)" if e.pct else "")
+    if above_copy(roof):
+        e.flags.append("above copy")
+        e.notes.append(f"{_num(row.gbps)} GB/s is {fmt_pct(roof['pct_bandwidth'])}% of the measured copy ceiling "
+                       f"(a copy reads and writes; this kernel mostly reads) and "
+                       f"{fmt_pct(roof['pct_datasheet_bandwidth'])}% of the datasheet bandwidth")
     host = row.host_median_ms if m.timer != "host" else None
     if e.regime == "host-bound" and host is not None:
         e.flags.append("host-bound")
@@ -91,23 +115,47 @@ def _entry(row: Row, index: int, series: str, typical_mhz: float | None) -> Entr
     return e
 
 
+def _rate(value: float, unit: str, prefix: str) -> str:
+    """A rate in the largest SI unit that keeps it at 1 or more: 599 TFLOP/s, 1.07 GFLOP/s (a CPU), 3142 GB/s."""
+    prefixes = "TGMk"
+    i = prefixes.index(prefix)
+    while i < len(prefixes) - 1 and 0 < abs(value) < 1:
+        value, i = value * 1e3, i + 1
+    return f"{_num(value, 3)} {prefixes[i]}{unit}"
+
+
+def ratio_text(first: Entry, second: Entry) -> str:
+    """runner-up / fastest, and whether their intervals overlap: a ratio between two rows has no test, so it is a
+    hint, not a verdict (attnbench compare pairs rounds and tests)."""
+    r = second.row.median_ms / first.row.median_ms
+    overlap = second.row.ci[0] <= first.row.ci[1]
+    return f"{_num(r, 3)}×" + (" (CIs overlap: not told apart)" if overlap else "")
+
+
 def gather_run(store: Store, run_id: int | str | None = None) -> RunView:
     """Everything the run page shows, read from the store; no HTML."""
     info = store.run(run_id)
-    env = store.environment(info.env_id) or {}
-    measured = store.get("ceilings", info.env_id) if info.env_id else None
-    measured = measured if isinstance(measured, dict) else None
-    ceil = run_ceilings(store, info.env_id)
     rows = rows_for(store, info.run_id)
+    env_id = measured_env_id(info, rows)
+    env = store.environment(env_id) or {}
+    measured = store.get("ceilings", env_id) if env_id else None
+    measured = measured if isinstance(measured, dict) else None
+    ceil = run_ceilings(store, env_id)
     typical = typical_clock(rows)
     order = {w: i for i, w in enumerate(dict.fromkeys(r.m.workload for r in rows))}
     mixed = len({r.m.timer for r in rows if r.m.ok}) > 1
-    entries = [_entry(r, order[r.m.workload], r.m.impl_label + (f" ({r.m.timer})" if mixed else ""), typical)
-               for r in rows]
+    names_of = row_environments(store, rows)   # {} unless the run holds several environments
+    environments = {e: (name, store.environment(e) or {}, run_ceilings(store, e)) for e, name in names_of.items()}
+
+    def series(r: Row) -> str:  # a series never pools environments: each device is a series of its own
+        device = names_of.get(r.m.env_id, "")
+        return r.m.impl_label + (f" ({r.m.timer})" if mixed else "") + (f" · {device}" if device else "")
+
+    entries = [_entry(r, order[r.m.workload], series(r), typical, names_of.get(r.m.env_id, "")) for r in rows]
     names = list(dict.fromkeys(e.series for e in entries))
     styles = {s: (P.PALETTE[i % len(P.PALETTE)], P.MARKERS[i % len(P.MARKERS)]) for i, s in enumerate(names)}
     plotted = [w for w in order if any(e.m.ok and e.m.workload == w for e in entries)]
-    return RunView(info, env, entries, P.swept_groups(plotted), ceil, measured, _spec(env), styles)
+    return RunView(info, env, entries, P.swept_groups(plotted), ceil, measured, _spec(env), styles, environments)
 
 
 def attention(view: RunView) -> list[Entry]:
@@ -122,10 +170,12 @@ def attention(view: RunView) -> list[Entry]:
 
 
 def best_per_workload(view: RunView) -> list[tuple[Entry, Entry | None]]:
-    """(fastest ok entry, runner-up or None) per workload, in run order; implausible ones keep their flag."""
+    """(fastest ok entry, runner-up or None) per workload and environment (never ranked across devices), in run
+    order; implausible ones keep their flag."""
     out = []
-    for w in dict.fromkeys(e.m.workload for e in view.entries):
-        ok = sorted((e for e in view.entries if e.m.workload == w and e.m.ok), key=lambda e: e.row.median_ms)
+    for w, env in dict.fromkeys((e.m.workload, e.m.env_id if view.environments else "") for e in view.entries):
+        ok = sorted((e for e in view.entries if e.m.workload == w and e.m.ok
+                     and (not view.environments or e.m.env_id == env)), key=lambda e: e.row.median_ms)
         if ok:
             out.append((ok[0], ok[1] if len(ok) > 1 else None))
     return out
@@ -159,20 +209,46 @@ def _tflops(e: Entry) -> tuple[float, float, float]:
     return e.row.tflops, f / e.row.ci[1], f / e.row.ci[0]
 
 
+def _gbps(e: Entry) -> tuple[float, float, float]:
+    b = metrics.min_bytes(e.m.workload) / 1e6   # GB/s = bytes / (ms * 1e6); the CI inverts
+    return e.row.gbps, b / e.row.ci[1], b / e.row.ci[0]
+
+
+def _ceiling_sets(view: RunView) -> list[tuple[str, Any, Any]]:
+    """(label prefix, ceilings, datasheet spec) per environment: one set, or one per device of a mixed run."""
+    if view.environments:
+        return [(f"{name}: ", c, _spec(fp)) for name, fp, c in view.environments.values()]
+    return [("", view.ceilings, view.spec)]
+
+
 def _peak_lines(view: RunView, dtypes: set[str]) -> list[P.HLine]:
     if len(dtypes) != 1:
         return []
     (dtype,) = dtypes
     lines = []
-    mt = (view.measured or {}).get("tflops") or {}
-    if view.ceilings is not None and view.ceilings.source(dtype).startswith("measured"):
-        lines.append(P.HLine(view.ceilings.peak(dtype), f"measured {dtype} matmul ceiling", "--", "#444444"))
-    elif mt.get(dtype):
-        lines.append(P.HLine(float(mt[dtype]), f"measured {dtype} matmul ceiling", "--", "#444444"))
-    sheet = view.spec.tflops(dtype) if view.spec is not None else None
-    if sheet:
-        lines.append(P.HLine(sheet, f"{view.spec.name} datasheet {dtype} peak", ":", "#aa0000"))
+    for prefix, ceil, spec in _ceiling_sets(view):
+        if ceil is not None and ceil.source(dtype).startswith("measured"):
+            lines.append(P.HLine(ceil.peak(dtype), f"{prefix}measured {dtype} matmul ceiling", "--", "#444444"))
+        sheet = spec.tflops(dtype) if spec is not None else None
+        if sheet:
+            lines.append(P.HLine(sheet, f"{prefix}{spec.name} datasheet {dtype} peak", ":", "#aa0000"))
     return lines
+
+
+def _bandwidth_lines(view: RunView) -> list[P.HLine]:
+    lines = []
+    for prefix, ceil, spec in _ceiling_sets(view):
+        if ceil is not None and ceil.gbps_source.startswith("measured"):
+            lines.append(P.HLine(ceil.gbps, f"{prefix}measured copy ceiling", "--", "#444444"))
+        if spec is not None and spec.mem_gbps:
+            lines.append(P.HLine(spec.mem_gbps, f"{prefix}{spec.name} datasheet bandwidth", ":", "#aa0000"))
+    return lines
+
+
+def group_is_memory_bound(view: RunView, group: P.Group) -> bool:
+    """Every ok row of the group is memory-bound (decode): its throughput plot is GB/s, not TFLOP/s."""
+    ok = [e for e in view.entries if e.m.ok and e.m.workload in group.workloads]
+    return bool(ok) and all(memory_bound(e.row.roofline or {}) for e in ok)
 
 
 def group_plots(view: RunView, group: P.Group, n: int) -> tuple[str, str]:
@@ -184,9 +260,14 @@ def group_plots(view: RunView, group: P.Group, n: int) -> tuple[str, str]:
     lat = P.line_chart(_series(view, group, _latency), title=f"median latency vs {group.title}{where}",
                        xlabel=xlabel, ylabel=f"ms per call ({what}), median and 95% CI", salt=f"lat{n}",
                        ticks=group.ticks)
-    tf = P.line_chart(_series(view, group, _tflops), title=f"throughput vs {group.title}{where}",
-                      xlabel=xlabel, ylabel="TFLOP/s (95% CI)", salt=f"tf{n}", ticks=group.ticks,
-                      hlines=_peak_lines(view, {w.dtype for w in group.workloads}))
+    if group_is_memory_bound(view, group):
+        tf = P.line_chart(_series(view, group, _gbps), title=f"bandwidth vs {group.title}{where} (memory-bound)",
+                          xlabel=xlabel, ylabel="GB/s of minimum traffic (95% CI)", salt=f"tf{n}", ticks=group.ticks,
+                          hlines=_bandwidth_lines(view))
+    else:
+        tf = P.line_chart(_series(view, group, _tflops), title=f"throughput vs {group.title}{where}",
+                          xlabel=xlabel, ylabel="TFLOP/s (95% CI)", salt=f"tf{n}", ticks=group.ticks,
+                          hlines=_peak_lines(view, {w.dtype for w in group.workloads}))
     return lat, tf
 
 
@@ -195,15 +276,15 @@ def roofline_plot(view: RunView) -> str:
               for e in view.entries if e.m.ok and e.row.tflops]
     roofs = []
     dtypes = sorted({e.m.workload.dtype for e in view.entries if e.m.ok})
-    ceil = view.ceilings
-    for i, d in enumerate(dtypes):
-        if ceil is not None and (ceil.peak(d) or ceil.gbps):
-            src = "/".join(sorted({ceil.source(d), ceil.gbps_source} - {"unknown"}))
-            roofs.append(P.Roof(f"{d} roof ({src})", ceil.peak(d), ceil.gbps, "-", "#444444"))
-        if view.spec is not None and ceil is not None and "measured" in (ceil.source(d) + ceil.gbps_source):
-            if view.spec.tflops(d) or view.spec.mem_gbps:
-                roofs.append(P.Roof(f"{d} roof ({view.spec.name} datasheet)", view.spec.tflops(d),
-                                    view.spec.mem_gbps, ":", "#aa0000"))
+    for prefix, ceil, spec in _ceiling_sets(view):
+        for d in dtypes:
+            if ceil is not None and (ceil.peak(d) or ceil.gbps):
+                src = "/".join(sorted({ceil.source(d), ceil.gbps_source} - {"unknown"}))
+                roofs.append(P.Roof(f"{prefix}{d} roof ({src})", ceil.peak(d), ceil.gbps, "-", "#444444"))
+            if spec is not None and ceil is not None and "measured" in (ceil.source(d) + ceil.gbps_source):
+                if spec.tflops(d) or spec.mem_gbps:
+                    roofs.append(P.Roof(f"{prefix}{d} roof ({spec.name} datasheet)", spec.tflops(d),
+                                        spec.mem_gbps, ":", "#aa0000"))
     title = "roofline: every ok measurement" + ("" if roofs else " (no device peaks known)")
     return P.roofline_chart(points, roofs, title=title, salt="roof")
 
@@ -251,26 +332,34 @@ def render_run_view(view: RunView) -> str:
     plots = []
     for n, g in enumerate(view.groups):
         lat, tf = group_plots(view, g, n)
-        plots.append((g, Markup(lat), Markup(tf)))
+        plots.append((g, Markup(lat), Markup(tf), group_is_memory_bound(view, g)))
     roof = Markup(roofline_plot(view)) if any(e.m.ok for e in view.entries) else None
     counts: dict[str, int] = {}
     for e in view.entries:
         counts[e.m.status] = counts.get(e.m.status, 0) + 1
     ceil = view.ceilings
-    dtypes = sorted({e.m.workload.dtype for e in view.entries})
     ceiling_rows = []
-    if ceil is not None:
+    for prefix, c, _ in _ceiling_sets(view):
+        if c is None:
+            continue
+        env_ids = [e for e, (name, _, _) in view.environments.items() if f"{name}: " == prefix]
+        dtypes = sorted({e.m.workload.dtype for e in view.entries if not env_ids or e.m.env_id in env_ids})
         for d in dtypes:
-            ceiling_rows.append((f"{d} compute", _num(ceil.peak(d)) + " TFLOP/s" if ceil.peak(d) else "unknown",
-                                 ceil.source(d)))
-        ceiling_rows.append(("memory", _num(ceil.gbps) + " GB/s" if ceil.gbps else "unknown", ceil.gbps_source))
-    md = methods([e.row for e in view.entries], view.env, view.info.config, ceil)
+            ceiling_rows.append((f"{prefix}{d} compute", _num(c.peak(d)) + " TFLOP/s" if c.peak(d) else "unknown",
+                                 c.source(d)))
+        ceiling_rows.append((f"{prefix}memory", _num(c.gbps) + " GB/s" if c.gbps else "unknown", c.gbps_source))
+    md = methods([e.row for e in view.entries], view.env, view.info.config, ceil, environments=view.environments or None)
+    device = (f"{len(view.environments)} environments, never pooled (each row names its own): "
+              + "; ".join(f"{name} = {_env_line(fp)}" for name, fp, _ in view.environments.values())
+              if view.environments else _env_line(view.env))
     return _jinja().from_string(RUN_PAGE).render(
-        v=view, info=view.info, device=_env_line(view.env), software=_software(view.env), counts=counts,
+        v=view, info=view.info, device=device, software=[(name + " · " if name else "", _software(fp)) for name, fp in
+                                    ([(n, fp) for n, fp, _ in view.environments.values()] or [("", view.env)])],
+        counts=counts,
         best=best_per_workload(view), plots=plots, roof=roof, ceiling_rows=ceiling_rows,
         attention=attention(view), host_bound=[e for e in view.entries if "host-bound" in e.flags],
         unsupported=[e for e in view.entries if e.m.status == "unsupported"], methods=methods_html(md),
-        convention=metrics.CONVENTION, log_decades=P.LOG_DECADES, throttle=THROTTLE_DROP)
+        convention=metrics.CONVENTION, log_decades=P.LOG_DECADES, throttle=THROTTLE_DROP, ratio=ratio_text)
 
 
 def render_run(store: Store, run_id: int | str | None = None) -> str:
@@ -287,7 +376,7 @@ def history_plots(h: History) -> list[tuple[str, str]]:
     mixed = len({c.timer for c in h.cells}) > 1
 
     def series_name(c) -> str:
-        return c.impl_label + (f" ({c.timer})" if mixed and c.timer else "")
+        return c.impl_label + (f" ({c.timer})" if mixed and c.timer else "") + (f" · {c.device}" if c.device else "")
 
     names = list(dict.fromkeys(series_name(c) for c in h.cells))
     styles = {s: (P.PALETTE[i % len(P.PALETTE)], P.MARKERS[i % len(P.MARKERS)]) for i, s in enumerate(names)}

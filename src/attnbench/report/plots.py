@@ -3,7 +3,8 @@ to deterministic, self-contained SVG text.
 
 matplotlib is imported inside the functions (never at import time) and only `matplotlib.figure.Figure`
 is used, so no pyplot state or global backend is touched. Text from users (impl names, labels) reaches
-matplotlib with `$` escaped (no mathtext) and is drawn as paths, so an SVG never carries it as markup.
+matplotlib with `$` escaped (no mathtext) and stays SVG text (svg.fonttype none), which matplotlib's SVG writer
+escapes (&, <, >), so an SVG never carries it as markup.
 """
 
 from __future__ import annotations

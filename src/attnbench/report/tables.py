@@ -100,17 +100,31 @@ def row_environments(store: Store, rows: list[Row]) -> dict[str, str]:
 def _env_line(env: dict[str, Any] | None) -> str:
     if not env:
         return "unknown environment"
+    def versions(*keys: tuple[str, str]) -> list[str]:  # a version not recorded is left out, not 'None'
+        return [f"{name} {env[k]}" for k, name in keys if env.get(k) not in (None, "")]
+
     if env.get("device_kind") == "cuda" or env.get("gpu_name"):
-        parts = [str(env.get("gpu_name", "GPU")), f"torch {env.get('torch')}", f"CUDA {env.get('cuda')}",
-                 f"cuDNN {env.get('cudnn')}"]
-        if env.get("triton"):
-            parts.append(f"triton {env['triton']}")
+        parts = [str(env.get("gpu_name") or "GPU")] + versions(("torch", "torch"), ("cuda", "CUDA"),
+                                                                ("cudnn", "cuDNN"), ("triton", "triton"))
     else:
-        parts = [f"CPU ({env.get('cpu_model', '?')})", f"torch {env.get('torch')}"]
+        parts = [f"CPU ({env.get('cpu_model') or '?'})"] + versions(("torch", "torch"))
     return ", ".join(parts)
 
 
-def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, Any], ceilings=None) -> str:
+def ceilings_text(ceilings, dtypes: list[str]) -> str:
+    """'bf16 793 TFLOP/s (measured); memory 3000 GB/s (measured)': each dtype's compute ceiling and the memory
+    ceiling, with where each came from."""
+    peaks = ", ".join(f"{d} {ceilings.peak(d):.4g} TFLOP/s ({ceilings.source(d)})" for d in dtypes if ceilings.peak(d))
+    bw = f"{ceilings.gbps:.4g} GB/s ({ceilings.gbps_source})" if ceilings.gbps else "unknown"
+    if ceilings.gbps and ceilings.gbps_source.startswith("measured") and ceilings.datasheet_gbps:
+        bw += f", datasheet {ceilings.datasheet_gbps:.4g} GB/s"
+    return f"{peaks or 'compute peak unknown'}; memory {bw}"
+
+
+def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, Any], ceilings=None,
+            environments: dict[str, tuple[str, dict[str, Any] | None, Any]] | None = None) -> str:
+    """The Methods section. `environments` (env id -> (device name, fingerprint, ceilings)), given when the rows
+    come from more than one environment, replaces `env` and `ceilings` with one entry per environment."""
     timers = sorted({r.m.timer for r in rows if r.m.timer})
     ok = [r for r in rows if r.m.ok]
     ns = [len(r.m.samples_ms) for r in ok]
@@ -121,7 +135,8 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
     if "auto" not in timers and any(r.m.extra.get("timer_choice") for r in ok):
         lines.append(f"- Timers chosen by `auto`: {TIMER_TEXT['auto']}.")
     if ns:
-        lines.append(f"- Samples per measurement: {min(ns)}–{max(ns)} (stop: {', '.join(stops) or 'n/a'}), "
+        count = str(min(ns)) if min(ns) == max(ns) else f"{min(ns)}–{max(ns)}"
+        lines.append(f"- Samples per measurement: {count} (stop: {', '.join(stops) or 'n/a'}), "
                      "after a first call timed apart (compilation) and a warm-up by time; every raw sample "
                      "is kept in the store.")
     lines.append(f"- Median with a 95% confidence interval of the median by a {CI_METHOD}. It covers the "
@@ -156,15 +171,28 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
                  "the last batch element. NaN or Inf fails (on CUDA, so does an element never written). Incorrect "
                  "results get no timing; `rel err` is ||out - ref|| / ||ref||, for information.")
     lines.append(f"- {metrics.CONVENTION}")
-    lines.append(f"- Environment: {_env_line(env)}.")
+    if environments:
+        lines.append("- Environments (never pooled; each row names its own): " + "; ".join(
+            f"{name} = {_env_line(fp)}" for name, fp, _ in environments.values()) + ".")
+    else:
+        lines.append(f"- Environment: {_env_line(env)}.")
     if any(r.m.peak_mem_mb is not None for r in ok):
         lines.append("- Peak memory: torch.cuda.max_memory_allocated over one call (inputs included), in MB.")
-    if ceilings is not None:
-        dtypes = sorted({r.m.workload.dtype for r in rows})
-        peaks = ", ".join(f"{d} {ceilings.peak(d):.4g} TFLOP/s ({ceilings.source(d)})" for d in dtypes
-                          if ceilings.peak(d))
-        bw = f"{ceilings.gbps:.4g} GB/s ({ceilings.gbps_source})" if ceilings.gbps else "unknown"
-        lines.append(f"- Ceilings: {peaks or 'compute peak unknown'}; memory {bw}. `% peak` is TFLOP/s over "
+    known = ""
+    if ceilings is not None or environments:
+        if environments:
+            known = "; ".join(f"{name}: {ceilings_text(c, sorted({r.m.workload.dtype for r in rows if r.m.env_id == e}))}"
+                              for e, (name, _, c) in environments.items() if c is not None)
+        else:
+            known = ceilings_text(ceilings, sorted({r.m.workload.dtype for r in rows}))
+        sets = [c for _, _, c in environments.values()] if environments else [ceilings]
+        if not any(c is not None and (c.gbps or any(c.tflops.values())) for c in sets):
+            lines.append(f"- Ceilings: {known}: no ceiling is known for this device, so no row gets a % of peak, a "
+                         "regime or a plausibility check, and no roof is drawn. Measure them with "
+                         "`attnbench env --ceilings`.")
+            known = ""
+    if known:
+        lines.append(f"- Ceilings: {known}. `% peak` is TFLOP/s over "
                      "the compute ceiling, in brackets over the roofline bound at the workload's intensity; "
                      "the regime compares the arithmetic intensity with the ridge point "
                      "(host-bound: the host time per call exceeds the device time). A figure above 100% of "
@@ -173,8 +201,10 @@ def methods(rows: list[Row], env: dict[str, Any] | None, run_config: dict[str, A
                      "read-mostly kernel whose working set is over 4x the L2 (decode over a long cache) may "
                      "run above it and is flagged only above the datasheet bandwidth. Measure the ceilings with "
                      "`attnbench env --ceilings`. A row whose intensity is below the ridge point (decode) shows GB/s "
-                     "over the measured copy ceiling instead, marked `of BW`, host-bound or not: its figure of "
-                     "merit is bandwidth.")
+                     "over the memory ceiling above instead, marked `of BW`, host-bound or not: its figure of "
+                     "merit is bandwidth. Above 100% of a measured copy ceiling such a row is marked `above copy` "
+                     "with its % of the datasheet bandwidth beside it: not a win, a read-mostly kernel can pass a "
+                     "copy, which also writes.")
     policy = run_config.get("policy")
     if policy:
         lines.append(f"- Policy: {json.dumps(policy, sort_keys=True)}.")
@@ -186,11 +216,27 @@ def pct_text(roof: dict[str, Any]) -> str:
     figure of merit is bandwidth (decode), GB/s as % of the memory ceiling, marked 'of BW' (also when the
     row is host-bound: the kernel is still bounded by memory)."""
     if roof.get("bound_by", roof.get("regime")) == "memory-bound" and roof.get("pct_bandwidth") is not None:
-        return f"{roof['pct_bandwidth']:.0f}% of BW"
-    pct = f"{roof['pct_peak']:.0f}%" if roof.get("pct_peak") is not None else ""
-    if pct and roof.get("pct_bound") is not None:
-        pct += f" ({roof['pct_bound']:.0f}%)"
-    return pct
+        text = f"{fmt_pct(roof['pct_bandwidth'])}% of BW"
+        if above_copy(roof):
+            text += f" (above copy; {fmt_pct(roof['pct_datasheet_bandwidth'])}% of datasheet)"
+        return text
+    text = f"{fmt_pct(roof['pct_peak'])}%" if roof.get("pct_peak") is not None else ""
+    if text and roof.get("pct_bound") is not None:
+        text += f" ({fmt_pct(roof['pct_bound'])}%)"
+    return text
+
+
+def above_copy(roof: dict[str, Any]) -> bool:
+    """A row above 100% of the measured copy ceiling that the plausibility check let pass (a read-mostly kernel
+    whose working set is far above the L2, under the datasheet bandwidth): shown with a mark, never plainly."""
+    return (roof.get("pct_bandwidth") is not None and roof["pct_bandwidth"] > 100
+            and str(roof.get("bandwidth_source", "")).startswith("measured")
+            and roof.get("pct_datasheet_bandwidth") is not None and roof.get("plausibility") != "implausible")
+
+
+def fmt_pct(x: float) -> str:
+    """A percentage with sense at both ends: '83', '4.5', '0.012' (never '0' for a small positive share)."""
+    return f"{x:.0f}" if abs(x) >= 10 else f"{x:.2g}"
 
 
 def timing_note(m: Measurement, typical_mhz: float | None) -> str:
@@ -230,12 +276,21 @@ def typical_clock(rows: list[Row]) -> float | None:
     return median(meds) if meds else None
 
 
+def measured_env_id(info, rows: list[Row]) -> str:
+    """The environment the rows were measured in when they share one, else the run's: a run whose every
+    measurement came from one worker is described by that worker's device, not by the run's first guess."""
+    ids = {r.m.env_id for r in rows if r.m.env_id}
+    return ids.pop() if len(ids) == 1 else info.env_id
+
+
 def markdown(store: Store, run_id: int | str | None = None) -> str:
     info = store.run(run_id)
-    env = store.environment(info.env_id)
     rows = rows_for(store, info.run_id)
+    env_id = measured_env_id(info, rows)
+    env = store.environment(env_id)
     title = f"# attnbench run {info.run_id}" + (f": {info.name}" if info.name else "")
     envs = row_environments(store, rows)
+    per_env = {e: (name, store.environment(e), run_ceilings(store, e)) for e, name in envs.items()}
     device = (f"{len(envs)} environments ({'; '.join(_env_line(store.environment(e)) + f' [{e}]' for e in envs)}),"
               " never pooled: each row names its own" if envs else _env_line(env))
     out = [title, "", f"Device: {device}. Status: {info.status}. "
@@ -244,6 +299,7 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
                "GB/s | % peak (of bound) | regime | rel err | ran | note |")
     out.append("|---" * (12 if envs else 11) + "|")
     typical = typical_clock(rows)
+    mixed = len({r.m.timer for r in rows if r.m.ok}) > 1
     for r in rows:
         m = r.m
         if m.ok:
@@ -258,31 +314,39 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
             if choice:
                 note += f", timer {m.timer} (auto" + (f", probe {1e3 * choice['probe_ms']:.3g} us" if
                                                        choice.get("probe_ms") is not None else "") + ")"
+            elif mixed:  # rows of one table timed differently: each names its timer, not the Methods alone
+                note += f", timer {m.timer}"
             roof = r.roofline or {}
-            pct = pct_text(roof)
+            pct_cell = pct_text(roof)
             regime = roof.get("regime", "")
             if roof.get("plausibility") == "implausible":
                 status_flag = "IMPLAUSIBLE: " + roof["plausibility_reason"]
                 note = f"{status_flag}; {note}"
+                pct_cell += " IMPLAUSIBLE"   # beside the figure itself, not only in the last column
         else:
-            time_text, tf, gb, note, pct, regime = "", "", "", m.reason, "", ""
+            time_text, tf, gb, note, pct_cell, regime = "", "", "", m.reason, "", ""
         err = f"{m.rel_err:.1e}" if m.rel_err is not None else ""
         where = (envs.get(m.env_id, ""),) if envs else ()
         out.append("| " + " | ".join(md_cell(x) for x in (
-            m.workload.label, m.impl_label, *where, m.status, time_text, tf, gb, pct, regime, err, m.backend, note))
+            m.workload.label, m.impl_label, *where, m.status, time_text, tf, gb, pct_cell, regime, err, m.backend, note))
             + " |")
-    out += ["", methods(rows, env, info.config, run_ceilings(store, info.env_id)), ""]
+    out += ["", methods(rows, env, info.config, run_ceilings(store, env_id), environments=per_env or None), ""]
     return "\n".join(out)
 
 
 CSV_COLUMNS = ("run_id", "workload_key", "workload", "batch", "q_heads", "kv_heads", "q_len", "kv_len",
                "head_dim", "dtype", "causal", "mask", "score_mod", "pass", "impl", "params", "status", "reason",
-               "timer", "n", "median_ms", "ci_lo", "ci_hi", "tflops", "gbps", "rel_err", "backend", "stop_reason")
+               "timer", "n", "median_ms", "ci95_lo_ms", "ci95_hi_ms", "tflops", "gbps", "rel_err", "backend",
+               "stop_reason", "env_id", "device", "host_median_ms", "pct_peak", "pct_bandwidth", "regime", "flag",
+               "flag_reason")
 
 
 def csv_report(store: Store, run_id: int | str | None = None) -> str:
     """One row per measurement (CSV_COLUMNS; empty cells where a value does not apply), for
-    spreadsheets and pandas. Times are ms: the median and its 95% CI; params as canonical JSON."""
+    spreadsheets and pandas. Times are ms: the median and its 95% CI; tflops in TFLOP/s, gbps in GB/s, pct_* in
+    percent (of the compute ceiling, of the memory ceiling); params as canonical JSON; device names the row's
+    GPU (or CPU); flag is 'implausible' (above a ceiling: never a win) or 'above copy' (a memory-bound row above
+    the measured copy ceiling, under the datasheet), with flag_reason."""
     import csv
     import io
 
@@ -292,17 +356,30 @@ def csv_report(store: Store, run_id: int | str | None = None) -> str:
     buf = io.StringIO()
     out = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     out.writeheader()
+    devices: dict[str, str] = {}
     for r in rows_for(store, info.run_id):
         m, w = r.m, r.m.workload
+        eid = m.env_id or info.env_id
+        if eid not in devices:
+            env = store.environment(eid) or {}
+            devices[eid] = env.get("gpu_name") or (f"CPU ({env.get('cpu_model') or '?'})" if env else "")
+        roof = r.roofline or {}
+        flag = ("implausible" if roof.get("plausibility") == "implausible" else
+                "above copy" if above_copy(roof) else "")
         out.writerow({
             "run_id": info.run_id, "workload_key": w.key, "workload": w.label, "batch": w.batch,
             "q_heads": w.q_heads, "kv_heads": w.kv_heads, "q_len": w.q_len, "kv_len": w.kv_len,
             "head_dim": w.head_dim, "dtype": w.dtype, "causal": w.causal, "mask": w.mask,
             "score_mod": w.score_mod, "pass": w.direction, "impl": m.impl,
             "params": params_key(m.params), "status": m.status, "reason": m.reason, "timer": m.timer,
-            "n": len(m.samples_ms), "median_ms": _g(r.median_ms), "ci_lo": _g(r.ci[0] if r.ci else None),
-            "ci_hi": _g(r.ci[1] if r.ci else None), "tflops": _g(r.tflops), "gbps": _g(r.gbps),
+            "n": len(m.samples_ms), "median_ms": _g(r.median_ms), "ci95_lo_ms": _g(r.ci[0] if r.ci else None),
+            "ci95_hi_ms": _g(r.ci[1] if r.ci else None), "tflops": _g(r.tflops), "gbps": _g(r.gbps),
             "rel_err": _g(m.rel_err), "backend": m.backend, "stop_reason": m.stop_reason,
+            "env_id": eid, "device": devices[eid], "host_median_ms": _g(r.host_median_ms),
+            "pct_peak": _g(roof.get("pct_peak")), "pct_bandwidth": _g(roof.get("pct_bandwidth")),
+            "regime": roof.get("regime") or "", "flag": flag,
+            "flag_reason": roof.get("plausibility_reason") or "" if flag == "implausible" else
+            f"{fmt_pct(roof['pct_datasheet_bandwidth'])}% of the datasheet bandwidth" if flag else "",
         })
     return buf.getvalue()
 
@@ -317,5 +394,7 @@ def json_report(store: Store, run_id: int | str | None = None) -> dict[str, Any]
     rows = rows_for(store, info.run_id)
     data["measurements"] = [r.to_dict() for r in rows]
     data["environments"] = {e: store.environment(e) for e in dict.fromkeys(r.m.env_id for r in rows if r.m.env_id)}
-    data["methods"] = {"flop_convention": metrics.CONVENTION, "timers": TIMER_TEXT}
+    # the ceilings each row's pct_* and plausibility were taken against, per environment (null where unknown)
+    data["ceilings"] = {e: run_ceilings(store, e).to_dict() for e in data["environments"]}
+    data["methods"] = {"flop_convention": metrics.CONVENTION, "timers": TIMER_TEXT, "ci_method": CI_METHOD}
     return data

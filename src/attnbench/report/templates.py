@@ -11,12 +11,14 @@ dl.kv dt { color: #555; } dl.kv dd { margin: 0; }
 table { border-collapse: collapse; font-size: 12.5px; margin: .5rem 0; }
 th, td { border: 1px solid #ddd; padding: .2rem .45rem; text-align: left; vertical-align: top; }
 td { white-space: nowrap; } td.wrap { white-space: normal; min-width: 24rem; }
+td.wrap-s { white-space: normal; min-width: 14rem; }
 td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 thead th { background: #f6f6f6; }
 table.sortable thead th { cursor: pointer; user-select: none; }
 th[aria-sort=ascending]::after { content: " \\25B2"; } th[aria-sort=descending]::after { content: " \\25BC"; }
 tr.st-incorrect td, tr.st-error td, tr.st-oom td { background: #fdecea; }
 tr.st-unsupported td { color: #777; }
+tr.implausible td { background: #fff3cd; }
 .flag { display: inline-block; font-size: 11px; padding: 0 .35em; border-radius: 3px; margin-right: .2em;
         background: #fff3cd; border: 1px solid #e0c36a; }
 .flag.bad { background: #fdecea; border-color: #e3a09a; } .flag.good { background: #e6f4ea; border-color: #8fc79d; }
@@ -76,10 +78,11 @@ RUN_PAGE = _HEAD.replace("{{ title }}", _RUN_TITLE) + """<body>
 ({% for s, n in counts|dictsort %}{{ n }} {{ s }}{% if not loop.last %}, {% endif %}{% endfor %})</p>
 
 <h2 id="summary">Summary</h2>
-<dl class="kv">
-{% for k, val in software %}<dt>{{ k }}</dt><dd>{{ val }}</dd>
+{% for prefix, items in software %}<dl class="kv">
+{% for k, val in items %}<dt>{{ prefix }}{{ k }}</dt><dd>{{ val }}</dd>
 {% endfor %}
 </dl>
+{% endfor %}
 {% if ceiling_rows|selectattr(2, "ne", "unknown")|list %}
 <h3>Ceilings</h3>
 <table><thead><tr><th>ceiling</th><th>value</th><th>source</th></tr></thead><tbody>
@@ -89,17 +92,20 @@ RUN_PAGE = _HEAD.replace("{{ title }}", _RUN_TITLE) + """<body>
 <p class="muted">No compute or memory ceilings are known for this device, so no % of peak, regime or roof.</p>
 {% endif %}
 
-<h3>Fastest implementation per workload (median, among ok measurements)</h3>
+<h3>Fastest implementation per workload{% if v.environments %} and device{% endif %} (median, among ok measurements)</h3>
 {% if best %}
-<table><thead><tr><th>workload</th><th>fastest</th><th>median ms [95% CI]</th><th>TFLOP/s</th>
-<th>runner-up</th><th>runner-up / fastest</th></tr></thead><tbody>
-{% for e, second in best %}<tr><td>{{ e.m.workload.label }}</td>
+<table><thead><tr><th>workload</th>{% if v.environments %}<th>device</th>{% endif %}<th>fastest</th><th>median ms [95% CI]</th>
+<th>figure of merit</th><th>runner-up</th><th>runner-up / fastest</th></tr></thead><tbody>
+{% for e, second in best %}<tr><td>{{ e.m.workload.label }}</td>{% if v.environments %}<td>{{ e.device }}</td>{% endif %}
 <td>{{ e.series }}{% for f in e.flags %} <span class="flag">{{ f }}</span>{% endfor %}</td>
 <td class="n">{{ e.row.median_ms|num }} [{{ e.row.ci[0]|num }}, {{ e.row.ci[1]|num }}]</td>
-<td class="n">{{ e.row.tflops|num(3) }}</td>
+<td class="n">{{ e.merit }}</td>
 <td>{% if second %}{{ second.series }}{% endif %}</td>
-<td class="n">{% if second %}{{ (second.row.median_ms / e.row.median_ms)|num(3) }}×{% endif %}</td></tr>
+<td class="n">{% if second %}{{ ratio(e, second) }}{% endif %}</td></tr>
 {% endfor %}</tbody></table>
+<p class="muted">Each row is its own measurement: a ratio between two rows is a hint, not a verdict (it has no test,
+and unless they were interleaved, what changed between the two measurements is in neither interval). For a verdict,
+use <code>attnbench compare</code>.</p>
 {% else %}<p>No ok measurements.</p>{% endif %}
 
 <h3>Flagged</h3>
@@ -130,14 +136,17 @@ regime column</summary><ul>
 
 <h2 id="plots">Plots</h2>
 {% if not plots %}<p>No ok measurements to plot.</p>{% endif %}
-{% for g, lat, tf in plots %}
+{% for g, lat, tf, bw in plots %}
 <h3>{% if g.axis %}{{ g.title }} sweep{% else %}workloads{% endif %}{% if g.fixed %} · {{ g.fixed }}{% endif %}
 {% if g.note %} <span class="muted">({{ g.note }})</span>{% endif %}</h3>
 <div class="plots">
 <figure class="plot" data-plot="latency-{{ loop.index0 }}">{{ lat }}<figcaption>Median latency per call with the
 95% bootstrap CI of the median as error bars; axes are logarithmic where the data span more than {{ log_decades }} decades.</figcaption></figure>
-<figure class="plot" data-plot="tflops-{{ loop.index0 }}">{{ tf }}<figcaption>TFLOP/s at the median (the CI inverted);
-dashed: measured matmul ceiling, dotted: datasheet peak, where known.</figcaption></figure>
+{% if bw %}<figure class="plot" data-plot="gbps-{{ loop.index0 }}">{{ tf }}<figcaption>Memory-bound workloads: GB/s of
+minimum traffic at the median (the CI inverted); dashed: measured copy ceiling (a copy reads and writes), dotted:
+datasheet bandwidth, where known.</figcaption></figure>
+{% else %}<figure class="plot" data-plot="tflops-{{ loop.index0 }}">{{ tf }}<figcaption>TFLOP/s at the median (the CI inverted);
+dashed: measured matmul ceiling, dotted: datasheet peak, where known.</figcaption></figure>{% endif %}
 </div>
 {% endfor %}
 {% if roof %}
@@ -149,18 +158,18 @@ arithmetic intensity (FLOPs / minimum bytes); roofs: min(compute peak, intensity
 <h2 id="table">All measurements</h2>
 <p class="muted">Click a column header to sort.</p>
 <div class="scroll"><table class="sortable" id="measurements"><thead><tr>
-<th>workload</th><th>impl</th><th>status</th><th>median ms</th><th>95% CI ms</th><th>TFLOP/s</th><th>GB/s</th>
-<th>% of peak</th><th>% of bound</th><th>FLOP/B</th><th>regime</th><th>rel err</th><th>backend</th><th>timer</th><th>n</th><th>stop</th><th>notes</th>
+<th>workload</th><th>impl</th>{% if v.environments %}<th>device</th>{% endif %}<th>status</th><th>median ms</th><th>95% CI ms</th><th>TFLOP/s</th><th>GB/s</th>
+<th>% of peak (of BW)</th><th>% of bound</th><th>FLOP/B</th><th>regime</th><th>rel err</th><th>backend</th><th>timer</th><th>n</th><th>sampling</th><th>notes</th>
 </tr></thead><tbody>
-{% for e in v.entries %}{% set m = e.m %}<tr class="st-{{ m.status }}">
-<td data-v="{{ e.index }}">{{ m.workload.label }}</td><td>{{ e.series }}</td><td>{{ m.status }}</td>
+{% for e in v.entries %}{% set m = e.m %}<tr class="st-{{ m.status }}{% if 'implausible' in e.flags %} implausible{% endif %}">
+<td data-v="{{ e.index }}">{{ m.workload.label }}</td><td>{{ e.series }}</td>{% if v.environments %}<td>{{ e.device }}</td>{% endif %}<td>{{ m.status }}</td>
 <td class="n">{{ e.row.median_ms|num }}</td>
 <td class="n" data-v="{{ e.row.ci[0] if e.row.ci else '' }}">{% if e.row.ci %}{{ e.row.ci[0]|num }}–{{ e.row.ci[1]|num }}{% endif %}</td>
 <td class="n">{{ e.row.tflops|num(3) }}</td><td class="n">{{ e.row.gbps|num(4) }}</td>
-<td class="n">{{ e.pct_peak|num(3) }}</td><td class="n">{{ e.pct_bound|num(3) }}</td><td class="n">{{ e.intensity|num(3) }}</td>
+<td class="n" data-v="{{ e.pct|replace('% of BW', '') }}">{{ e.pct }}</td><td class="n">{{ e.pct_bound|num(3) }}</td><td class="n">{{ e.intensity|num(3) }}</td>
 <td>{{ e.regime if e.regime != 'unknown' else '' }}</td>
 <td class="n" data-v="{{ m.rel_err if m.rel_err is not none else '' }}">{% if m.rel_err is not none %}{{ '%.1e'|format(m.rel_err) }}{% endif %}</td>
-<td>{{ m.backend }}</td><td>{{ m.timer }}</td><td class="n">{{ m.samples_ms|length if m.ok else '' }}</td><td>{{ m.stop_reason }}</td>
+<td>{{ m.backend }}</td><td>{{ m.timer }}</td><td class="n">{{ m.samples_ms|length if m.ok else '' }}</td><td class="wrap-s">{{ e.sampling }}</td>
 <td class="wrap">{% for f in e.flags %}<span class="flag">{{ f }}</span>{% endfor %}
 {{ m.reason }}{% if m.reason and e.notes %}; {% endif %}{{ e.notes|join('; ') }}</td>
 </tr>
@@ -184,7 +193,7 @@ the measurements' median clocks).</p>
 HISTORY_PAGE = _HEAD.replace("{{ title }}", "attnbench history{% if filters %} ({{ filters }}){% endif %}") + """<body>
 <h1>attnbench history{% if filters %} <span class="muted">({{ filters }})</span>{% endif %}</h1>
 <p class="muted">{{ h.runs|length }} runs, {{ h.cells|length }} cells (workload × impl × timer). Each point is a
-cell's median in one run, with the 95% order-statistic CI of the median as a band; circled points carry a gate
+cell's median in one run, with the 95% CI of the median (a bootstrap over its batches, as on the run page) as a band; circled points carry a gate
 verdict (▲ regression, ▼ improvement).</p>
 {% if not h.cells %}<p>No stored measurement matches.</p>{% endif %}
 
@@ -205,7 +214,7 @@ verdict (▲ regression, ▼ improvement).</p>
 <p class="muted">Median ms [95% CI] per run. Click a column header to sort.</p>
 <div class="scroll"><table class="sortable" id="history"><thead><tr><th>workload</th><th>impl</th><th>timer</th>
 {% for r in h.runs %}<th>{{ run_title(r) }}</th>{% endfor %}</tr></thead><tbody>
-{% for c, cells in rows %}<tr><td>{{ c.workload.label }}</td><td>{{ c.impl_label }}</td><td>{{ c.timer }}</td>
+{% for c, cells in rows %}<tr><td>{{ c.workload.label }}</td><td>{{ c.impl_label }}{% if c.device %} · {{ c.device }}{% endif %}</td><td>{{ c.timer }}</td>
 {% for p, text in cells %}
 <td class="n" data-v="{{ p.median_ms if p and p.median_ms is not none else '' }}">
 {%- if p and p.verdict == REGRESSION %}<span class="flag bad">{{ text }}</span>

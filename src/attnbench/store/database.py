@@ -136,6 +136,14 @@ class Store:
             raise UserError(f"no run {rid} in {self.path}")
         return self._run_info(row)
 
+    def run_env_ids(self, run_id: int) -> list[str]:
+        """The environments a run's measurements were taken in (several when its workers differed), the run's own
+        first."""
+        info = self.run(run_id)
+        rows = self.db.execute("SELECT DISTINCT env_id FROM measurements WHERE run_id=? AND env_id != ''",
+                               (info.run_id,)).fetchall()
+        return list(dict.fromkeys([info.env_id] * bool(info.env_id) + sorted(r[0] for r in rows)))
+
     def resumable_run(self, config_hash: str) -> RunInfo | None:
         """The newest unfinished run with the same configuration."""
         row = self.db.execute(self._RUN_QUERY + " WHERE r.config_hash=? AND r.status!='complete' "
