@@ -116,3 +116,22 @@ def test_tune_on_workers_picks_what_in_process_picks_and_caches_it(tmp_path, das
                       executor=DaskExecutor(dask_client))
         assert [r.chosen for r in forced.workloads] == ["reference"] * 2 and not any(r.cached for r in forced.workloads)
         assert forced.settings["workers"] == 2 and forced.env_id == here.env_id and len(lines) == 2
+
+
+def _die_on(address, arg):
+    """Ends the worker process at `address` (as an OOM kill would) and answers `arg` on any other."""
+    import os
+
+    from distributed import get_worker
+
+    if get_worker().address == address:
+        os._exit(17)
+    return arg
+
+
+def test_a_worker_that_dies_while_being_set_up_is_left_out_not_waited_for(dask_client):
+    """A task pinned to a worker that died can run nowhere: waiting for it would hang the sweep for ever."""
+    ex = DaskExecutor(dask_client)
+    first, second = ex.addresses()[:2]
+    assert ex._on_each(partial(_die_on, first), "up") == ["up"]  # the survivor's answer; the dead one is dropped
+    dask_client.wait_for_workers(2, timeout=60)  # the nanny starts a new worker in its place

@@ -134,17 +134,34 @@ class DaskExecutor:
         return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
 
     def _on_each(self, fn: Callable, arg: Any) -> list[Any]:
-        """fn(arg) once on every worker; a UserError there (no GPU, say) is raised here with its name."""
+        """fn(arg) once on every worker; a UserError there (no GPU, say) is raised here with its name. A worker
+        that leaves meanwhile (its process died) is left out: its task, pinned to it, could never run, and a
+        worker that replaces it sets itself up with its first task."""
+        from distributed import wait
+
         futures = {a: self.client.submit(fn, arg, workers=[a], allow_other_workers=False, pure=False)
                    for a in self.addresses()}
         out = []
-        for address, fut in futures.items():
-            try:
-                out.append(fut.result())
-            except UserError as exc:
-                raise UserError(f"worker {address}: {exc}") from None
-            except Exception as exc:
-                raise UserError(f"worker {address} could not be set up: {type(exc).__name__}: {exc}") from None
+        while futures:
+            with contextlib.suppress(TimeoutError):
+                wait(list(futures.values()), timeout=1.0, return_when="FIRST_COMPLETED")
+            live = set(self.addresses())
+            for address, fut in list(futures.items()):
+                if address not in live:
+                    fut.cancel()
+                    del futures[address]
+                elif fut.done():
+                    try:
+                        out.append(fut.result(timeout=5.0))
+                    except TimeoutError:  # finished, but its worker is going: the next pass sees it gone
+                        continue
+                    except UserError as exc:
+                        raise UserError(f"worker {address}: {exc}") from None
+                    except Exception as exc:
+                        raise UserError(f"worker {address} could not be set up: {type(exc).__name__}: {exc}") from None
+                    del futures[address]
+        if not out:
+            raise UserError(f"{self.name}: no worker is left (each died or left while being set up)")
         return out
 
     def device(self, requested: str | None) -> str:
