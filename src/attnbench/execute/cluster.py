@@ -225,22 +225,26 @@ class DaskExecutor:
         if fut.status == "cancelled":  # not the cell's doing: nothing is stored, and --resume runs it again
             raise UserError("the Dask scheduler cancelled attnbench's tasks (restarted?); what arrived is stored: "
                             "run the same command with --resume to finish")
+        from .worker import LostTwice, lost_reason
+
         exc = fut.exception()
         if isinstance(exc, UserError):
             raise exc
+        if isinstance(exc, LostTwice):  # the task saw its earlier attempts die (a scheduler allowing more)
+            return Outcome(lost=str(exc))
         if isinstance(exc, KilledWorker):
             tries = getattr(exc, "allowed_failures", ALLOWED_FAILURES) + 1
             last = getattr(getattr(exc, "last_worker", None), "address", "")
-            why = (f"the worker process died while running it, on {tries} workers in turn (out of memory, or a "
-                   f"crashing kernel)" + (f"; last on {last}" if last else ""))
-            return Outcome(lost=why, worker=last)
+            return Outcome(lost=lost_reason(tries, last), worker=last)
         text = str(exc).strip().splitlines()
         return Outcome(failed=f"{type(exc).__name__}: {text[0] if text else ''}"[:500])
 
     def journal(self, topic: str, key: str) -> list[tuple[str, str, str]]:
-        """The cells a task said last it was starting (worker.measure_task's journal); [] if none."""
+        """The cells a task said last it was starting (worker.Journal); [] if none."""
+        from .worker import task_topic
+
         try:
-            events = self.client.get_events(topic)
+            events = self.client.get_events(task_topic(topic, key))
         except Exception:
             return []
         last = [msg for _, msg in events if isinstance(msg, dict) and msg.get("task") == key]
