@@ -135,3 +135,35 @@ def test_a_worker_that_dies_while_being_set_up_is_left_out_not_waited_for(dask_c
     first, second = ex.addresses()[:2]
     assert ex._on_each(partial(_die_on, first), "up") == ["up"]  # the survivor's answer; the dead one is dropped
     dask_client.wait_for_workers(2, timeout=60)  # the nanny starts a new worker in its place
+
+
+def test_malformed_addresses_are_refused_before_connecting():
+    for bad in ("dask://h:1:2", "dask://127.0.0.1:99999", "dask://127.0.0.1:0", "dask://a b:8786", "dask://h/x:1"):
+        with pytest.raises(UserError, match="expected dask://HOST:PORT"):
+            parse_executor(bad)
+    assert parse_executor("dask://[::1]:8786") == ("dask", "tcp://[::1]:8786")
+
+
+def test_an_address_that_is_not_a_dask_scheduler_is_a_one_line_error(capsys, tmp_path):
+    """Something else listening there (a web server, say): the bytes it answers are not Dask's protocol."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def answer():
+        while True:
+            try:
+                conn, _ = server.accept()
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4)
+            except OSError:
+                return
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(UserError, match="cannot reach a Dask scheduler at tcp://127.0.0.1:"):
+            DaskExecutor.connect(f"tcp://127.0.0.1:{server.getsockname()[1]}", timeout_s=5)
+    finally:
+        server.close()

@@ -23,7 +23,10 @@ def parse_executor(text: str | None) -> tuple[str, str]:
         return t, ""
     if t.startswith("dask://"):
         host, _, port = t[len("dask://"):].rpartition(":")
-        if not host or not port.isdigit():
+        # A host is a name or IPv4 address, or an IPv6 address in brackets ([::1]); a port 1 to 65535.
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if (not bare or not port.isdigit() or not 0 < int(port) < 65536 or any(c in bare for c in "/[] \t@")
+                or (":" in bare and bare == host)):
             raise UserError(f"--executor {text!r}: expected dask://HOST:PORT (a running Dask scheduler)")
         return "dask", f"tcp://{host}:{port}"
     raise UserError(f"unknown --executor {text!r}; use inproc, gpus or dask://HOST:PORT")
@@ -111,6 +114,9 @@ class DaskExecutor:
             client = distributed.Client(address, timeout=timeout_s)
         except OSError as exc:
             raise UserError(f"cannot reach a Dask scheduler at {address}: {exc}") from None
+        except Exception as exc:  # something else answered there: its bytes are not Dask's protocol
+            raise UserError(f"cannot reach a Dask scheduler at {address}: what answers there is not one "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         try:
             client.wait_for_workers(1, timeout=timeout_s)
         except Exception:
