@@ -38,6 +38,8 @@ def test_without_dask_the_message_says_what_to_install(monkeypatch, capsys, tmp_
         require_distributed("--executor dask://h:1")
     code, _, err = cli(capsys, "run", "--executor", "dask://127.0.0.1:1", "--db", str(tmp_path / "r.db"))
     assert code == 2 and err.strip().endswith("pip install 'attnbench[dask]'") and len(err.splitlines()) == 1
+    code, _, err = cli(capsys, "run", "--executor", "gpus", "--db", str(tmp_path / "r.db"))
+    assert code == 2 and err.strip().endswith("pip install 'attnbench[gpus]'")  # dask-cuda comes with it
 
 
 def test_gpus_on_a_machine_without_gpus_says_so(capsys, tmp_path):

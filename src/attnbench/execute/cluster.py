@@ -32,12 +32,12 @@ def parse_executor(text: str | None) -> tuple[str, str]:
     raise UserError(f"unknown --executor {text!r}; use inproc, gpus or dask://HOST:PORT")
 
 
-def require_distributed(what: str):
-    """The `distributed` module, or a one-line UserError that says what to install."""
+def require_distributed(what: str, extra: str = "dask"):
+    """The `distributed` module, or a one-line UserError that says which extra to install."""
     try:
         import distributed
     except ImportError:
-        raise UserError(f"{what} needs Dask's distributed scheduler: pip install 'attnbench[dask]'") from None
+        raise UserError(f"{what} needs Dask's distributed scheduler: pip install 'attnbench[{extra}]'") from None
     return distributed
 
 
@@ -88,7 +88,7 @@ class DaskExecutor:
     def local_gpus(cls) -> "DaskExecutor":
         """One worker process per local GPU (LocalCUDACluster pins each with CUDA_VISIBLE_DEVICES), one
         thread each, so no two measurements share a GPU."""
-        distributed = require_distributed("--executor gpus")
+        distributed = require_distributed("--executor gpus", "gpus")  # the extra that brings dask-cuda too
         import torch
 
         n = torch.cuda.device_count()
