@@ -21,7 +21,7 @@ from ..measure.clocks import throttled
 from ..store import RunInfo, Store
 from . import plots as P
 from .history import IMPROVEMENT, REGRESSION, History, run_date, run_title
-from .tables import Row, _env_line, methods, rows_for, run_ceilings, typical_clock
+from .tables import Row, _env_line, methods, row_environments, rows_for, run_ceilings, typical_clock
 
 THROTTLE_DROP = 0.10  # flagged when a clock reading fell more than this below the run's typical clock
 # The Flagged list, most severe first: statuses that lost a measurement, then flags on numbers that were kept.
@@ -102,8 +102,12 @@ def gather_run(store: Store, run_id: int | str | None = None) -> RunView:
     typical = typical_clock(rows)
     order = {w: i for i, w in enumerate(dict.fromkeys(r.m.workload for r in rows))}
     mixed = len({r.m.timer for r in rows if r.m.ok}) > 1
-    entries = [_entry(r, order[r.m.workload], r.m.impl_label + (f" ({r.m.timer})" if mixed else ""), typical)
-               for r in rows]
+    envs = row_environments(store, rows)  # a run on workers of several GPUs: each row's device, never pooled
+
+    def series(m) -> str:
+        return m.impl_label + (f" ({m.timer})" if mixed else "") + (f" on {envs.get(m.env_id, '?')}" if envs else "")
+
+    entries = [_entry(r, order[r.m.workload], series(r.m), typical) for r in rows]
     names = list(dict.fromkeys(e.series for e in entries))
     styles = {s: (P.PALETTE[i % len(P.PALETTE)], P.MARKERS[i % len(P.MARKERS)]) for i, s in enumerate(names)}
     plotted = [w for w in order if any(e.m.ok and e.m.workload == w for e in entries)]

@@ -277,7 +277,8 @@ def markdown(store: Store, run_id: int | str | None = None) -> str:
 
 CSV_COLUMNS = ("run_id", "workload_key", "workload", "batch", "q_heads", "kv_heads", "q_len", "kv_len",
                "head_dim", "dtype", "causal", "mask", "score_mod", "pass", "impl", "params", "status", "reason",
-               "timer", "n", "median_ms", "ci_lo", "ci_hi", "tflops", "gbps", "rel_err", "backend", "stop_reason")
+               "timer", "n", "median_ms", "ci_lo", "ci_hi", "tflops", "gbps", "rel_err", "backend", "stop_reason",
+               "env_id", "device")
 
 
 def csv_report(store: Store, run_id: int | str | None = None) -> str:
@@ -292,8 +293,13 @@ def csv_report(store: Store, run_id: int | str | None = None) -> str:
     buf = io.StringIO()
     out = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     out.writeheader()
+    devices: dict[str, str] = {}  # every row names its environment: CSVs of several runs or GPUs get concatenated
     for r in rows_for(store, info.run_id):
         m, w = r.m, r.m.workload
+        eid = m.env_id or info.env_id
+        if eid not in devices:
+            env = store.environment(eid) or {}
+            devices[eid] = str(env.get("gpu_name") or (f"CPU ({env['cpu_model']})" if env.get("cpu_model") else ""))
         out.writerow({
             "run_id": info.run_id, "workload_key": w.key, "workload": w.label, "batch": w.batch,
             "q_heads": w.q_heads, "kv_heads": w.kv_heads, "q_len": w.q_len, "kv_len": w.kv_len,
@@ -302,7 +308,8 @@ def csv_report(store: Store, run_id: int | str | None = None) -> str:
             "params": params_key(m.params), "status": m.status, "reason": m.reason, "timer": m.timer,
             "n": len(m.samples_ms), "median_ms": _g(r.median_ms), "ci_lo": _g(r.ci[0] if r.ci else None),
             "ci_hi": _g(r.ci[1] if r.ci else None), "tflops": _g(r.tflops), "gbps": _g(r.gbps),
-            "rel_err": _g(m.rel_err), "backend": m.backend, "stop_reason": m.stop_reason,
+            "rel_err": _g(m.rel_err), "backend": m.backend, "stop_reason": m.stop_reason, "env_id": eid,
+            "device": devices[eid],
         })
     return buf.getvalue()
 
