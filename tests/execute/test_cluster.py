@@ -169,3 +169,34 @@ def test_an_address_that_is_not_a_dask_scheduler_is_a_one_line_error(capsys, tmp
             DaskExecutor.connect(f"tcp://127.0.0.1:{server.getsockname()[1]}", timeout_s=5)
     finally:
         server.close()
+
+
+def test_a_scheduler_that_dies_mid_sweep_is_one_line(caplog, tmp_path):
+    """The client's tasks are cancelled when its scheduler's process dies: the error says so (what arrived is
+    stored), and closing the client, mid-reconnect, logs no traceback."""
+    import logging
+    import socket
+    import subprocess
+    import time
+
+    import distributed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", str(port), "--no-dashboard"], cwd=tmp_path,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ex = DaskExecutor(distributed.Client(f"tcp://127.0.0.1:{port}", timeout=60))
+        fut = ex.submit(time.sleep, 60, "attnbench-sleep")  # no worker: it waits
+        scheduler.kill()
+        done = next(iter(ex.as_completed([fut])))
+        with pytest.raises(UserError, match="lost the connection to the Dask scheduler; what arrived is stored.*--resume"):
+            ex.outcome(done)
+        with caplog.at_level(logging.ERROR, logger="distributed"):
+            ex.close()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    finally:
+        scheduler.kill()
+        scheduler.wait()

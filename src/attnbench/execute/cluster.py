@@ -4,6 +4,7 @@ LocalCUDACluster), or the workers of a running Dask scheduler (dask://HOST:PORT)
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -125,7 +126,16 @@ class DaskExecutor:
         return cls(client, None, f"dask {address}")
 
     def close(self) -> None:
-        self.client.close()
+        # A client whose scheduler went away is reconnecting; closing it cancels that, which distributed logs as
+        # an error with a traceback. The sweep has said what happened, in one line.
+        log = logging.getLogger("distributed.client")
+        level = log.level
+        if self.client.status != "running":
+            log.setLevel(logging.CRITICAL)
+        try:
+            self.client.close()
+        finally:
+            log.setLevel(level)
         if self.cluster is not None:
             self.cluster.close()
 
@@ -229,8 +239,16 @@ class DaskExecutor:
         if fut.status == "finished":
             return Outcome(result=fut.result())
         if fut.status == "cancelled":  # not the cell's doing: nothing is stored, and --resume runs it again
-            raise UserError("the Dask scheduler cancelled attnbench's tasks (restarted?); what arrived is stored: "
-                            "run the same command with --resume to finish")
+            try:
+                fut.result(timeout=1.0)
+            except Exception as exc:
+                reason = str(getattr(exc, "reason", ""))
+            else:
+                reason = ""
+            what = ("lost the connection to the Dask scheduler" if "connection-lost" in reason else
+                    "the Dask scheduler cancelled attnbench's tasks (restarted?)")
+            raise UserError(f"{self.name}: {what}; what arrived is stored: run the same command with --resume "
+                            "to finish")
         from .worker import LostTwice, lost_reason
 
         exc = fut.exception()
