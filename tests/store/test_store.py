@@ -259,3 +259,39 @@ def test_locked_full_read_only_or_damaged_files_are_one_line_errors(tmp_path, mo
             s.measurements(run)
     with pytest.raises(UserError, match="is a folder"):
         Store(tmp_path)
+
+
+def test_a_file_on_a_read_only_disk_is_read_as_it_is(tmp_path, monkeypatch):
+    """report, runs and compare read a results file that cannot be written (a read-only mount of CI artifacts):
+    SQLite cannot open a WAL file there the usual way, so it is opened immutable; one that would need an
+    upgrade says so. A read-only disk is simulated: the usual open fails as it does there, and nothing is
+    writable."""
+    import os
+
+    from attnbench.store import database
+
+    path, old = tmp_path / "r.db", tmp_path / "old.db"
+    with Store(path) as s:
+        s.add(s.start_run("e", {}), m())
+    con = sqlite3.connect(old)
+    con.execute("CREATE TABLE runs (x)")
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    connect = sqlite3.connect
+
+    def read_only_disk(target, *args, uri=False, **kw):
+        if not uri:
+            raise sqlite3.OperationalError("unable to open database file")
+        return connect(target, *args, uri=uri, **kw)
+
+    monkeypatch.setattr(database.sqlite3, "connect", read_only_disk)
+    monkeypatch.setattr(os, "access", lambda p, mode: mode != os.W_OK)
+    with pytest.raises(UserError, match="cannot be opened"):
+        Store(path)  # a command that writes
+    with Store(path, read_only=True) as s:
+        assert s.read_only and [x.impl for x in s.measurements()] == ["sdpa-math"]
+        with pytest.raises(UserError, match="cannot be written"):
+            s.start_run("e", {})
+    with pytest.raises(UserError, match="has schema 1 .* copy it to a writable folder"):
+        Store(old, read_only=True)

@@ -84,8 +84,11 @@ class Store:
 
     LOCK_TIMEOUT_S = 30.0
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, *, read_only: bool = False):
+        """`read_only`: for commands that only read (report, runs, compare of stored runs): a file on a read-only
+        disk or in a folder this user cannot write is then opened as it is, unchanged."""
         self.path = str(path or default_path())
+        self.read_only = False
         if self.path != ":memory:":
             parent = Path(self.path).expanduser().resolve().parent
             if not parent.is_dir():
@@ -96,7 +99,16 @@ class Store:
             self.db = sqlite3.connect(self.path, timeout=self.LOCK_TIMEOUT_S)
             self.db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as exc:
-            raise _problem(self.path, exc) from None
+            file = Path(self.path).expanduser()
+            if not (read_only and file.is_file() and not (os.access(file, os.W_OK) and os.access(file.parent, os.W_OK))):
+                raise _problem(self.path, exc) from None
+            # SQLite cannot open a WAL file read-only without writing its shared-memory file beside it; nothing
+            # can write this one, so it is read as an immutable file.
+            try:
+                self.db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+                self.read_only = True
+            except sqlite3.Error as again:
+                raise _problem(self.path, again) from None
         self.db.row_factory = sqlite3.Row
         self._migrate()
 
@@ -122,6 +134,9 @@ class Store:
         if version == SCHEMA_VERSION:
             return
         self._check(version)
+        if self.read_only:
+            raise UserError(f"results database {self.path} has schema {version} (this attnbench reads {SCHEMA_VERSION}) "
+                            "and cannot be written here to upgrade it: copy it to a writable folder first")
         # Another process may be creating or upgrading this file at the same moment: take the write lock,
         # look again, and create or upgrade in one transaction with the version (all or nothing).
         self.db.isolation_level = None
