@@ -192,7 +192,7 @@ def test_a_scheduler_that_dies_mid_sweep_is_one_line(caplog, tmp_path):
         fut = ex.submit(time.sleep, 60, "attnbench-sleep")  # no worker: it waits
         scheduler.kill()
         done = next(iter(ex.as_completed([fut])))
-        with pytest.raises(UserError, match="lost the connection to the Dask scheduler; what arrived is stored.*--resume"):
+        with pytest.raises(UserError, match="lost the connection to the Dask scheduler; what arrived is stored"):
             ex.outcome(done)
         with caplog.at_level(logging.ERROR, logger="distributed"):
             ex.close()

@@ -192,7 +192,8 @@ def test_a_cell_kills_two_workers_at_most_whatever_the_schedulers_retries(tmp_pa
     with Store(tmp_path / "r.db") as store:
         rid = run_sweep(config, store, lenient_client, timer=FAKE, progress=False)
         by = {m.impl.split(":")[-1]: m for m in store.measurements(rid)}
-        assert by["crash_counted"].status == "error" and "died while running it, on 2 workers" in by["crash_counted"].reason
+        crashed = by["crash_counted"]
+        assert crashed.status == "error" and "died while running it, on 2 workers" in crashed.reason
         assert by["query_chunked"].status == by["reference"].status == "ok"
     assert len(marker.read_text().split()) == 2  # two worker processes ended, not the scheduler's four
     lenient_client.wait_for_workers(2, timeout=60)

@@ -100,7 +100,8 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as exc:
             file = Path(self.path).expanduser()
-            if not (read_only and file.is_file() and not (os.access(file, os.W_OK) and os.access(file.parent, os.W_OK))):
+            writable = os.access(file, os.W_OK) and os.access(file.parent, os.W_OK)
+            if not (read_only and file.is_file() and not writable):
                 raise _problem(self.path, exc) from None
             # SQLite cannot open a WAL file read-only without writing its shared-memory file beside it; nothing
             # can write this one, so it is read as an immutable file.
@@ -135,8 +136,9 @@ class Store:
             return
         self._check(version)
         if self.read_only:
-            raise UserError(f"results database {self.path} has schema {version} (this attnbench reads {SCHEMA_VERSION}) "
-                            "and cannot be written here to upgrade it: copy it to a writable folder first")
+            raise UserError(f"results database {self.path} has schema {version} (this attnbench reads "
+                            f"{SCHEMA_VERSION}) and cannot be written here to upgrade it: copy it to a writable "
+                            "folder first")
         # Another process may be creating or upgrading this file at the same moment: take the write lock,
         # look again, and create or upgrade in one transaction with the version (all or nothing).
         self.db.isolation_level = None
