@@ -56,7 +56,9 @@ class WorkerInfo:
     def label(self) -> str:
         """A short name for the progress bar: the worker's name and its GPU."""
         gpu = self.visible.split(",")[0] if self.visible else ""
-        return f"w{self.name}" + (f"/gpu{gpu}" if gpu else "")
+        # `dask worker --nworkers N` names each worker by its address: shown as it is, not as 'wtcp://...'
+        name = self.name.split("://", 1)[1] if "://" in self.name else f"w{self.name}"
+        return name + (f"/gpu{gpu}" if gpu else "")
 
 
 @dataclass(frozen=True)
