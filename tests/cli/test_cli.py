@@ -166,7 +166,9 @@ def _env():
     return env
 
 
-def test_killed_run_resumes_from_the_command_line(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_killed_run_resumes_from_the_command_line(tmp_path, sig, code):
+    """Ctrl-C, or SIGTERM (a CI job's timeout, a batch scheduler's kill): the run is marked interrupted."""
     db = tmp_path / "r.db"
     cmd = [sys.executable, "-m", "attnbench", "run", "-b", "1", "-H", "2", "-s", "16,32,48,64", "-d", "16",
            "--samples", "5", "--min-samples", "5", "--warmup-ms", "0", "-q",
@@ -186,9 +188,9 @@ def test_killed_run_resumes_from_the_command_line(tmp_path):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == code
     assert "--resume" in err and "Traceback" not in err
     with sqlite3.connect(db) as con:
         before = dict(con.execute("SELECT workload_key, id FROM measurements").fetchall())

@@ -38,6 +38,8 @@ def test_without_dask_the_message_says_what_to_install(monkeypatch, capsys, tmp_
         require_distributed("--executor dask://h:1")
     code, _, err = cli(capsys, "run", "--executor", "dask://127.0.0.1:1", "--db", str(tmp_path / "r.db"))
     assert code == 2 and err.strip().endswith("pip install 'attnbench[dask]'") and len(err.splitlines()) == 1
+    code, _, err = cli(capsys, "run", "--executor", "gpus", "--db", str(tmp_path / "r.db"))
+    assert code == 2 and err.strip().endswith("pip install 'attnbench[gpus]'")  # dask-cuda comes with it
 
 
 def test_gpus_on_a_machine_without_gpus_says_so(capsys, tmp_path):
@@ -116,3 +118,85 @@ def test_tune_on_workers_picks_what_in_process_picks_and_caches_it(tmp_path, das
                       executor=DaskExecutor(dask_client))
         assert [r.chosen for r in forced.workloads] == ["reference"] * 2 and not any(r.cached for r in forced.workloads)
         assert forced.settings["workers"] == 2 and forced.env_id == here.env_id and len(lines) == 2
+
+
+def _die_on(address, arg):
+    """Ends the worker process at `address` (as an OOM kill would) and answers `arg` on any other."""
+    import os
+
+    from distributed import get_worker
+
+    if get_worker().address == address:
+        os._exit(17)
+    return arg
+
+
+def test_a_worker_that_dies_while_being_set_up_is_left_out_not_waited_for(dask_client):
+    """A task pinned to a worker that died can run nowhere: waiting for it would hang the sweep for ever."""
+    ex = DaskExecutor(dask_client)
+    first, second = ex.addresses()[:2]
+    assert ex._on_each(partial(_die_on, first), "up") == ["up"]  # the survivor's answer; the dead one is dropped
+    dask_client.wait_for_workers(2, timeout=60)  # the nanny starts a new worker in its place
+
+
+def test_malformed_addresses_are_refused_before_connecting():
+    for bad in ("dask://h:1:2", "dask://127.0.0.1:99999", "dask://127.0.0.1:0", "dask://a b:8786", "dask://h/x:1"):
+        with pytest.raises(UserError, match="expected dask://HOST:PORT"):
+            parse_executor(bad)
+    assert parse_executor("dask://[::1]:8786") == ("dask", "tcp://[::1]:8786")
+
+
+def test_an_address_that_is_not_a_dask_scheduler_is_a_one_line_error(capsys, tmp_path):
+    """Something else listening there (a web server, say): the bytes it answers are not Dask's protocol."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def answer():
+        while True:
+            try:
+                conn, _ = server.accept()
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4)
+            except OSError:
+                return
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(UserError, match="cannot reach a Dask scheduler at tcp://127.0.0.1:"):
+            DaskExecutor.connect(f"tcp://127.0.0.1:{server.getsockname()[1]}", timeout_s=5)
+    finally:
+        server.close()
+
+
+def test_a_scheduler_that_dies_mid_sweep_is_one_line(caplog, tmp_path):
+    """The client's tasks are cancelled when its scheduler's process dies: the error says so (what arrived is
+    stored), and closing the client, mid-reconnect, logs no traceback."""
+    import logging
+    import socket
+    import subprocess
+    import time
+
+    import distributed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", str(port), "--no-dashboard"], cwd=tmp_path,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ex = DaskExecutor(distributed.Client(f"tcp://127.0.0.1:{port}", timeout=60))
+        fut = ex.submit(time.sleep, 60, "attnbench-sleep")  # no worker: it waits
+        scheduler.kill()
+        done = next(iter(ex.as_completed([fut])))
+        with pytest.raises(UserError, match="lost the connection to the Dask scheduler; what arrived is stored"):
+            ex.outcome(done)
+        with caplog.at_level(logging.ERROR, logger="distributed"):
+            ex.close()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    finally:
+        scheduler.kill()
+        scheduler.wait()

@@ -54,6 +54,19 @@ def test_the_report_names_the_device_of_every_row_when_a_run_holds_several(tmp_p
     data = tables.json_report(store, mixed)
     assert set(data["environments"]) == {"envh200", "enva100"}
     assert data["environments"]["enva100"]["gpu_name"] == "NVIDIA A100-SXM4-80GB"
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(tables.csv_report(store, mixed))))
+    assert [(r["env_id"], r["device"]) for r in rows] == [("envh200", "NVIDIA H200"),
+                                                          ("enva100", "NVIDIA A100-SXM4-80GB")]
+    from attnbench.report.html import gather_run, render_run
+
+    # The page's table and plots keep each device's rows apart (a plot line never joins two GPUs).
+    assert [e.series for e in gather_run(store, mixed).entries] == [
+        "sdpa-math · NVIDIA H200 · envh20", "sdpa-math · NVIDIA A100-SXM4-80GB · enva10"]
+    assert "NVIDIA A100-SXM4-80GB · enva10" in render_run(store, mixed)
+    assert [e.series for e in gather_run(store, plain).entries] == ["sdpa-math"] * 2
     store.close()
 
 

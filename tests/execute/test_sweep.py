@@ -167,3 +167,48 @@ def test_the_executor_runs_work_once_and_reports_failures(dask_client):
     done = next(iter(ex.as_completed([ex.submit(int, "not a number", "bad")])))
     out = ex.outcome(done)
     assert out.result is None and out.failed.startswith("ValueError: invalid literal")
+
+
+@pytest.fixture(scope="module")
+def lenient_client():
+    """A scheduler that retries a task whose worker died 3 times (Dask's default: a running scheduler the user
+    started keeps its own setting), with two CPU worker processes."""
+    import dask
+    import distributed
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 3}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+def test_a_cell_kills_two_workers_at_most_whatever_the_schedulers_retries(tmp_path, lenient_client):
+    marker = tmp_path / "deaths"
+    crash = "tests.fixtures.crash:crash_counted"
+    config = cfg([f"{FIX}:query_chunked", crash, "reference"], [W1])
+    config.params = {crash: [{"marker": str(marker)}]}
+    with Store(tmp_path / "r.db") as store:
+        rid = run_sweep(config, store, lenient_client, timer=FAKE, progress=False)
+        by = {m.impl.split(":")[-1]: m for m in store.measurements(rid)}
+        crashed = by["crash_counted"]
+        assert crashed.status == "error" and "died while running it, on 2 workers" in crashed.reason
+        assert by["query_chunked"].status == by["reference"].status == "ok"
+    assert len(marker.read_text().split()) == 2  # two worker processes ended, not the scheduler's four
+    lenient_client.wait_for_workers(2, timeout=60)
+
+
+def test_a_tune_search_kills_two_workers_at_most(tmp_path, lenient_client):
+    from attnbench.tune.tuner import TuneConfig, tune
+
+    marker = tmp_path / "deaths"
+    crash = "tests.fixtures.crash:crash_counted"
+    config = TuneConfig(workloads=[W1], impls=["reference", crash], device="cpu", baseline="reference",
+                        budget_s=None, params={crash: [{"marker": str(marker)}]})
+    with Store(tmp_path / "r.db") as store:
+        result = tune(config, store, timer=FAKE, executor=DaskExecutor(lenient_client))
+    (r,) = result.workloads
+    assert r.stop_reason == "worker-lost" and "on 2 workers" in r.notes[0]
+    assert len(marker.read_text().split()) == 2
+    lenient_client.wait_for_workers(2, timeout=60)

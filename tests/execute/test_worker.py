@@ -27,3 +27,11 @@ def test_a_task_is_measured_with_the_sweeps_session_and_returned():
     assert worker._STATE["timer"] is timer  # one timer (and typical clock) per sweep and process
     probe(Setup(token="b", impls=("reference",), device="cpu", timer_factory=FakeTimer))
     assert worker._STATE["timer"] is not timer  # a new sweep starts afresh
+
+
+def test_a_worker_named_by_its_address_is_labelled_by_it():
+    from attnbench.execute.worker import WorkerInfo
+
+    named = WorkerInfo("3", "tcp://10.0.0.7:4100", "h", "cuda", "cold", "e", {}, visible="3")
+    by_address = WorkerInfo("tcp://10.0.0.7:4100", "tcp://10.0.0.7:4100", "h", "cpu", "host", "e", {})
+    assert named.label == "w3/gpu3" and by_address.label == "10.0.0.7:4100"

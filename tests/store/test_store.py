@@ -195,3 +195,103 @@ def test_schema_2_rows_get_the_mask_fields_of_their_causal_flag(tmp_path):
         assert rows["a"]["score_mod"] == "" and rows["b"]["layout"] == "dense"
         got = {m.impl: m.workload for m in s.measurements(1)}
         assert got["a"] == Workload.from_dict(dict(old, causal=True)) and got["a"].key.endswith("_causal_fwd")
+
+
+def test_a_database_another_process_is_creating_is_waited_for_not_created_twice(tmp_path):
+    """Two `attnbench run` starting at once on a new file: the second waits for the first's schema instead of
+    creating the tables again ('table environments already exists') or calling it a foreign file."""
+    import threading
+
+    path = tmp_path / "r.db"
+    first = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    first.execute("PRAGMA journal_mode=WAL")
+    from attnbench.store.schema import MIGRATIONS
+
+    # The first process is creating the tables: its transaction is open (executescript leaves it so).
+    first.executescript("BEGIN IMMEDIATE;" + "".join(MIGRATIONS[v] for v in range(1, SCHEMA_VERSION + 1)))
+
+    def finish():
+        first.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        first.execute("COMMIT")
+
+    timer = threading.Timer(0.5, finish)
+    timer.start()
+    with Store(path) as s:
+        assert s.schema_version == SCHEMA_VERSION
+        s.start_run("e", {})
+    timer.join()
+    first.close()
+
+
+def test_locked_full_read_only_or_damaged_files_are_one_line_errors(tmp_path, monkeypatch):
+    path = tmp_path / "r.db"
+    with Store(path) as s:
+        run = s.start_run("e", {})
+        s.db.execute("PRAGMA query_only = 1")  # as a read-only file would be
+        with pytest.raises(UserError, match=r"r\.db cannot be written \(attempt to write a readonly database\)"):
+            s.add(run, m())
+        s.db.execute("PRAGMA query_only = 0")
+        pages = s.db.execute("PRAGMA page_count").fetchone()[0]
+        s.db.execute(f"PRAGMA max_page_count = {pages}")  # as a full disk would be
+        with pytest.raises(UserError, match="database or disk is full.*what was stored before is kept"):
+            for i in range(200):
+                s.add(run, m(impl=f"i{i}", samples=[1.0] * 500))
+    monkeypatch.setattr(Store, "LOCK_TIMEOUT_S", 0.1)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with Store(path) as s:
+        with pytest.raises(UserError, match="is locked by another process"):
+            s.start_run("e", {})
+    other.execute("ROLLBACK")
+    other.close()
+    with Store(path) as s:
+        for i in range(300):
+            s.add(run, m(impl=f"j{i}", samples=[1.0 + i] * 200))
+    data = path.read_bytes()
+    third = len(data) // 3
+    path.write_bytes(data[:third] + bytes(third) + data[2 * third:])  # pages overwritten: opens, reads fail
+    with Store(path) as s:
+        with pytest.raises(UserError, match="is damaged or not an SQLite file"):
+            s.measurements(run)
+    path.write_bytes(data[: 2 * third])  # a copy cut short
+    with pytest.raises(UserError, match="is damaged or not an SQLite file"):
+        with Store(path) as s:
+            s.measurements(run)
+    with pytest.raises(UserError, match="is a folder"):
+        Store(tmp_path)
+
+
+def test_a_file_on_a_read_only_disk_is_read_as_it_is(tmp_path, monkeypatch):
+    """report, runs and compare read a results file that cannot be written (a read-only mount of CI artifacts):
+    SQLite cannot open a WAL file there the usual way, so it is opened immutable; one that would need an
+    upgrade says so. A read-only disk is simulated: the usual open fails as it does there, and nothing is
+    writable."""
+    import os
+
+    from attnbench.store import database
+
+    path, old = tmp_path / "r.db", tmp_path / "old.db"
+    with Store(path) as s:
+        s.add(s.start_run("e", {}), m())
+    con = sqlite3.connect(old)
+    con.execute("CREATE TABLE runs (x)")
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    connect = sqlite3.connect
+
+    def read_only_disk(target, *args, uri=False, **kw):
+        if not uri:
+            raise sqlite3.OperationalError("unable to open database file")
+        return connect(target, *args, uri=uri, **kw)
+
+    monkeypatch.setattr(database.sqlite3, "connect", read_only_disk)
+    monkeypatch.setattr(os, "access", lambda p, mode: mode != os.W_OK)
+    with pytest.raises(UserError, match="cannot be opened"):
+        Store(path)  # a command that writes
+    with Store(path, read_only=True) as s:
+        assert s.read_only and [x.impl for x in s.measurements()] == ["sdpa-math"]
+        with pytest.raises(UserError, match="cannot be written"):
+            s.start_run("e", {})
+    with pytest.raises(UserError, match="has schema 1 .* copy it to a writable folder"):
+        Store(old, read_only=True)

@@ -48,7 +48,7 @@ def open_store(db: Optional[str], *, must_exist: bool = False):
     path = db or default_path()
     if must_exist and path != ":memory:" and not Path(path).expanduser().is_file():
         raise UserError(f"no results database at {path}; start one with `attnbench run`")
-    return Store(path)
+    return Store(path, read_only=must_exist)
 
 
 def build_workloads(preset: Optional[str], sweep: Optional[Path], batch: Optional[str], heads: Optional[str],

@@ -4,6 +4,7 @@ LocalCUDACluster), or the workers of a running Dask scheduler (dask://HOST:PORT)
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -23,18 +24,21 @@ def parse_executor(text: str | None) -> tuple[str, str]:
         return t, ""
     if t.startswith("dask://"):
         host, _, port = t[len("dask://"):].rpartition(":")
-        if not host or not port.isdigit():
+        # A host is a name or IPv4 address, or an IPv6 address in brackets ([::1]); a port 1 to 65535.
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if (not bare or not port.isdigit() or not 0 < int(port) < 65536 or any(c in bare for c in "/[] \t@")
+                or (":" in bare and bare == host)):
             raise UserError(f"--executor {text!r}: expected dask://HOST:PORT (a running Dask scheduler)")
         return "dask", f"tcp://{host}:{port}"
     raise UserError(f"unknown --executor {text!r}; use inproc, gpus or dask://HOST:PORT")
 
 
-def require_distributed(what: str):
-    """The `distributed` module, or a one-line UserError that says what to install."""
+def require_distributed(what: str, extra: str = "dask"):
+    """The `distributed` module, or a one-line UserError that says which extra to install."""
     try:
         import distributed
     except ImportError:
-        raise UserError(f"{what} needs Dask's distributed scheduler: pip install 'attnbench[dask]'") from None
+        raise UserError(f"{what} needs Dask's distributed scheduler: pip install 'attnbench[{extra}]'") from None
     return distributed
 
 
@@ -85,7 +89,7 @@ class DaskExecutor:
     def local_gpus(cls) -> "DaskExecutor":
         """One worker process per local GPU (LocalCUDACluster pins each with CUDA_VISIBLE_DEVICES), one
         thread each, so no two measurements share a GPU."""
-        distributed = require_distributed("--executor gpus")
+        distributed = require_distributed("--executor gpus", "gpus")  # the extra that brings dask-cuda too
         import torch
 
         n = torch.cuda.device_count()
@@ -111,6 +115,9 @@ class DaskExecutor:
             client = distributed.Client(address, timeout=timeout_s)
         except OSError as exc:
             raise UserError(f"cannot reach a Dask scheduler at {address}: {exc}") from None
+        except Exception as exc:  # something else answered there: its bytes are not Dask's protocol
+            raise UserError(f"cannot reach a Dask scheduler at {address}: what answers there is not one "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
         try:
             client.wait_for_workers(1, timeout=timeout_s)
         except Exception:
@@ -119,7 +126,16 @@ class DaskExecutor:
         return cls(client, None, f"dask {address}")
 
     def close(self) -> None:
-        self.client.close()
+        # A client whose scheduler went away is reconnecting; closing it cancels that, which distributed logs as
+        # an error with a traceback. The sweep has said what happened, in one line.
+        log = logging.getLogger("distributed.client")
+        level = log.level
+        if self.client.status != "running":
+            log.setLevel(logging.CRITICAL)
+        try:
+            self.client.close()
+        finally:
+            log.setLevel(level)
         if self.cluster is not None:
             self.cluster.close()
 
@@ -134,17 +150,34 @@ class DaskExecutor:
         return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
 
     def _on_each(self, fn: Callable, arg: Any) -> list[Any]:
-        """fn(arg) once on every worker; a UserError there (no GPU, say) is raised here with its name."""
+        """fn(arg) once on every worker; a UserError there (no GPU, say) is raised here with its name. A worker
+        that leaves meanwhile (its process died) is left out: its task, pinned to it, could never run, and a
+        worker that replaces it sets itself up with its first task."""
+        from distributed import wait
+
         futures = {a: self.client.submit(fn, arg, workers=[a], allow_other_workers=False, pure=False)
                    for a in self.addresses()}
         out = []
-        for address, fut in futures.items():
-            try:
-                out.append(fut.result())
-            except UserError as exc:
-                raise UserError(f"worker {address}: {exc}") from None
-            except Exception as exc:
-                raise UserError(f"worker {address} could not be set up: {type(exc).__name__}: {exc}") from None
+        while futures:
+            with contextlib.suppress(TimeoutError):
+                wait(list(futures.values()), timeout=1.0, return_when="FIRST_COMPLETED")
+            live = set(self.addresses())
+            for address, fut in list(futures.items()):
+                if address not in live:
+                    fut.cancel()
+                    del futures[address]
+                elif fut.done():
+                    try:
+                        out.append(fut.result(timeout=5.0))
+                    except TimeoutError:  # finished, but its worker is going: the next pass sees it gone
+                        continue
+                    except UserError as exc:
+                        raise UserError(f"worker {address}: {exc}") from None
+                    except Exception as exc:
+                        raise UserError(f"worker {address} could not be set up: {type(exc).__name__}: {exc}") from None
+                    del futures[address]
+        if not out:
+            raise UserError(f"{self.name}: no worker is left (each died or left while being set up)")
         return out
 
     def device(self, requested: str | None) -> str:
@@ -206,24 +239,36 @@ class DaskExecutor:
         if fut.status == "finished":
             return Outcome(result=fut.result())
         if fut.status == "cancelled":  # not the cell's doing: nothing is stored, and --resume runs it again
-            raise UserError("the Dask scheduler cancelled attnbench's tasks (restarted?); what arrived is stored: "
-                            "run the same command with --resume to finish")
+            try:
+                fut.result(timeout=1.0)
+            except Exception as exc:
+                reason = str(getattr(exc, "reason", ""))
+            else:
+                reason = ""
+            what = ("lost the connection to the Dask scheduler" if "connection-lost" in reason else
+                    "the Dask scheduler cancelled attnbench's tasks (restarted?)")
+            raise UserError(f"{self.name}: {what}; what arrived is stored: run the same command with --resume "
+                            "to finish")
+        from .worker import LostTwice, lost_reason
+
         exc = fut.exception()
         if isinstance(exc, UserError):
             raise exc
+        if isinstance(exc, LostTwice):  # the task saw its earlier attempts die (a scheduler allowing more)
+            return Outcome(lost=str(exc))
         if isinstance(exc, KilledWorker):
             tries = getattr(exc, "allowed_failures", ALLOWED_FAILURES) + 1
             last = getattr(getattr(exc, "last_worker", None), "address", "")
-            why = (f"the worker process died while running it, on {tries} workers in turn (out of memory, or a "
-                   f"crashing kernel)" + (f"; last on {last}" if last else ""))
-            return Outcome(lost=why, worker=last)
+            return Outcome(lost=lost_reason(tries, last), worker=last)
         text = str(exc).strip().splitlines()
         return Outcome(failed=f"{type(exc).__name__}: {text[0] if text else ''}"[:500])
 
     def journal(self, topic: str, key: str) -> list[tuple[str, str, str]]:
-        """The cells a task said last it was starting (worker.measure_task's journal); [] if none."""
+        """The cells a task said last it was starting (worker.Journal); [] if none."""
+        from .worker import task_topic
+
         try:
-            events = self.client.get_events(topic)
+            events = self.client.get_events(task_topic(topic, key))
         except Exception:
             return []
         last = [msg for _, msg in events if isinstance(msg, dict) and msg.get("task") == key]

@@ -81,9 +81,14 @@ def tune(config: TuneConfig, store, *, timer=None, fingerprint: dict[str, Any] |
 
 def _search_on_worker(args: tuple) -> WorkloadResult:
     """One workload's search on a worker, with the worker's timer and impls for this tune (execute.worker)."""
-    from ..execute.worker import MEASURING, session
+    from ..execute.worker import DEATHS, MEASURING, Journal, LostTwice, lost_reason, session
 
     setup, w, config, budget, ceil = args
+    journal = Journal(setup)
+    earlier = journal.earlier()
+    if len(earlier) >= DEATHS:  # each earlier attempt died with its worker: a scheduler allowing more retries
+        raise LostTwice(lost_reason(len(earlier), earlier[-1][0]))
+    journal.note([])  # this attempt, for the next one to count if it dies
     with MEASURING:
         st = session(setup)
         return search_workload(w, st["impls"], st["device"], st["timer"], config, st["info"].env_id, budget, ceil)
@@ -104,8 +109,9 @@ def _tune_on_workers(config: TuneConfig, store, ex, timer, progress) -> TuneResu
     factory = timer_factory(timer)
     names = candidate_names(config.impls, config.baseline)
     impls = resolve_many(names)
-    setup = Setup(token=uuid.uuid4().hex[:12], impls=tuple(names), device=config.device, timer=config.timer,
-                  timer_factory=factory)
+    token = uuid.uuid4().hex[:12]
+    setup = Setup(token=token, impls=tuple(names), device=config.device, timer=config.timer,
+                  timer_factory=factory, topic=f"attnbench-tune-{token}")
     workers = ex.probe(setup)
     envs = sorted({w.env_id for w in workers})
     if len(envs) > 1:
