@@ -403,7 +403,7 @@ def _measure_cuda(torch: Any, device: str, keys: list[str], *, reps: int, warmup
                 ms = statistics.median(_time_cuda(torch, lambda: torch.matmul(a, b, out=c), reps, warmup))
             out["ms"][d] = ms
             out["tflops"][d] = matmul_tflops(n, ms)
-            del a, b, c
+            a = b = c = None  # free before the next dtype's (rebinding: the closure above reads these names)
         free, _total = torch.cuda.mem_get_info(index)
         nbytes = int(min(copy_gib * 2**30, free // 4)) // 16 * 16
         src = torch.empty(nbytes // 4, device=dev, dtype=torch.float32).uniform_(generator=gen)
@@ -411,7 +411,7 @@ def _measure_cuda(torch: Any, device: str, keys: list[str], *, reps: int, warmup
         ms = statistics.median(_time_cuda(torch, lambda: dst.copy_(src), reps, warmup))
         out["ms"]["copy"] = ms
         out["gbps"] = copy_gbps(src.numel() * 4, ms)
-        del src, dst
+        src = dst = None  # free before empty_cache
         torch.cuda.empty_cache()
     out["sm_clock_mhz"]["after"] = sm_clock_mhz(device)
     sizes = ", ".join(f"{d} n={_GPU_MATMUL_N[d]}" for d in keys)
