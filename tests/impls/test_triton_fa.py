@@ -214,6 +214,23 @@ for _name, _w in GRADIENTS.items():
     _gradient_case(_name, _w)
 
 
+@case("gradients-head-dim-strided")
+def _head_dim_strided():
+    """q, k and v whose head_dim is not contiguous (every other element of a wider tensor): the forward copied
+    them, but autograd saved the originals and the backward kernels read them with a unit stride (dq 4x off)."""
+    w = W(q_heads=2, kv_heads=1, q_len=20, kv_len=30, head_dim=16, mask="causal-br", direction="fwd+bwd")
+    base = IMPL.build(w, "cpu", {"BLOCK_M": 16, "BLOCK_N": 16, "BWD_BLOCK_M": 16, "BWD_BLOCK_N": 16,
+                                 "DQ_BLOCK_M": 16, "DQ_BLOCK_N": 16})
+
+    def strided(q, k, v):
+        views = [torch.stack([t, t.flip(-1)], -1)[..., 0] for t in (q, k, v)]   # the same values, stride 2
+        assert all(t.stride(-1) == 2 for t in views)
+        return base(*views)
+
+    res = check(strided, w, "cpu", seed=3)
+    assert res.ok, res.reason
+
+
 MASKS = {
     "br-short-q": ("causal-br", 24, 56, {}),
     "br-long-q": ("causal-br", 56, 24, {}),             # the first 32 rows see no key: output 0, gradient 0

@@ -240,6 +240,8 @@ def _backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float, 
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, cfg, scale, bounds):
+        # The backward kernels read q, k and v with a unit stride along head_dim, as the forward's do: save them so.
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         out, lse = forward(q, k, v, mask, cfg, scale, need_lse=True, bounds=bounds)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mask, ctx.cfg, ctx.scale, ctx.bounds = mask, cfg, scale, bounds
