@@ -95,6 +95,18 @@ def test_mask_and_other_fields_of_a_workload(monkeypatch):
     assert IMPL.supports(paged, "cpu").startswith("triton-fa needs a CUDA GPU")
 
 
+def test_declares_what_it_computes():
+    """Impl.mask_reason and readers of mask_kinds, score_mods and layouts see every kind triton-fa computes (they
+    were the base class's full/causal, no modifier, dense), and supports() consults them first as Impl asks."""
+    from attnbench.impls.reference import ReferenceImpl
+
+    ref = ReferenceImpl()
+    assert (IMPL.mask_kinds, IMPL.score_mods, set(IMPL.layouts)) == (ref.mask_kinds, ref.score_mods, set(ref.layouts))
+    for w in (W(mask="window:0"), W(mask="document:rand:3"), W(q_len=8, mask="causal-br"), W(score_mod="softcap:5"),
+              W(score_mod="alibi"), W(q_len=1, kv_len=64, layout="paged:16")):
+        assert IMPL.mask_reason(w) is None, w
+
+
 def test_without_triton_supports_says_so(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setitem(sys.modules, "triton", None)  # import triton now raises ImportError
