@@ -330,6 +330,33 @@ def _documents_refuse():
             raise AssertionError(f"no Unsupported for {match}")
 
 
+@case("paged-block-table-layouts")
+def _paged_table_layouts():
+    """A block table whose page index is not its unit-stride dimension (the kernels stepped through it as if it
+    were: relative error 1.2, silently), and V's pages under another table than K's, which the kernels never read:
+    refused with the reason."""
+    from attnbench.impls.base import PagedKV, Unsupported, make_inputs
+    from attnbench.impls.reference import reference_output
+    from attnbench.impls.triton_fa import ops
+
+    w = W(batch=3, q_heads=4, kv_heads=2, q_len=5, kv_len=45, head_dim=16, mask="causal-br", layout="paged:8")
+    x = make_inputs(w, "cpu", 5)
+    spec = C.mask_spec(w.mask, w.q_len, w.kv_len)
+    ref = reference_output(x.q, x.k, x.v, w.mask)
+    table = x.k.block_table.t().contiguous().t()   # the same values, column-major
+    k, v = (PagedKV(t.pages, table, t.seq_lens) for t in (x.k, x.v))
+    for split in (0, 2):
+        out = ops.attention(x.q, k, v, spec, C.Config(block_m=16, block_n=16, split_kv=split), kv_len=w.kv_len)
+        assert rel(out, ref) < 2e-3, (split, rel(out, ref))
+    other = PagedKV(x.v.pages, x.k.block_table.clone(), x.v.seq_lens)
+    try:
+        ops.attention(x.q, x.k, other, spec, C.Config(block_m=16, block_n=16), kv_len=w.kv_len)
+    except Unsupported as exc:
+        assert "same block table" in str(exc), exc
+    else:
+        raise AssertionError("no Unsupported for V under another block table")
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_in_the_interpreter(interpreted, name):
     assert name in interpreted, f"the child did not run {name}"
