@@ -401,7 +401,7 @@ for _i in range(FUZZ_CASES):
     _fuzz_case(_i)
 
 
-# Windows whose edges fall on, or next to, the edges of 16- and 32-wide blocks (window - shift 14..32, lengths
+# Windows whose edges fall on, or next to, the edges of 16- and 32-wide blocks (window - shift 0, 14..32; lengths
 # 15..47): where key_blocks and query_blocks decide which blocks skip the mask. 60 of the grid each run, all 840
 # with TRITON_FA_EDGES=all. Moving the backward's last reading row of a key block one row down (kernels_bwd:
 # hi_first + 1) fails 4 of the 60 (16 of the 840); the 80 random cases above missed it.
