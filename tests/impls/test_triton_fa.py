@@ -95,6 +95,18 @@ def test_mask_and_other_fields_of_a_workload(monkeypatch):
     assert IMPL.supports(paged, "cpu").startswith("triton-fa needs a CUDA GPU")
 
 
+def test_declares_what_it_computes():
+    """Impl.mask_reason and readers of mask_kinds, score_mods and layouts see every kind triton-fa computes (they
+    were the base class's full/causal, no modifier, dense), and supports() consults them first as Impl asks."""
+    from attnbench.impls.reference import ReferenceImpl
+
+    ref = ReferenceImpl()
+    assert (IMPL.mask_kinds, IMPL.score_mods, set(IMPL.layouts)) == (ref.mask_kinds, ref.score_mods, set(ref.layouts))
+    for w in (W(mask="window:0"), W(mask="document:rand:3"), W(q_len=8, mask="causal-br"), W(score_mod="softcap:5"),
+              W(score_mod="alibi"), W(q_len=1, kv_len=64, layout="paged:16")):
+        assert IMPL.mask_reason(w) is None, w
+
+
 def test_without_triton_supports_says_so(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setitem(sys.modules, "triton", None)  # import triton now raises ImportError
@@ -214,6 +226,23 @@ for _name, _w in GRADIENTS.items():
     _gradient_case(_name, _w)
 
 
+@case("gradients-head-dim-strided")
+def _head_dim_strided():
+    """q, k and v whose head_dim is not contiguous (every other element of a wider tensor): the forward copied
+    them, but autograd saved the originals and the backward kernels read them with a unit stride (dq 4x off)."""
+    w = W(q_heads=2, kv_heads=1, q_len=20, kv_len=30, head_dim=16, mask="causal-br", direction="fwd+bwd")
+    base = IMPL.build(w, "cpu", {"BLOCK_M": 16, "BLOCK_N": 16, "BWD_BLOCK_M": 16, "BWD_BLOCK_N": 16,
+                                 "DQ_BLOCK_M": 16, "DQ_BLOCK_N": 16})
+
+    def strided(q, k, v):
+        views = [torch.stack([t, t.flip(-1)], -1)[..., 0] for t in (q, k, v)]   # the same values, stride 2
+        assert all(t.stride(-1) == 2 for t in views)
+        return base(*views)
+
+    res = check(strided, w, "cpu", seed=3)
+    assert res.ok, res.reason
+
+
 MASKS = {
     "br-short-q": ("causal-br", 24, 56, {}),
     "br-long-q": ("causal-br", 56, 24, {}),             # the first 32 rows see no key: output 0, gradient 0
@@ -270,6 +299,139 @@ for _name, _args in MASKS.items():
     _mask_case(_name, _args)
 
 
+# -- randomized workloads: a few each run, from a fixed seed ------------------------------------------------------
+# Every mask kind (window 0 and wider than the sequence, listed and random documents), soft-capping and ALiBi,
+# MHA/GQA/MQA, q_len below, equal to and above kv_len, decode rows (split-KV, past is_decode's 256 keys too), paged
+# caches with part-full last pages, lengths inside one block and across several, fp16 and bf16, every pass, the
+# default config, one of param_space's and random ones (blocks 16-64, stages, warps, TMA, split_kv, dq_atomic), and
+# inputs in other memory layouts; each judged by measure.correctness.check, the project's rule. 80 cases from seed 0
+# (about 30 s of CPU in the interpreter); TRITON_FA_FUZZ=cases:seed runs others (e.g. 2000:7 for a deep search).
+_FUZZ = os.environ.get("TRITON_FA_FUZZ", "80:0").split(":")
+FUZZ_CASES, FUZZ_SEED = int(_FUZZ[0]), int(_FUZZ[1]) if len(_FUZZ) > 1 else 0
+
+
+def length(rng, most: int) -> int:
+    """1..most, half the time on or next to a multiple of 16 (the block sizes' edges, where masks change)."""
+    if rng.random() < 0.5:
+        return rng.randint(1, most)
+    return min(most, max(1, 16 * rng.randint(0, most // 16 + 1) + rng.choice([-1, 0, 1])))
+
+
+def random_workload(rng, max_len: int = 64) -> tuple[Workload, dict, str]:
+    """(workload, params, input layout) drawn from rng; lengths up to max_len (decode caches up to 300 keys)."""
+    kind = rng.choice(["full", "causal", "causal-br", "window", "document", "document-rand"])
+    decode = not kind.startswith("document") and rng.random() < 0.25
+    if kind.startswith("document"):
+        sq = sk = length(rng, max_len)
+    elif decode:
+        sq, sk = rng.choice([1, 1, 2, 3]), length(rng, max_len) if rng.random() < 0.7 else rng.randint(256, 300)
+    else:
+        sq, sk = length(rng, max_len), length(rng, max_len)
+        sq = sk if rng.random() < 0.3 else sq
+    if kind == "window":
+        near_edge = max(0, sk - sq + length(rng, 32) - 1)   # window - shift on or next to a block edge
+        mask = f"window:{rng.choice([0, 1, length(rng, sk) - 1, near_edge, sk - 1, sk, sk + 50])}"
+    elif kind == "document":
+        cuts = sorted(rng.sample(range(1, sq), k=min(sq - 1, rng.randint(0, 5))))
+        mask = "document:" + "+".join(str(b - a) for a, b in zip([0, *cuts], [*cuts, sq]))
+    elif kind == "document-rand":
+        mask = f"document:rand:{rng.randint(1, min(sq, 6))}"
+    else:
+        mask = kind
+    kv_heads, group = rng.choice([1, 2]), rng.choice([1, 2, 4])   # MHA, GQA, and MQA when kv_heads is 1
+    paged = rng.random() < 0.2
+    w = W(batch=rng.choice([1, 2]), q_heads=kv_heads * group, kv_heads=kv_heads, q_len=sq, kv_len=sk,
+          head_dim=rng.choice([16, 32]), dtype=rng.choice(["fp16", "bf16"]), mask=mask,
+          score_mod=rng.choice(["", "", f"softcap:{rng.choice([0.5, 2, 30])}", "alibi"]),
+          layout=f"paged:{rng.choice([1, 3, 5, 8, 16])}" if paged else "dense",
+          direction="fwd" if paged else rng.choice(["fwd", "bwd", "fwd+bwd"]))
+    pick = rng.random()
+    if pick < 0.1:
+        params = {}
+    elif pick < 0.4:
+        params = dict(rng.choice(C.param_space(w)))
+    else:
+        params = {"BLOCK_M": rng.choice([16, 32, 64]), "BLOCK_N": rng.choice([16, 32, 64]),
+                  "num_warps": rng.choice([1, 2, 4, 8]), "num_stages": rng.choice([1, 2, 3, 4]),
+                  "tma": rng.random() < 0.3, "split_kv": 0}
+        if not kind.startswith("document") and group * sq <= ops_split_rows() and rng.random() < (0.7 if decode else 0.2):
+            params["split_kv"] = rng.choice([1, 2, 3, 4, 7, 16])
+        if w.direction != "fwd":
+            params.update(BWD_BLOCK_M=rng.choice([16, 32]), BWD_BLOCK_N=rng.choice([16, 32, 64]),
+                          bwd_stages=rng.choice([1, 2, 3]), dq_atomic=rng.random() < 0.3,
+                          DQ_BLOCK_M=rng.choice([16, 32, 64]), DQ_BLOCK_N=rng.choice([16, 32]),
+                          dq_stages=rng.choice([1, 2]))
+    inputs = "dense" if paged else rng.choice(["dense", "dense", "bshd", "strided"])
+    return w, params, inputs
+
+
+def ops_split_rows() -> int:
+    from attnbench.impls.triton_fa.ops import SPLIT_ROWS
+
+    return SPLIT_ROWS
+
+
+def in_layout(fn, inputs: str):
+    """fn, called with q, k and v moved to another memory layout (the same values): 'bshd', heads interleaved
+    in memory (and K a slice of a wider tensor, so rows are 2 * head_dim apart); 'strided', head_dim itself
+    strided (every other element)."""
+    if inputs == "bshd":
+        return lambda q, k, v: fn(q.transpose(1, 2).contiguous().transpose(1, 2),
+                                  torch.cat([k, k], -1)[..., :k.shape[-1]],
+                                  v.transpose(1, 2).contiguous().transpose(1, 2))
+    if inputs == "strided":
+        return lambda q, k, v: fn(*(torch.stack([t, t.flip(-1)], -1)[..., 0] for t in (q, k, v)))
+    return fn
+
+
+def _fuzz_case(i):
+    import random
+
+    w, params, inputs = random_workload(random.Random(FUZZ_SEED * 100003 + i))
+
+    @case(f"random-{i}-{w.key}-{inputs}")
+    def run():
+        why = IMPL.supports(w, "cpu")
+        assert why is None, why
+        res = check(in_layout(IMPL.build(w, "cpu", params), inputs), w, "cpu", seed=FUZZ_SEED * 100003 + i)
+        assert res.ok, f"{params}: {res.reason}"
+
+
+for _i in range(FUZZ_CASES):
+    _fuzz_case(_i)
+
+
+# Windows whose edges fall on, or next to, the edges of 16- and 32-wide blocks (window - shift 0, 14..32; lengths
+# 15..47): where key_blocks and query_blocks decide which blocks skip the mask. 60 of the grid each run, all 840
+# with TRITON_FA_EDGES=all. Moving the backward's last reading row of a key block one row down (kernels_bwd:
+# hi_first + 1) fails 4 of the 60 (16 of the 840); the 80 random cases above missed it.
+EDGE_GRID = [(bm, bn, sq, sk, d) for bm, bn in ((16, 16), (16, 32), (32, 16), (32, 32))
+             for sq in (15, 16, 17, 32, 33, 47) for sk in (15, 16, 17, 32, 33, 47) for d in (0, 14, 15, 16, 30, 31, 32)
+             if d + sk - sq >= 0]
+
+
+def _edge_case(bm, bn, sq, sk, d):
+    w = W(q_heads=1, kv_heads=1, q_len=sq, kv_len=sk, head_dim=16, mask=f"window:{d + sk - sq}", direction="fwd+bwd")
+
+    @case(f"edge-{bm}x{bn}-{w.key}")
+    def run():
+        params = {"BLOCK_M": bm, "BLOCK_N": bn, "BWD_BLOCK_M": bm, "BWD_BLOCK_N": bn, "DQ_BLOCK_M": bm, "DQ_BLOCK_N": bn}
+        res = check(IMPL.build(w, "cpu", params), w, "cpu", seed=sq * 100 + sk)
+        assert res.ok, f"{params}: {res.reason}"
+
+
+def _edge_sample():
+    import random
+
+    if os.environ.get("TRITON_FA_EDGES") == "all":
+        return EDGE_GRID
+    return random.Random(FUZZ_SEED).sample(EDGE_GRID, 60)
+
+
+for _args in _edge_sample():
+    _edge_case(*_args)
+
+
 @case("a-wrong-mask-is-caught")
 def _wrong_mask():
     """The checks can fail: the kernel with the window dropped is far from the windowed reference."""
@@ -299,6 +461,33 @@ def _documents_refuse():
             assert match in str(exc), exc
         else:
             raise AssertionError(f"no Unsupported for {match}")
+
+
+@case("paged-block-table-layouts")
+def _paged_table_layouts():
+    """A block table whose page index is not its unit-stride dimension (the kernels stepped through it as if it
+    were: relative error 1.2, silently), and V's pages under another table than K's, which the kernels never read:
+    refused with the reason."""
+    from attnbench.impls.base import PagedKV, Unsupported, make_inputs
+    from attnbench.impls.reference import reference_output
+    from attnbench.impls.triton_fa import ops
+
+    w = W(batch=3, q_heads=4, kv_heads=2, q_len=5, kv_len=45, head_dim=16, mask="causal-br", layout="paged:8")
+    x = make_inputs(w, "cpu", 5)
+    spec = C.mask_spec(w.mask, w.q_len, w.kv_len)
+    ref = reference_output(x.q, x.k, x.v, w.mask)
+    table = x.k.block_table.t().contiguous().t()   # the same values, column-major
+    k, v = (PagedKV(t.pages, table, t.seq_lens) for t in (x.k, x.v))
+    for split in (0, 2):
+        out = ops.attention(x.q, k, v, spec, C.Config(block_m=16, block_n=16, split_kv=split), kv_len=w.kv_len)
+        assert rel(out, ref) < 2e-3, (split, rel(out, ref))
+    other = PagedKV(x.v.pages, x.k.block_table.clone(), x.v.seq_lens)
+    try:
+        ops.attention(x.q, x.k, other, spec, C.Config(block_m=16, block_n=16), kv_len=w.kv_len)
+    except Unsupported as exc:
+        assert "same block table" in str(exc), exc
+    else:
+        raise AssertionError("no Unsupported for V under another block table")
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -461,3 +650,26 @@ def test_on_the_gpu(w, params):
     assert IMPL.supports(w, "cuda") is None
     res = check(IMPL.build(w, "cuda", params), w, "cuda", seed=5)
     assert res.ok, res.reason
+
+
+@pytest.mark.gpu
+def test_on_the_gpu_in_other_memory_layouts():
+    """The launcher fixes the interpreter cases found, compiled: q, k and v with a strided head_dim through the
+    backward, BSHD inputs, and a column-major block table (split-KV and row-block kernels)."""
+    from attnbench.impls.base import PagedKV
+
+    w = Workload(2, 16, 4, 700, 900, 128, "bf16", mask="causal-br", direction="fwd+bwd")
+    for inputs in ("strided", "bshd"):
+        res = check(in_layout(IMPL.build(w, "cuda", {}), inputs), w, "cuda", seed=6)
+        assert res.ok, (inputs, res.reason)
+    w = Workload(8, 32, 8, 1, 3000, 128, "bf16", mask="causal-br", layout="paged:16")
+
+    def column_major(fn):
+        def run(q, k, v):
+            table = k.block_table.t().contiguous().t()
+            return fn(q, PagedKV(k.pages, table, k.seq_lens), PagedKV(v.pages, table, v.seq_lens))
+        return run
+
+    for split in (0, 8):
+        res = check(column_major(IMPL.build(w, "cuda", {"split_kv": split, "BLOCK_M": 16})), w, "cuda", seed=7)
+        assert res.ok, (split, res.reason)

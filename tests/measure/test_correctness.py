@@ -323,6 +323,30 @@ def test_judge_floors_rows_that_are_zero_in_every_head():
     assert v["row"]["ratio"] > 1 and v["row"]["at"][2] == 0
 
 
+def test_a_reference_that_is_zero_everywhere_is_judged_not_divided_by():
+    """Every row sees at most one key (window:0, or one query under top-left causal): softmax's gradient is
+    exactly 0 in float64 and in eager math, while a fused backward's dP and delta = rowsum(dO O) differ in their
+    fp32 summation order by ~1e-7. The element criterion had no scale there (max |ref| = 0, limit 0) and
+    describe() divided by that limit; torch's own CPU flash backward failed with a ZeroDivisionError."""
+    from attnbench.measure.criteria import GRAD_RULES, describe
+
+    for mask, sq, sk in (("window:0", 18, 11), ("causal", 1, 25)):
+        for dtype in ("fp16", "bf16"):
+            w = wl(batch=1, q_heads=2, kv_heads=2, q_len=sq, kv_len=sk, head_dim=32, dtype=dtype,
+                   direction="fwd+bwd", mask=mask)
+            r = check(as_fn("sdpa-flash", w), w, "cpu", seed=1)
+            assert r.ok, (mask, dtype, r.reason)
+    ref = torch.zeros(1, 2, 4, 8, dtype=torch.float64)
+    spread = torch.ones_like(ref)
+    rule = GRAD_RULES["bf16"]
+    assert judge(ref + 1e-7, ref, ref, rule, None, spread)["margin"] < 1
+    v = judge(ref + 0.05, ref, ref, rule, None, spread)   # a real error still fails, and is described
+    assert v["element"]["ratio"] > 1 and v["margin"] > 1
+    assert describe("dq", v, "bf16").startswith("relative error")
+    alone = judge(ref + 0.05, ref, ref, rule)   # no spread, a zero reference: limit 0, described without dividing
+    assert alone["margin"] > 1 and "floor" in describe("dq", alone, "bf16")
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 def test_fp32_allows_tf32_and_both_reject_lower_precision(dtype):
     w = wl(dtype=dtype, causal=True, q_len=256, kv_len=256, head_dim=64)

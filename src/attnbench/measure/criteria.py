@@ -83,14 +83,17 @@ def judge(got, ref, trusted, rule: Rule, allowance=None, spread=None) -> dict[st
     tiny = torch.finfo(torch.float64).tiny
 
     emax, ymax, rmax = st["emax"], st["ymax"], st["rmax"]
-    elim = rule.factor * ymax + rule.element * rule.unit * rmax
+    # A reference that is zero everywhere (the gradients when every row sees at most one key: dS = P (dP - delta)
+    # vanishes) has no max |ref| to scale by, and eager math's softmax backward is exactly 0 there while a fused
+    # kernel's dP and delta differ in their fp32 summation order: floor it as the row criterion floors zero rows.
+    zero = ZERO_ROW_FLOOR * float(s_row.pow(2).mean().sqrt())
+    elim = rule.factor * ymax + rule.element * rule.unit * max(rmax, zero)
     element = dict(ratio=_g(emax / max(elim, tiny)), err=_g(emax), yardstick=_g(ymax), limit=_g(elim),
                    factor=rule.factor, ref_max=_g(rmax), at=st["emax_at"])
 
     n = y_row.shape[-1]
     y_med = y_row.reshape(-1, n).median(dim=0).values
     s_med = s_row.reshape(-1, n).median(dim=0).values
-    zero = ZERO_ROW_FLOOR * float(s_row.pow(2).mean().sqrt())
     yard = torch.maximum(y_row, y_med)
     scale = torch.clamp(torch.maximum(s_row, s_med), min=zero)
     rlim = (rule.factor * yard + rule.row * rule.unit * scale).clamp_min(tiny)
@@ -187,7 +190,7 @@ def describe(name: str, verdict: dict[str, Any], dtype: str) -> str:
         lead = f"relative error {c['err'] / norm if norm > 0 else c['err']:.2g} in {name} {row + ' ' if row else ''}" \
                f"{head} (batch {at[0]})"
         yard = f"the {dtype} math error there"
-    if c["factor"] * c["yardstick"] >= 0.1 * c["limit"]:   # else the floor is nearly all of the limit
+    if c["yardstick"] > 0 and c["factor"] * c["yardstick"] >= 0.1 * c["limit"]:   # else mostly the floor
         return f"{lead}: {c['err'] / c['yardstick']:.3g}x {yard} (limit {c['limit'] / c['yardstick']:.3g}x)"
     rel = (lambda x: x / norm) if norm > 0 else (lambda x: x)
     return f"{lead}; limit {rel(c['limit']):.2g}, mostly the {dtype} floor ({yard}: {rel(c['yardstick']):.2g})"

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from ...spec import Workload
+from ...spec.masks import MASK_KINDS, SCORE_MODS
 from ..base import Impl
 from .config import default_config, mask_problem, mask_spec, param_space, workload_mask
 
@@ -53,9 +54,15 @@ class TritonFAImpl(Impl):
                    "params (tune races them)")
     # Triton keeps every compiled config; candidates can stay built side by side while racing.
     exclusive_compile = False
+    mask_kinds = MASK_KINDS
+    score_mods = SCORE_MODS
+    layouts = ("dense", "paged")
 
     def supports(self, workload: Workload, device: str) -> str | None:
         w = workload
+        why = self.mask_reason(w)
+        if why:
+            return why
         if w.dtype not in ("fp16", "bf16"):
             return f"triton-fa runs fp16 and bf16, not {w.dtype}"
         if w.head_dim not in HEAD_DIMS:

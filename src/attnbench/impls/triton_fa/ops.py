@@ -145,9 +145,11 @@ def _kv_args(q, k, v, need_lse: bool, kv_len):
         raise Unsupported("triton-fa reads a paged KV cache in the forward only (no gradient through pages)")
     if not isinstance(v, PagedKV) or v.pages.shape != k.pages.shape or v.pages.stride() != k.pages.stride():
         raise Unsupported("triton-fa needs K's and V's page pools in one layout")
+    if (v.block_table.data_ptr(), v.block_table.stride()) != (k.block_table.data_ptr(), k.block_table.stride()):
+        raise Unsupported("triton-fa reads V's pages through K's block table: give K and V the same block table")
     kp, vp = _last_dim_contiguous(k.pages), _last_dim_contiguous(v.pages)
     sk = int(k.seq_lens.max()) if kv_len is None else int(kv_len)
-    table = k.block_table
+    table = _last_dim_contiguous(k.block_table)  # the kernels step through a sequence's pages with unit stride
     return (kp, vp, (0, kp.stride(2), kp.stride(1)), (0, vp.stride(2), vp.stride(1)), table,
             (table.stride(0), kp.stride(0)), True, k.page_size, sk)
 
@@ -240,6 +242,8 @@ def _backward(do, q, k, v, out, lse, mask: MaskSpec, cfg: Config, scale: float, 
 class _Attention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, cfg, scale, bounds):
+        # The backward kernels read q, k and v with a unit stride along head_dim, as the forward's do: save them so.
+        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         out, lse = forward(q, k, v, mask, cfg, scale, need_lse=True, bounds=bounds)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mask, ctx.cfg, ctx.scale, ctx.bounds = mask, cfg, scale, bounds
