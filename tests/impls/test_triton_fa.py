@@ -95,6 +95,24 @@ def test_mask_and_other_fields_of_a_workload(monkeypatch):
     assert IMPL.supports(paged, "cpu").startswith("triton-fa needs a CUDA GPU")
 
 
+def test_row_offsets_that_would_wrap_int32_are_made_contiguous():
+    """The kernels add a row's offset (rows * row stride) in int32: a heads-interleaved (BSHD) view with 2^31
+    elements or more per batch element is copied to (batch, head, row, dim) order first; smaller views, and
+    contiguous tensors, are passed as they are. Meta tensors: no memory is allocated."""
+    import torch
+
+    from attnbench.impls.triton_fa.ops import _last_dim_contiguous
+
+    big = torch.empty(1, 300_000, 64, 128, device="meta").transpose(1, 2)   # (300000 - 1) * 8192 > 2^31
+    small = torch.empty(1, 2_000, 64, 128, device="meta").transpose(1, 2)
+    out = _last_dim_contiguous(big)
+    assert out.stride() == (64 * 300_000 * 128, 300_000 * 128, 128, 1)
+    assert _last_dim_contiguous(small) is small
+    dense = torch.empty(1, 64, 300_000, 128, device="meta")
+    assert _last_dim_contiguous(dense) is dense
+    assert _last_dim_contiguous(dense.transpose(2, 3)).stride(-1) == 1   # head_dim strided: copied as before
+
+
 def test_declares_what_it_computes():
     """Impl.mask_reason and readers of mask_kinds, score_mods and layouts see every kind triton-fa computes (they
     were the base class's full/causal, no modifier, dense), and supports() consults them first as Impl asks."""

@@ -51,8 +51,16 @@ def _launching():
     return _interpreter_scalars() if _interpreting() else contextlib.nullcontext()
 
 
+INT32_OFFSETS = 2**31
+
+
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
+    """t with a unit stride along head_dim, and, for (batch, head, row, dim) tensors, row offsets the kernels can
+    compute: batch and head offsets are int64 there, a row's is rows * row stride in int32, which would wrap for a
+    heads-interleaved view of 2^31 elements or more per batch element (made contiguous, a row's stride is d)."""
+    if t.stride(-1) == 1 and (t.dim() != 4 or (t.shape[2] - 1) * t.stride(2) + t.shape[3] < INT32_OFFSETS):
+        return t
+    return t.contiguous()
 
 
 def _tma_ok(*tensors: torch.Tensor) -> bool:
