@@ -113,3 +113,148 @@ def test_console_script_in_a_folder(tmp_path):
                           cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "| mykern:attn | ok |" in proc.stdout
+
+
+# -- a user's kernel, as README's "Plugins" paragraph tells them to add it -----------------------------------------
+
+USER_KERNELS = textwrap.dedent('''
+    """A user's kernels: one exact, and the ways a kernel goes wrong."""
+    import torch
+    import torch.nn.functional as F
+
+
+    def exact(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        """my exact kernel"""
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+
+
+    def off_by_one_percent(q, k, v, **kw):
+        return exact(q, k, v, **kw) * 1.01
+
+
+    def chunks_qkv(q, k, v, is_causal=False, **kw):
+        return torch.cat([exact(a, b, c, is_causal=is_causal) for a, b, c in
+                          zip(q.chunk(2, dim=2), k.chunk(2, dim=2), v.chunk(2, dim=2))], dim=2)
+
+
+    def prescales_q(q, k, v, is_causal=False, **kw):
+        q *= q.shape[-1] ** -0.5      # in place; SDPA then scales again
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+
+
+    def explodes(q, k, v, **kw):
+        raise ValueError("my kernel blew up")
+
+
+    def picky(q, k, v, **kw):
+        return exact(q, k, v, **kw)
+
+
+    picky.supports = lambda workload, device: None if workload.head_dim == 128 else "only head dim 128"
+
+
+    def says_true(q, k, v, **kw):
+        return exact(q, k, v, **kw)
+
+
+    says_true.supports = lambda workload, device: workload.head_dim == 16
+
+
+    def supports_fails(q, k, v, **kw):
+        return exact(q, k, v, **kw)
+
+
+    def _lookup(workload, device):
+        return {64: None}[workload.head_dim]
+
+
+    supports_fails.supports = _lookup
+''')
+
+STATUS = {
+    "exact": ("ok", ""),
+    "off_by_one_percent": ("incorrect", "relative error"),
+    "chunks_qkv": ("incorrect", "relative error"),
+    "prescales_q": ("incorrect", "wrote to its input q in place"),
+    "explodes": ("error", "first call: ValueError: my kernel blew up"),
+    "picky": ("unsupported", "only head dim 128"),
+    "says_true": ("error", "supports() returned True"),
+    "supports_fails": ("error", "supports(): KeyError: 16"),
+}
+
+
+def _rows(store_path, run_id=None):
+    from attnbench.store import Store
+
+    with Store(str(store_path)) as store:
+        run = store.run(run_id)
+        return {m.impl: m for m in store.measurements(run.run_id)}
+
+
+def test_a_users_kernels_by_module_path_each_get_their_status_and_reason(workdir, capsys):
+    (workdir / "mykern.py").write_text(USER_KERNELS)
+    args = [a for name in STATUS for a in ("-i", f"mykern:{name}")]
+    code, out, err = cli(capsys, "run", *TINY, "--db", str(workdir / "r.db"), *args)
+    assert code == 0, err
+    rows = _rows(workdir / "r.db")
+    for name, (status, reason) in STATUS.items():
+        m = rows[f"mykern:{name}"]
+        assert (m.status, reason in (m.reason or "")) == (status, True), (name, m.status, m.reason)
+
+
+def test_a_typo_in_a_kernels_name_is_one_line_listing_what_exists(workdir, capsys):
+    (workdir / "mykern.py").write_text(USER_KERNELS)
+    for spec, listed in [("mykern:exakt", "(it has: chunks_qkv, exact, explodes,"),
+                         ("mykernel", "known: sdpa-auto, sdpa-flash,")]:
+        code, out, err = cli(capsys, "run", *TINY, "--db", str(workdir / "r.db"), "-i", spec)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and listed in err, err
+        code, out, err = cli(capsys, "compare", *TINY, "--db", str(workdir / "r.db"), "-i", spec, "-i", "sdpa-auto")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and listed in err, err
+
+
+def test_compare_with_impl_names_where_run_ids_go_says_how(workdir, capsys):
+    code, out, err = cli(capsys, "compare", "mykern:exact", "sdpa-auto", "-b", "1", "-s", "32", "--db",
+                         str(workdir / "r.db"))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "not a run id" in err and "attnbench compare --impl mykern:exact --impl sdpa-auto" in err, err
+
+
+def test_compare_a_users_kernel_with_sdpa(workdir, capsys):
+    (workdir / "mykern.py").write_text(USER_KERNELS)
+    code, out, err = cli(capsys, "compare", *TINY, "--db", str(workdir / "r.db"), "-i", "mykern:exact",
+                         "-i", "sdpa-auto")
+    assert code == 0, err
+    assert "| B1 H2 S32 D16 fp32 |" in out and "No row could be compared" not in out
+    for name in ("chunks_qkv", "prescales_q", "explodes", "picky"):
+        code, out, err = cli(capsys, "compare", *TINY, "--db", str(workdir / "r.db"), "-i", f"mykern:{name}",
+                             "-i", "sdpa-auto")
+        status, reason = STATUS[name]
+        assert code == 0 and "No row could be compared" in out and f"A {status}: " in out and reason in out, out
+
+
+def test_an_entry_point_plugin_runs_by_its_name(tmp_path, monkeypatch, capsys):
+    """As a package that declares `[project.entry-points."attnbench.impls"]` is seen once installed."""
+    site = tmp_path / "site"
+    dist = site / "mykernels-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (site / "mykernels_ep.py").write_text(USER_KERNELS + "\n\nexplodes.supports = lambda workload, device: 1 / 0\n")
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mykernels\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[attnbench.impls]\nmykernel = mykernels_ep:exact\n"
+                                           "mychunks = mykernels_ep:chunks_qkv\nmygone = mykernels_ep:renamed\n"
+                                           "mybroken = mykernels_ep:explodes\n")
+    monkeypatch.syspath_prepend(str(site))
+    db = str(tmp_path / "r.db")
+    code, out, err = cli(capsys, "list")
+    assert code == 0 and "  mykernel " in out and "my exact kernel" in out
+    assert "no: entry point mykernels_ep:renamed failed to load" in out
+    broken = next(line for line in out.splitlines() if line.startswith("  mybroken "))
+    assert broken.split()[1:6] == ["error:", "supports()", "raised", "ZeroDivisionError:", "division"]
+    code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "mykernel", "-i", "mychunks", "-i", "mygone")
+    assert code == 0, err
+    rows = _rows(db)
+    assert rows["mykernel"].status == "ok" and rows["mychunks"].status == "incorrect"
+    assert rows["mygone"].status == "unsupported" and "has no attribute 'renamed'" in rows["mygone"].reason
+    code, out, err = cli(capsys, "compare", *TINY, "--db", db, "-i", "mykernel", "-i", "sdpa-auto")
+    assert code == 0 and "A = mykernel (candidate)" in out, err
+    code, out, err = cli(capsys, "run", *TINY, "--db", db, "-i", "mykernell")
+    assert code == 2 and "unknown impl 'mykernell'" in err and "mykernel, mychunks" in err

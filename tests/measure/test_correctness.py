@@ -70,6 +70,21 @@ def test_shape_and_type_errors_fail():
     assert not r.ok and "not a tensor" in r.reason
 
 
+@pytest.mark.parametrize("kernel, written", [("scales_q_twice", "q"), ("scales_q_in_place", "q"),
+                                             ("scribbles_on_v", "v")])
+def test_an_impl_that_writes_to_its_inputs_fails(kernel, written):
+    # scales_q_twice computes softmax(s^2 QK^T) V: a reference read from the q it left behind agreed with it.
+    fn = getattr(kernels, kernel)
+    r = check(lambda q, k, v: fn(q, k, v), wl(), "cpu")
+    assert not r.ok
+    assert r.reason.startswith(f"wrote to its input {written} in place")
+
+
+def test_a_paged_cache_left_as_it_was_passes():
+    r = check(as_fn("reference", wl(kv_len=40, layout="paged:16")), wl(kv_len=40, layout="paged:16"), "cpu")
+    assert r.ok, r.reason
+
+
 def test_inputs_are_fresh_each_check():
     seen = []
 

@@ -93,6 +93,14 @@ def compare(
                         f"got {len(impls)} --impl and {len(runs_given)} run ids")
     if (cost_per_hour is None) != (calls_per_day is None):
         raise UserError("--cost-per-hour and --calls-per-day go together")
+    not_ids = [r for r in runs_given if not (r == "latest" or r.isdigit())]
+    if not_ids:
+        # `compare mykernel sdpa-auto` names impls where run ids go: say how to measure them, before any other
+        # complaint about flags that only make sense for impls.
+        both = len(not_ids) == len(runs_given) == 2
+        hint = " ".join(f"--impl {r}" for r in runs_given) if both else "--impl A --impl B"
+        raise UserError(f"{', '.join(repr(r) for r in not_ids)}: not a run id (a number or 'latest'); to measure "
+                        f"two impls now: attnbench compare {hint}")
     if runs_given:
         # What says how to measure now means nothing to two stored runs: refuse it rather than ignore it.
         measuring = dict(preset=preset, sweep=sweep, batch=batch, heads=heads, kv_heads=kv_heads, seq=seq,

@@ -24,8 +24,7 @@ def list_impls(
     impls = registry(include_absent=True)
     width = max(len(n) for n in impls)
     adapters = {n: i for n, i in impls.items() if isinstance(i, LibraryImpl)}
-    states = {name: impl.supports(probe, dev) for name, impl in impls.items() if name not in adapters}
-    states = {name: "yes" if why is None else f"no: {why}" for name, why in states.items()}
+    states = {name: _state(impl, probe, dev) for name, impl in impls.items() if name not in adapters}
     state_width = min(max(len(s) for s in states.values()), 60)  # descriptions in one column, unless a reason is long
     for name, state in states.items():
         typer.echo(f"  {name:<{width}}  {state:<{state_width}}  {impls[name].description}")
@@ -39,3 +38,12 @@ def list_impls(
         typer.echo(f"  {name:<{width}}  {line}")
         typer.echo(f"  {'':<{width}}  declares {impl.declares()}")
     typer.echo("plugins: --impl package.module:function, or the 'attnbench.impls' entry point group")
+
+
+def _state(impl, probe, dev: str) -> str:
+    """'yes', 'no: REASON', or what a plugin's failing supports() raised: one broken plugin does not stop the list."""
+    try:
+        why = impl.supports(probe, dev)
+    except Exception as exc:
+        return f"error: supports() raised {type(exc).__name__}: {exc}"
+    return "yes" if why is None else f"no: {why}"

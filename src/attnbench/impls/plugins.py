@@ -42,7 +42,11 @@ class FunctionImpl(Impl):
         if why:
             return why
         check = getattr(self.fn, "supports", None)
-        return check(workload, device) if callable(check) else None
+        why = check(workload, device) if callable(check) else None
+        if why is not None and not isinstance(why, str):   # `return w.head_dim == 64` would read as a reason
+            raise TypeError(f"{self.name}.supports() returned {why!r}; it returns None (supported) or the reason "
+                            "it is not")
+        return why or None
 
     def param_space(self, workload: Workload, device: str) -> list[dict[str, Any]]:
         space = getattr(self.fn, "param_space", None)

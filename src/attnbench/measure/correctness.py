@@ -302,10 +302,25 @@ def _select(t, batches: list[int], heads: list[int]):
     return t
 
 
+def _written_inputs(inputs, w: Workload, device: str, seed: int) -> str:
+    """Which of the inputs an impl changed ('' if none): each compared with the seed's draw, made again."""
+    import torch
+
+    fresh = make_inputs(w, device, seed)
+    for name in ("q", "k", "v", "grad_out"):
+        a, b = getattr(inputs, name), getattr(fresh, name)
+        if a is None:
+            continue
+        parts = [(a.pages, b.pages), (a.block_table, b.block_table)] if isinstance(a, PagedKV) else [(a, b)]
+        if not all(torch.equal(x.detach(), y) for x, y in parts):
+            return name
+    return ""
+
+
 def check(fn: AttnFn, workload: Workload, device: str, seed: int | None = None) -> CorrectnessResult:
     """Run fn on fresh random inputs (never zeros); compare its output, and for backward passes dq, dk and dv,
     with float64 attention, eager math in the workload's dtype being the yardstick (criteria.CRITERION). NaN or
-    Inf anywhere fails."""
+    Inf anywhere fails, and so does writing to an input (q, k, v, or dO)."""
     import torch
 
     w = workload
@@ -336,6 +351,13 @@ def check(fn: AttnFn, workload: Workload, device: str, seed: int | None = None) 
                 return fail(f"{name} has {int((~torch.isfinite(gt)).sum())} NaN/Inf elements")
             got[name] = gt
     del out
+    written = _written_inputs(inputs, w, device, seed)
+    if written:
+        # The reference below reads q, k and v after the call: an impl that scales q in place (`q *= scale`, then
+        # SDPA's own scale) would be judged against the attention of what it wrote, and pass.
+        return fail(f"wrote to its input {written} in place; attention must leave q, k and v as they are (each "
+                    "timed call would read other values, and the check would compare against attention of what "
+                    "it wrote)")
 
     g = w.q_heads // w.kv_heads
     checks: list[tuple[str, list[int], list[int], dict[str, Any]]] = []   # (tensor, batches, kv heads, refs)

@@ -149,7 +149,10 @@ def prepare_cell(impl: Impl, workload: Workload, device: str, timer_mode: str,
     `inputs` (another cell's) are timed on instead of fresh ones from make_inputs."""
     params = params or {}
     base = dict(workload=workload, impl=impl.name, params=params, env_id=env_id, device=device, timer=timer_mode)
-    why = impl.supports(workload, device)
+    try:
+        why = impl.supports(workload, device)
+    except Exception as exc:  # a plugin's supports() is its own code: it fails as the cell, not the sweep
+        return _failed(base, "supports()", exc, device)
     if why:
         return Measurement(status="unsupported", reason=why, **base)
     why = host_memory_problem(workload, device) if inputs is None else None
