@@ -278,3 +278,16 @@ def test_a_kernel_right_only_on_whole_tiles_never_wins_the_bucket():
     assert r.chosen == "sdpa-math" and bad.status == "incorrect"
     assert "right on this shape but not on B1 H2 S31 D16 fp32" in bad.reason
     assert r.get("sdpa-math").status == "ok" and r.get("sdpa-auto").status == "ok"
+
+
+def test_flex_passes_the_bucket_check_without_a_recompile_error():
+    """flex's context() makes a compile after the first call an error (fail_on_recompile): the bucket check
+    builds it for the odd shape and makes that first call outside the context, as the gate does for the
+    workload itself (it was rejected as 'Detected recompile' on every CPU tune)."""
+    from attnbench.impls import resolve
+
+    if resolve("flex").supports(W, "cpu"):
+        pytest.skip("this torch has no FlexAttention on the CPU")
+    r = _tune(["flex"], {"flex": 1.0, "sdpa-auto": 1.2})[0].workloads[0]
+    assert r.get("flex").status == "ok", r.get("flex").reason
+    assert r.chosen == "flex"

@@ -70,7 +70,7 @@ def _order_ci(samples: list[float], confidence: float) -> tuple[float, float]:
 class _Search:
     def __init__(self, w: Workload, device: str, timer, cfg: TuneConfig, budget_ms: float | None,
                  ceilings, seed: int):
-        self.w, self.device, self.timer, self.cfg = w, device, timer, cfg
+        self.w, self.device, self.timer, self.cfg, self.seed = w, device, timer, cfg, seed
         self.ceilings = ceilings
         self.start = timer.now_ms()
         self.deadline = None if budget_ms is None else self.start + budget_ms
@@ -178,8 +178,16 @@ class _Search:
 
             if c.exclusive:  # building another shape replaces its compiled function: rebuild c when next timed
                 self.live_exclusive.pop(c.impl.family, None)
+            from ..impls import make_call, make_inputs
+            from ..measure.runner import _sync
+
             self.stage = f"build for {w2.label}"
-            fn = c.impl.build(w2, self.device, c.params)
+            with _in_process_compile() if c.exclusive else contextlib.nullcontext():
+                fn = c.impl.build(w2, self.device, c.params)
+                # its first call (a compile) outside impl.context(), as _build's: flex's context makes any
+                # compile after the first call an error
+                make_call(fn, w2, make_inputs(w2, self.device, self.seed + 1))()
+                _sync(self.device)
             self.stage = f"correctness check on {w2.label}"
             with c.impl.context():
                 result = check_fn(fn, w2, self.device)
