@@ -71,6 +71,11 @@ def bucket_key(dtype: str, head_dim: int, causal: bool | str, gqa_ratio: int, di
             f"q{pow2_bucket(q_len)}/kv{pow2_bucket(kv_len)}/b{pow2_bucket(batch)}")
 
 
+def is_default_scale(scale: float | None, head_dim: int) -> bool:
+    """Whether dispatch takes `scale` for the tuned impls' 1/sqrt(head_dim) (None is; another goes to SDPA)."""
+    return scale is None or abs(scale - head_dim ** -0.5) <= 1e-12 * head_dim ** -0.5
+
+
 def workload_bucket(w) -> str:
     return bucket_key(w.dtype, w.head_dim, w.mask, w.q_heads // w.kv_heads, w.direction, w.q_len,
                       w.kv_len, w.batch, w.score_mod)
@@ -627,7 +632,7 @@ class Dispatcher:
             return None, "kv heads do not divide q heads"
         if hq != hkv and enable_gqa is False:
             return None, "grouped-query shapes with enable_gqa=False"
-        if scale is not None and abs(scale - qs[3] ** -0.5) > 1e-12 * qs[3] ** -0.5:
+        if not is_default_scale(scale, qs[3]):
             return None, "custom scale (tuned impls use 1/sqrt(head_dim))"
         device = str(qdev)
         if not self._env_matches(device):
