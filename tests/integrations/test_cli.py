@@ -61,6 +61,9 @@ def test_tune_from_model_refuses_shape_flags_and_unknown_models(tmp_path, capsys
     assert code == 2 and "needs --seq" in err
     code, _, err = cli(capsys, "tune", "--from-model", str(tmp_path / "nothing.json"), "-s", "8")
     assert code == 2 and "config file not found" in err and "Traceback" not in err
+    tiny.gemma3(scalar=32).save_pretrained(tmp_path / "g")  # every layer's scale goes to SDPA: nothing to tune
+    code, _, err = cli(capsys, "tune", "--from-model", str(tmp_path / "g"), "-s", "8", "--db", str(tmp_path / "t.db"))
+    assert code == 2 and "layers 0, 1 scale their scores by 0.176777, not 1/sqrt(16) = 0.25" in err
 
 
 def test_compare_model_on_the_cpu_with_the_host_timer(tmp_path, capsys):

@@ -163,7 +163,8 @@ def test_softcapped_layers_are_named_and_not_tuned():
     assert [(la.sliding_window, la.softcap) for la in layers] == [(8, 30.0), (None, 30.0)]
     assert hw.layer_workload(layers[0], "prefill", 1, 16, "fp32").score_mod == "softcap:30"
     assert hw.describe(cfg) == "gemma2: 2 layers, H4/2 D16, 1 sliding (window 8), softcap 30"
-    with pytest.raises(UserError, match=r"every attention layer of 'gemma2' soft-caps its scores \(attn_logit_soft"):
+    with pytest.raises(UserError, match=r"no attention layer of 'gemma2' would run a tuned entry: layers 0, 1 "
+                                        r"soft-cap their scores \(attn_logit_softcapping=30\)"):
         hw.model_workloads(cfg, [1], [16])
     plain = tiny.gemma2(window=8, softcap=None)
     assert hw.model_workloads(plain, [1], [16]) == [W(1, 16, 16, "window:7"), W(1, 16, 16, "causal"),
@@ -206,3 +207,23 @@ def test_a_model_id_is_read_from_the_cache_without_the_network(tmp_path, monkeyp
         with pytest.raises(UserError, match="nor a model id in the local Hugging Face cache"):
             hw.load_config(missing)
     assert reached == []
+
+
+def test_layers_whose_scale_is_not_the_default_are_left_out_with_a_line():
+    """Gemma 3 scales by query_pre_attn_scalar ** -0.5, which attention modules pass as `scaling`; where that
+    is not 1/sqrt(head_dim), dispatch sends the layer to SDPA, so tuning leaves it out and says so (it tuned
+    them: tables full of entries no call used)."""
+    assert hw.layer_scales(tiny.gemma3(scalar=32)) == {0: 32 ** -0.5, 1: 32 ** -0.5}
+    assert hw.layer_scales(tiny.llama()) == {0: 0.25, 1: 0.25}
+    with pytest.raises(UserError, match=r"no attention layer of 'gemma3_text' would run a tuned entry: layers 0, 1 scale "
+                                        r"their scores by 0.176777, not 1/sqrt\(16\) = 0.25: attnbench.attention sends"):
+        hw.model_workloads(tiny.gemma3(scalar=32), [1], [16])
+    lines = []
+    default = hw.model_workloads(tiny.gemma3(scalar=16), [1], [16], say=lines.append)
+    assert len(default) == 4 and lines == []
+    # one layer of two with its own scale (given, as layer_scales would read it): that one is left out
+    cfg = tiny.qwen2(window=12)
+    got = hw.model_workloads(cfg, [2], [24], scales={0: 0.1, 1: 0.25}, say=lines.append)
+    assert got == [W(2, 24, 24, "window:11"), W(2, 1, 12, "causal-br")]
+    assert lines == ["layer 0 scales its scores by 0.1, not 1/sqrt(16) = 0.25: attnbench.attention sends a custom "
+                     "scale to scaled_dot_product_attention, never the table; not tuned"]

@@ -251,7 +251,9 @@ def test_explain_model_uses_each_layers_scale():
     layer to SDPA, and explain_model says so (it named the table's winner, which never ran)."""
     for scalar, runs_table in ((16, True), (256, False)):
         cfg = tiny.gemma3(window=8, scalar=scalar)
-        hf.register(table=table_for(hw.model_workloads(cfg, [2], [20])))
+        # every layer's workloads in the table (what tune --from-model tuned before it left such layers out)
+        hf.register(table=table_for([hw.layer_workload(la, phase, 2, 20, "fp32") for phase in hw.PHASES
+                                     for la in hw.attention_layers(cfg)]))
         m = tiny.model(cfg, attn="attnbench")
         tiny.CALLS.clear()
         logits(m, tiny.tokens(batch=2, seq=20))
@@ -287,3 +289,29 @@ def test_register_reads_a_path_again_so_a_table_tuned_anew_is_used(tmp_path):
     tiny.CALLS.clear()
     logits(m, tiny.tokens(batch=1, seq=8))
     assert tiny.CALLS == {"causal": 2}
+
+
+@pytest.mark.parametrize("make", [tiny.llama, tiny.qwen2, lambda: tiny.gemma3(scalar=16), lambda: tiny.gemma3(scalar=32),
+                                  lambda: tiny.gemma2(softcap=30.0)],
+                         ids=["llama", "qwen2", "gemma3-default-scale", "gemma3-scalar32", "gemma2-softcap"])
+def test_tuning_and_dispatch_agree_on_which_layers_use_the_table(make):
+    """With an entry for every layer's workload in the table, explain_model names the winner for exactly the
+    workloads tune --from-model collects (model_workloads), and the model calls the winner exactly when some
+    are collected: layers left out (a soft-cap, a scale not 1/sqrt(head_dim)) are the ones that never use it."""
+    from attnbench.errors import UserError
+
+    cfg = make()
+    every = [hw.layer_workload(la, phase, 2, 20, "fp32") for phase in hw.PHASES for la in hw.attention_layers(cfg)]
+    try:
+        tuned = set(hw.model_workloads(cfg, [2], [20]))
+    except UserError as exc:
+        assert "would run a tuned entry" in str(exc)
+        tuned = set()
+    hf.register(table=table_for(every))
+    m = tiny.model(cfg, attn="attnbench")
+    layers = hf.explain_model(m, 2, 20)
+    assert {d.workload for d in layers if d.runs.startswith(tiny.SPY)} == tuned
+    assert all(d.runs.startswith(tiny.SPY) == (d.workload in tuned) for d in layers)
+    tiny.CALLS.clear()
+    logits(m, tiny.tokens(batch=2, seq=20))
+    assert bool(tiny.CALLS) == bool(tuned)

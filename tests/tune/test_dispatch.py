@@ -504,3 +504,256 @@ def test_inputs_on_a_device_neither_cpu_nor_cuda_fall_back():
         out = dispatch.attention(q, k, v, table=t)
     assert out.device.type == "meta" and out.shape == q.shape
     assert dispatch.explain(q, k, v, table=t) == "sdpa fallback: environment differs from the table's"
+
+
+def random_call(rng):
+    """Arguments of one attention() call from a space that reaches every decision: winners and sdpa-auto,
+    no entry, 3-D, mixed dtypes or devices, v unlike k, heads that do not divide, GQA with and without enable_gqa,
+    custom and default scales, masks, attn_mask and dropout, autograd on and off; some are SDPA's errors."""
+    b, hq = rng.choice([1, 2]), rng.choice([1, 2, 4])
+    hkv = rng.choice([hq, hq, hq, 1, 1, 2, 2]) if rng.random() < 0.95 else 3
+    s = rng.choice([1, 4, 8])
+    sk, d = rng.choice([s, s, 8, 16]), rng.choice([8, 16])
+    dtype = rng.choice([torch.float32, torch.float32, torch.float64])
+    g = torch.Generator().manual_seed(rng.randrange(1 << 30))
+    q, k, v = (torch.randn(b, h, n, d, generator=g, dtype=dtype) for h, n in ((hq, s), (hkv, sk), (hkv, sk)))
+    odd = rng.random()
+    if odd < 0.05:
+        q, k, v = q[0], k[0], v[0]
+    elif odd < 0.1:
+        k = k.to(torch.float64 if dtype == torch.float32 else torch.float32)
+    elif odd < 0.13:
+        v = v.to(torch.float64 if dtype == torch.float32 else torch.float32)
+    elif odd < 0.16:
+        v = torch.randn(b, hkv, sk, 2 * d, generator=g, dtype=dtype)
+    elif odd < 0.18:
+        v = v.to("meta")
+    if rng.random() < 0.3:
+        for t in (q, k, v)[:rng.choice([1, 3])]:
+            t.requires_grad_(True)
+    kw = {"is_causal": rng.random() < 0.4, "scale": rng.choice([None, None, d ** -0.5, 0.3]),
+          "enable_gqa": rng.choice([False, True, True, None]),
+          "mask": rng.choice([None, None, None, "causal-br", "window:2", "causal"])}
+    if kw["mask"] and kw["is_causal"] and rng.random() < 0.9:
+        kw["is_causal"] = False
+    extra = rng.random()
+    if extra < 0.05 and (kw["mask"] is None or rng.random() < 0.2):
+        kw["attn_mask"] = torch.rand(s, sk, generator=g) > 0.3
+    elif extra < 0.1:
+        kw["dropout_p"] = 0.25
+    return (q, k, v), kw, rng.random() < 0.3  # the last: run under torch.no_grad()
+
+
+def outcome(call, args, kw, no_grad):
+    """(output or the error's type and first line, spy calls) of one call, with dropout seeded."""
+    import contextlib
+
+    before = CALLS["spy"]
+    torch.manual_seed(7)
+    try:
+        with torch.no_grad() if no_grad else contextlib.nullcontext(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = call(*args, **kw)
+    except Exception as exc:  # noqa: BLE001 (an error is an outcome both paths must share)
+        out = (type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+    return out, CALLS["spy"] - before
+
+
+def same_outcome(a, b):
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        return a == b
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.detach(), b.detach())
+
+
+@pytest.mark.parametrize("with_table", [True, False])
+def test_memoised_decisions_match_a_fresh_slow_decision(monkeypatch, with_table):
+    """The hot path memoises a decision per call key (and, without a table, per is_causal, scale and
+    enable_gqa). For 70 random calls and four neighbours of each (autograd on or off, an input's
+    requires_grad flipped, its dtype or device changed, one argument changed) through one shared
+    dispatcher, its decision (explain, whether the winner ran, the output or error) equals that of a fresh
+    Dispatcher deciding from scratch, on the first call and on the memoised second one: a key that left out
+    something a decision reads would share a decision between calls that differ in it."""
+    import random
+
+    from attnbench.spec import masks
+
+    monkeypatch.delenv("ATTNBENCH_DISPATCH", raising=False)
+    monkeypatch.setattr(dispatch, "_FAST", {})
+    rng = random.Random(1234)
+    table = None
+    if with_table:
+        import itertools
+
+        entries = {}
+        for b, (hq, hkv), s, sk, d, dtype, mask, direction in itertools.product(
+                (1, 2), ((1, 1), (2, 2), (4, 4), (2, 1), (4, 2), (4, 1)), (1, 4, 8), (1, 4, 8, 16), (8, 16),
+                ("fp32", "fp64"), ("full", "causal", "causal-br", "window:2"), ("fwd", "fwd+bwd")):
+            if rng.random() < 0.3:  # buckets with no entry
+                continue
+            try:
+                w = Workload(b, hq, hkv, s, sk, d, dtype, mask=masks.canonical_mask(mask, s, sk), direction=direction)
+            except (UserError, ValueError):  # a mask these lengths do not take
+                continue
+            b_key = workload_bucket(w)
+            entries[b_key] = Entry(b_key, rng.choice([SPY, SPY, "sdpa-auto", "reference"]), {}, w.to_dict())
+        table = DispatchTable(environment=here_env(), entries=entries)
+    whys, outcomes = Counter(), Counter()
+    for i in range(70):
+        args, kw, no_grad = random_call(rng)
+        # the call, then neighbours that share its tensors' shapes and differ in one thing a decision may read
+        _, other, _ = random_call(rng)
+        name = rng.choice(["is_causal", "scale", "enable_gqa", "mask"])
+        j = rng.randrange(3)
+        grad = [t.detach().requires_grad_(not t.requires_grad) if n == j else t for n, t in enumerate(args)]
+        moved = [t.to(rng.choice([torch.float16, "meta"])) if n == j else t for n, t in enumerate(args)]
+        for call in ((args, kw, no_grad), (args, kw, not no_grad), (grad, kw, no_grad), (moved, kw, no_grad),
+                     (args, {**kw, name: other[name]}, no_grad)):
+            why, kind = _same_decision_both_ways(table, *call, i)
+            whys[why.split(" (bucket")[0].split(" for bucket")[0]] += 1
+            outcomes[kind] += 1
+    # the space reached what it is for: SDPA's errors, the winner, fallbacks of each kind
+    assert outcomes["error"] >= 10 and outcomes["no spy"] >= 100, outcomes
+    want = ["sdpa fallback: attn_mask or dropout given"]
+    if with_table:
+        assert outcomes["winner ran"] >= 30, outcomes
+        want += ["sdpa fallback: inputs are not 4-D (batch, heads, seq, dim)", SPY, "reference", "sdpa fallback: winner is sdpa-auto", "sdpa fallback: no entry",
+                 "sdpa fallback: custom scale (tuned impls use 1/sqrt(head_dim))",
+                 "sdpa fallback: inputs of different dtypes",
+                 "sdpa fallback: grouped-query shapes with enable_gqa=False",
+                 "sdpa fallback: q, k, v shapes do not form one attention problem the impls take"]
+    else:
+        want += ["sdpa fallback: no dispatch table"]
+    missing = [w for w in want if not whys[w]]
+    assert not missing, (missing, whys)
+
+
+def _same_decision_both_ways(table, args, kw, no_grad, i) -> tuple[str, str]:
+    """Asserts that attention() (through the shared dispatcher's memo, twice) decides as a fresh Dispatcher
+    does; returns that decision's explain text and what happened (error, the winner ran, no spy)."""
+    with torch.no_grad() if no_grad else torch.enable_grad():
+        slow_why = _fresh_explain(table, args, kw)
+    slow = outcome(dispatch.Dispatcher(table), args, kw, no_grad)
+    for _ in range(2):  # the first call decides and memoises, the second reads the memo
+        fast = outcome(lambda *a, **k: dispatch.attention(*a, table=table, **k), args, kw, no_grad)
+        assert same_outcome(fast[0], slow[0]) and fast[1] == slow[1], (i, kw, no_grad, slow_why, fast, slow)
+    with torch.no_grad() if no_grad else torch.enable_grad():
+        assert _fresh_explain(table, args, kw, dispatch._dispatcher(table)) == slow_why, (i, kw, no_grad)
+    return slow_why, "error" if isinstance(slow[0], tuple) else "winner ran" if slow[1] else "no spy"
+
+
+def _fresh_explain(table, args, kw, dispatcher=None):
+    """explain() by a fresh Dispatcher (deciding from scratch), or by the one given."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return (dispatcher or dispatch.Dispatcher(table)).explain(*args, **kw)
+        except Exception as exc:  # noqa: BLE001 (a mask's UserError: the call raises it too)
+            return f"error: {type(exc).__name__}"
+
+
+def test_a_change_to_the_table_or_its_file_drops_the_memoised_decisions(tmp_path, monkeypatch):
+    """Entries added, replaced or removed, the environment or baseline changed, and the file reloaded (for its
+    path as str or Path, and for $ATTNBENCH_DISPATCH): the next call decides again."""
+    from attnbench.tune.dispatch import Dispatcher
+
+    monkeypatch.setattr(dispatch, "_FAST", {})
+    q, k, v = qkv()
+    b = workload_bucket(W)
+    t = table_for(W)
+
+    def run(table=t):
+        CALLS.clear()
+        torch.testing.assert_close(dispatch.attention(q, k, v, table=table), F.scaled_dot_product_attention(q, k, v))
+        return CALLS["spy"], dispatch.explain(q, k, v, table=table)
+
+    assert run() == (1, f"{SPY} (bucket {b})")
+    t.entries[b] = Entry(b, "sdpa-auto", {}, W.to_dict())
+    assert run() == (0, "sdpa fallback: winner is sdpa-auto")
+    t.baseline = "reference"  # sdpa-auto is then a winner like another: built and run
+    assert run()[1] == f"sdpa-auto (bucket {b})"
+    t.baseline = "sdpa-auto"
+    del t.entries[b]
+    assert run() == (0, f"sdpa fallback: no entry for bucket {b}")
+    t.entries.update({b: Entry(b, SPY, {}, W.to_dict())})
+    assert run()[0] == 1
+    with pytest.warns(RuntimeWarning, match="tuned in environment elsewhere"):
+        t.environment["env_id"] = "elsewhere"
+        assert run() == (0, "sdpa fallback: environment differs from the table's")
+    t.environment = here_env()
+    assert run()[0] == 1
+    t.entries = {}
+    assert run()[0] == 0
+    t.entries.setdefault(b, Entry(b, SPY, {}, W.to_dict()))
+    assert run()[0] == 1
+    t.notes.append("a note changes no decision")
+    assert dispatch._FAST[t]._fns  # and drops nothing
+
+    # the file: load_table(path, reload=True) re-reads it, and every name that led to it follows
+    path = tmp_path / "d.json"
+    table_for(W).save(path)
+    monkeypatch.setenv("ATTNBENCH_DISPATCH", str(path))
+    names = (str(path), path, None)
+    assert all(run(name)[0] == 1 for name in names)
+    table_for(W, impl="sdpa-auto").save(path)
+    assert all(run(name)[0] == 1 for name in names)  # read once: a change to the file alone is not seen
+    load_table(path, reload=True)
+    assert [run(name) for name in names] == [(0, "sdpa fallback: winner is sdpa-auto")] * 3
+    # a decision made while the table changed is not stored over the change
+    d = Dispatcher(t)
+    real = d._decision
+
+    def racing(key, gen, *args):
+        out = real(key, gen, *args)
+        if not racing.done:
+            racing.done = True
+            t.entries[b] = Entry(b, "sdpa-auto", {}, W.to_dict())  # lands after this decision read the table
+        return out
+
+    racing.done = False
+    monkeypatch.setattr(d, "_decision", racing)
+    assert d.explain(q, k, v) == "sdpa fallback: winner is sdpa-auto"
+
+
+def test_fallbacks_take_the_backend_flags_lock_once_a_restricted_winner_exists(monkeypatch):
+    """Until a winner restricted to one SDPA backend is built, a fallback is SDPA itself; building one makes
+    every dispatcher decide again, so that their fallbacks hold the lock around SDPA's flags from then on."""
+    import threading
+
+    monkeypatch.setattr(dispatch, "_FAST", {})
+    monkeypatch.setattr(dispatch, "_RESTRICTED", [False])
+    small = W.replace(batch=1, q_heads=2, kv_heads=2, q_len=8, kv_len=8, head_dim=16)
+    q, k, v = qkv(b=1, hq=2, hkv=2, s=8, d=16)
+    plain = table_for(W)  # no entry for this shape
+    dispatch.attention(q, k, v, table=plain)
+    dispatch.attention(q, k, v)  # no table
+    key = dispatch.call_key(q, k, v, False, None, False, None)
+    assert dispatch._FAST[plain]._fns[key] is F.scaled_dot_product_attention
+    assert dispatch._FAST[None]._plain[(False, None, False)] is F.scaled_dot_product_attention
+    math = table_for(small, impl="sdpa-math")
+    assert dispatch.explain(q, k, v, table=math).startswith("sdpa-math")
+    assert dispatch._RESTRICTED[0] and not dispatch._FAST[plain]._fns and not dispatch._FAST[None]._plain
+    for table in (plain, None):
+        done = threading.Event()
+        with dispatch._SDP_FLAGS_LOCK:
+            t = threading.Thread(target=lambda: (dispatch.attention(q, k, v, table=table), done.set()))
+            t.start()
+            assert not done.wait(0.3)  # waits for the lock
+        t.join(10)
+        assert done.is_set()
+
+
+def test_torch_compile_traces_the_memoised_path():
+    """torch.compile (fullgraph, after an eager call decided) traces the memoised decision: no table, a
+    fallback, and a winner restricted to one SDPA backend, each equal to SDPA."""
+    small = W.replace(batch=1, q_heads=2, kv_heads=2, q_len=8, kv_len=8, head_dim=16)
+    q, k, v = qkv(b=1, hq=2, hkv=2, s=8, d=16)
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    for table in (None, table_for(W), table_for(small.replace(causal=True), impl="sdpa-math")):
+        torch._dynamo.reset()
+        dispatch.attention(q, k, v, is_causal=True, table=table)
+
+        def f(q, k, v):
+            return dispatch.attention(q, k, v, is_causal=True, table=table)
+
+        torch.testing.assert_close(torch.compile(f, backend="eager", fullgraph=True)(q, k, v), want)
+    torch._dynamo.reset()

@@ -87,7 +87,7 @@ def tune(
             given = [flag for flag, value in shape_flags.items() if value is not None]
             if given:
                 raise UserError(f"--from-model takes the shapes from the model; drop {', '.join(given)}")
-            workloads = workloads_from_options(from_model, tn.expand_ellipsis(batch), seq, dtype, direction)
+            workloads = workloads_from_options(from_model, tn.expand_ellipsis(batch), seq, dtype, direction, say)
             if say:
                 say(f"{from_model}: {len(workloads)} attention workloads: " + "; ".join(w.label for w in workloads))
         else:

@@ -15,7 +15,10 @@ min(seq, sliding_window) keys, every one of them in the window: causal-br.
 Only a decoder-only causal LM is read (its model_type one AutoModelForCausalLM builds, causal attention). A
 layer that soft-caps its scores (Gemma 2's attn_logit_softcapping) runs attnbench's eager soft-capped
 attention, never the table (attnbench.attention takes no score modifier): its workload carries the
-`softcap:C` score modifier, and `model_workloads` leaves it out, since no tuned entry would be used.
+`softcap:C` score modifier, and `model_workloads` leaves it out, since no tuned entry would be used. So
+does a layer whose attention module's `scaling` (what it passes as the scale; Gemma's query_pre_attn_scalar
+** -0.5) is not 1/sqrt(head_dim): dispatch sends a custom scale to SDPA (`layer_scales` reads each layer's
+from the model built on the meta device, as explain_model reads it from the model).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..errors import UserError
 from ..spec import Workload
@@ -194,17 +197,74 @@ def layer_workload(layer: AttentionLayer, phase: str, batch: int, seq: int, dtyp
                     score_mod=f"softcap:{layer.softcap:g}" if layer.softcap else "", direction=direction)
 
 
+def module_scales(model) -> dict[int, float]:
+    """Each decoder attention module's `scaling` by layer index: the scale it passes to the attention function
+    (a multimodal model's vision layers, not causal, are not the decoder's)."""
+    return {m.layer_idx: m.scaling for m in model.modules()
+            if isinstance(getattr(m, "layer_idx", None), int) and isinstance(getattr(m, "scaling", None), float)
+            and getattr(m, "is_causal", False)}
+
+
+def layer_scales(config) -> dict[int, float]:
+    """module_scales of the model the config builds, built on the meta device (no memory, no weights, no
+    download): the scales its layers will pass, however the model computes them."""
+    import torch
+
+    tf = require_transformers()
+    _require_causal_lm(config, text_config(config))
+    try:
+        with torch.device("meta"):
+            model = tf.AutoModelForCausalLM.from_config(config)
+    except Exception as exc:  # a model class that cannot be built from its config alone
+        kind = getattr(text_config(config), "model_type", "?")
+        raise UserError(f"cannot build {kind!r} from its config to read its layers' scales: {_first_line(exc)}") from None
+    return module_scales(model)
+
+
+def _layers_left_out(layers: list[AttentionLayer], scales: dict[int, float]) -> tuple[list[AttentionLayer], list[str]]:
+    """The layers that can run a tuned entry, and a line for each kind left out: soft-capped layers, and each
+    scale that is not 1/sqrt(head_dim) (dispatch sends those to SDPA)."""
+    from ..tune.dispatch import is_default_scale
+
+    def names(group, verb: str):  # "layer 3 scales its", "layers 0, 1 scale their"
+        one = len(group) == 1
+        return (f"layer{'' if one else 's'} " + ", ".join(str(la.index) for la in group)
+                + f" {verb}{'s its' if one else ' their'}")
+
+    notes, out = [], set()
+    capped = [la for la in layers if la.softcap is not None]
+    if capped:
+        notes.append(f"{names(capped, 'soft-cap')} scores (attn_logit_softcapping={capped[0].softcap:g}): "
+                     "attnbench's eager soft-capped attention runs there, never the table; not tuned")
+        out.update(la.index for la in capped)
+    custom: dict[tuple[float, int], list[AttentionLayer]] = {}
+    for la in layers:
+        if la.index not in out and not is_default_scale(scales.get(la.index), la.head_dim):
+            custom.setdefault((scales[la.index], la.head_dim), []).append(la)
+    for (scale, d), group in custom.items():
+        notes.append(f"{names(group, 'scale')} scores by {scale:.6g}, not 1/sqrt({d}) = {d ** -0.5:.6g}: "
+                     "attnbench.attention sends a custom scale to scaled_dot_product_attention, never the table; "
+                     "not tuned")
+        out.update(la.index for la in group)
+    return [la for la in layers if la.index not in out], notes
+
+
 def model_workloads(config, batches: Iterable[int], seqs: Iterable[int], dtype: str | None = None,
-                    direction: str = "fwd") -> list[Workload]:
+                    direction: str = "fwd", scales: dict[int, float] | None = None,
+                    say: Callable[[str], None] | None = None) -> list[Workload]:
     """The distinct attention workloads of a model for these batch sizes and sequence lengths: prefill,
     then (for the forward pass only: training does not decode) decode, in layer order, de-duplicated.
-    Soft-capped layers are left out (they never run the table); a model with only those is a UserError."""
+    Layers that never run the table (soft-capped, or a scale that is not 1/sqrt(head_dim)) are left out, with
+    a line to `say` for each kind; a model with only those is a UserError. scales: each layer's, as
+    layer_scales gives them (default: read now)."""
     layers = attention_layers(config)
-    plain = [la for la in layers if la.softcap is None]
+    plain, notes = _layers_left_out(layers, layer_scales(config) if scales is None else scales)
     if not plain:
-        raise UserError(f"every attention layer of {getattr(text_config(config), 'model_type', 'the model')!r} "
-                        f"soft-caps its scores (attn_logit_softcapping={layers[0].softcap:g}), which attnbench.attention "
-                        "does not dispatch (those layers run attnbench's eager soft-capped attention): nothing to tune")
+        raise UserError(f"no attention layer of {getattr(text_config(config), 'model_type', 'the model')!r} would "
+                        f"run a tuned entry: {'; '.join(notes)}: nothing to tune")
+    if say is not None:
+        for note in notes:
+            say(note)
     layers = plain
     dt = config_dtype(config, dtype)
     batches, seqs = [int(b) for b in batches], [int(s) for s in seqs]
@@ -243,9 +303,10 @@ def int_list(text: str, flag: str) -> list[int]:
 
 
 def workloads_from_options(source, batch: str | None, seq: str | None, dtype: str | None = None,
-                           direction: str | None = None) -> list[Workload]:
+                           direction: str | None = None, say: Callable[[str], None] | None = None) -> list[Workload]:
     """`tune --from-model`: the model's workloads from the comma-list options (batch default 1; seq required;
-    one dtype, default the config's; passes fwd (prefill and decode, the default) and fwd+bwd (prefill))."""
+    one dtype, default the config's; passes fwd (prefill and decode, the default) and fwd+bwd (prefill)).
+    say: gets a line for each kind of layer left out (see model_workloads)."""
     from ..spec import parse_list
 
     if seq is None:
@@ -258,5 +319,7 @@ def workloads_from_options(source, batch: str | None, seq: str | None, dtype: st
             raise UserError(f"--pass with --from-model is fwd (prefill and decode) or fwd+bwd (prefill), got {p!r}")
     config = load_config(source)
     batches, seqs = int_list(batch or "1", "--batch"), int_list(seq, "--seq")
-    out = [w for p in passes for w in model_workloads(config, batches, seqs, dtype, p)]
+    scales = layer_scales(config)
+    out = [w for i, p in enumerate(passes)
+           for w in model_workloads(config, batches, seqs, dtype, p, scales, say if i == 0 else None)]
     return list(dict.fromkeys(out))

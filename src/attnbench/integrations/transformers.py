@@ -8,8 +8,8 @@ integrations/sdpa_attention.py and masking_utils.py):
 
 - query (B, Hq, Sq, D), key and value (B, Hkv, Sk, D), not repeated for grouped-query attention: passed
   as they are with enable_gqa; `scaling` (the layer's, usually 1/sqrt(D)) is passed as the scale, so a
-  custom one falls back to SDPA by dispatch's own rule. The output goes back as (B, Sq, Hq, D), as SDPA's
-  integration returns it, with no attention weights.
+  custom one falls back to SDPA by dispatch's own rule (and tune --from-model leaves such layers out).
+  The output goes back as (B, Sq, Hq, D), as SDPA's integration returns it, with no attention weights.
 - The mask. The "attnbench" mask function is transformers' sdpa_mask, which returns None where SDPA's
   is_causal suffices (no padding: prefill, or one query at the end of the cache), with one addition: a
   sliding-window layer without padding whose queries end at the last key also gets None, instead of a
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..spec import Workload
-from .hf_workloads import PHASES, attention_layers, config_dtype, layer_mask, layer_workload, require_transformers
+from .hf_workloads import (PHASES, attention_layers, config_dtype, layer_mask, layer_workload, module_scales,
+                           require_transformers)
 
 NAME = "attnbench"
 _STATE: dict[str, Any] = {"table": None, "names": set()}
@@ -218,9 +219,7 @@ def explain_model(model, batch: int, seq: int, table=None, direction: str = "fwd
     dt = config_dtype(model.config, str(param.dtype))
     table = table if table is not None else _STATE["table"]
     impl = getattr(model.config, "_attn_implementation", None)
-    scales = {m.layer_idx: m.scaling for m in model.modules()
-              if isinstance(getattr(m, "layer_idx", None), int) and isinstance(getattr(m, "scaling", None), float)
-              and getattr(m, "is_causal", False)}  # a multimodal model's vision layers are not the decoder's
+    scales = module_scales(model)  # what tune --from-model reads too (hf_workloads.layer_scales)
     grad = direction != "fwd"
     out = []
     for phase in PHASES if not grad else ("prefill",):

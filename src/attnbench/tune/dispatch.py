@@ -20,8 +20,11 @@ bucket, a table from another environment (env id differs: warned once), inputs t
 winner that fails to build or raises (warned once; that shape then stays on SDPA). A `mask=` the
 fallback meets becomes an explicit boolean attn_mask (built once per shape; none when it keeps every
 pair, is_causal when it is SDPA's causal one; grouped-query K and V repeated beside a mask, which SDPA
-takes with enable_gqa only in its math kernel). Built callables are cached per exact shape key, so the
-per-call cost is one tuple and one dict lookup.
+takes with enable_gqa only in its math kernel). Decisions and built callables are memoised per call key
+(call_key: shapes, dtypes, devices, is_causal, scale, enable_gqa, mask, whether autograd records the call),
+so a call costs one tuple and one dict lookup (without a table, no mask= and enable_gqa not None: a lookup
+on is_causal, scale and enable_gqa alone); a change to the table (its entries, environment or baseline,
+or load_table(path, reload=True) for a path) drops them.
 """
 
 from __future__ import annotations
@@ -68,6 +71,11 @@ def bucket_key(dtype: str, head_dim: int, causal: bool | str, gqa_ratio: int, di
             f"q{pow2_bucket(q_len)}/kv{pow2_bucket(kv_len)}/b{pow2_bucket(batch)}")
 
 
+def is_default_scale(scale: float | None, head_dim: int) -> bool:
+    """Whether dispatch takes `scale` for the tuned impls' 1/sqrt(head_dim) (None is; another goes to SDPA)."""
+    return scale is None or abs(scale - head_dim ** -0.5) <= 1e-12 * head_dim ** -0.5
+
+
 def workload_bucket(w) -> str:
     return bucket_key(w.dtype, w.head_dim, w.mask, w.q_heads // w.kv_heads, w.direction, w.q_len,
                       w.kv_len, w.batch, w.score_mod)
@@ -107,6 +115,55 @@ class Entry:
         return entry
 
 
+def _notifying(name: str):
+    """dict's method `name`, then _Watched._changed."""
+    def method(self, *args, **kwargs):
+        out = getattr(dict, name)(self, *args, **kwargs)
+        self._changed()
+        return out
+
+    method.__name__ = name
+    return method
+
+
+class _Watched(dict):
+    """A table's entries or environment: a change drops the decisions its dispatchers memoised."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, data=(), owner=None):
+        super().__init__(data)
+        self._owner = owner
+
+    def _changed(self) -> None:
+        owner = getattr(self, "_owner", None)
+        if owner is not None:
+            owner._changed()
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self._changed()
+
+    def __ior__(self, other):
+        super().__ior__(other)
+        self._changed()
+        return self
+
+    pop = _notifying("pop")
+    popitem = _notifying("popitem")
+    clear = _notifying("clear")
+    update = _notifying("update")
+    setdefault = _notifying("setdefault")
+
+
+# DispatchTable fields whose change changes a decision (entries and environment are also watched inside)
+_DECIDING = ("entries", "environment", "baseline")
+
+
 @dataclass(eq=False)  # identity hash: attention() keys its dispatcher cache on the table object
 class DispatchTable:
     environment: dict[str, Any]
@@ -122,6 +179,27 @@ class DispatchTable:
 
     def lookup(self, bucket: str) -> Entry | None:
         return self.entries.get(bucket)
+
+    # Dispatchers memoise decisions per call shape; a change to entries, environment or baseline (assigned,
+    # or entries and environment changed in place) drops them. An Entry edited in place is not seen: replace it.
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("entries", "environment"):
+            value = _Watched(value, self)
+        object.__setattr__(self, name, value)
+        if name in _DECIDING:
+            self._changed()
+
+    def _watch(self, dispatcher: "Dispatcher") -> None:
+        watchers = self.__dict__.get("_watchers")
+        if watchers is None:
+            import weakref
+
+            watchers = self.__dict__["_watchers"] = weakref.WeakSet()
+        watchers.add(dispatcher)
+
+    def _changed(self) -> None:
+        for d in list(self.__dict__.get("_watchers", ())):
+            d.forget()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -198,9 +276,14 @@ def load_table(path: str | os.PathLike, reload: bool = False) -> DispatchTable:
             raise UserError(f"dispatch table {p} cannot be read: {exc}") from None
         table = DispatchTable.from_dict(data, source=key)
         with _LOCK:
+            old = _TABLES.get(key)
             _TABLES[key] = table
-            _FAST.pop(key, None)
-            _FAST.pop(path, None)
+            # every name that led to the old table (this path as str or Path, None through $ATTNBENCH_DISPATCH)
+            # now leads to the new one; a DispatchTable object given directly keeps its own dispatcher
+            stale = [name for name, d in _FAST.items() if not isinstance(name, DispatchTable)
+                     and (name == key or name == path or (old is not None and d.table is old))]
+            for name in stale:
+                del _FAST[name]
     return table
 
 
@@ -261,8 +344,20 @@ def _resolve_mask(mask, is_causal, q, k) -> str:
 # winner's flags ("No available kernel" for dropout in a CPU flash-only window). Held only once a restricted
 # winner has been built in this process (_RESTRICTED), and never while torch.compile traces (it cannot enter
 # a lock). SDPA called by other code than attnbench's is not covered: torch's own sdpa_kernel has the same race.
+# Until then a fallback is SDPA itself (no wrapper: its cost per call is SDPA's); the first restricted winner
+# makes every dispatcher forget its decisions, so their fallbacks are built again, with the lock.
 _SDP_FLAGS_LOCK = threading.Lock()
 _RESTRICTED = [False]
+
+
+def _restrict() -> None:
+    if _RESTRICTED[0]:
+        return
+    _RESTRICTED[0] = True
+    with _LOCK:
+        dispatchers = {id(d): d for d in _FAST.values()}
+    for d in dispatchers.values():
+        d.forget()
 
 
 def _compiling() -> Callable[[], bool]:
@@ -272,17 +367,22 @@ def _compiling() -> Callable[[], bool]:
 
 
 def _sdpa_fallback(F, is_causal: bool, scale, enable_gqa, attn_mask=None, dropout_p: float = 0.0):
-    kwargs: dict[str, Any] = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal,
-                              "scale": scale}
-    if enable_gqa:
-        kwargs["enable_gqa"] = True
-    sdpa, compiling, lock, restricted = F.scaled_dot_product_attention, _compiling(), _SDP_FLAGS_LOCK, _RESTRICTED
+    # only the arguments that differ from SDPA's defaults: each keyword costs SDPA's parser time per call
+    given = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal, "scale": scale,
+             "enable_gqa": bool(enable_gqa)}
+    kwargs = {name: value for name, value in given.items() if value is not None and value is not False
+              and not (name == "dropout_p" and value == 0.0)}
+    sdpa, compiling, lock = F.scaled_dot_product_attention, _compiling(), _SDP_FLAGS_LOCK
+    if not _RESTRICTED[0]:
+        import functools
+
+        return functools.partial(sdpa, **kwargs) if kwargs else sdpa
 
     def fn(q, k, v):
-        if restricted[0] and not compiling():
-            with lock:
-                return sdpa(q, k, v, **kwargs)
-        return sdpa(q, k, v, **kwargs)
+        if compiling():
+            return sdpa(q, k, v, **kwargs)
+        with lock:
+            return sdpa(q, k, v, **kwargs)
 
     return fn
 
@@ -369,7 +469,7 @@ def _build_sdpa_backend(workload, backend_name: str):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         backend = getattr(SDPBackend, backend_name)
-        _RESTRICTED[0] = True
+        _restrict()
 
         def slow(q, k, v):
             with _SDP_FLAGS_LOCK, sdpa_kernel(backend):
@@ -380,17 +480,21 @@ def _build_sdpa_backend(workload, backend_name: str):
     getters = tuple(getattr(C, f"_get_{n}_sdp_enabled") for n in names)
     want = tuple(n == _FLAGS[backend_name] for n in names)
     sdpa, compiling, lock = F.scaled_dot_product_attention, _compiling(), _SDP_FLAGS_LOCK
-    _RESTRICTED[0] = True
+    flags = tuple(zip(getters, setters, want))
+    if causal:
+        extra["is_causal"] = True
+    _restrict()
 
     def restricted(q, k, v):
-        before = [g() for g in getters]
-        for s, on in zip(setters, want):
+        # set and restore only the flags that differ (the same state as setting all, in fewer calls)
+        changed = [(s, on) for g, s, on in flags if g() != on]  # the flags are bools: it was `not on`
+        for s, on in changed:
             s(on)
         try:
-            return sdpa(q, k, v, is_causal=causal, **extra)
+            return sdpa(q, k, v, **extra)
         finally:
-            for s, on in zip(setters, before):
-                s(on)
+            for s, on in changed:
+                s(not on)
 
     def fn(q, k, v):
         if compiling():
@@ -401,35 +505,67 @@ def _build_sdpa_backend(workload, backend_name: str):
     return fn
 
 
+_grad_enabled: Callable[[], bool] = lambda: False  # torch.is_grad_enabled, set by the first Dispatcher
+
+
+def call_key(q, k, v, is_causal, scale, enable_gqa, mask) -> tuple:
+    """The memo key of a call without attn_mask or dropout: everything a decision reads. attention() builds
+    the same tuple inline (one call layer less); tests check that the two agree."""
+    return (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, is_causal, scale,
+            enable_gqa, _grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad), mask)
+
+
 class Dispatcher:
-    """Per-table state: the exact-shape cache of built callables and the warnings already given."""
+    """Per-table state: the exact-shape cache of built callables and the warnings already given. The
+    table's changes drop it (forget); _gen tells a decision made meanwhile not to store itself."""
 
     def __init__(self, table: DispatchTable | None):
+        global _grad_enabled
         import torch
         import torch.nn.functional as F
 
+        _grad_enabled = torch.is_grad_enabled
         self.table = table
         self._torch = torch
-        self._grad_enabled = torch.is_grad_enabled
         self._F = F
-        self._fns: dict[tuple, Callable] = {}
-        self._why: dict[tuple, str] = {}
-        self._env_ok: dict[str, bool] = {}
-        self._warned: set[str] = set()
         self._lock = threading.Lock()
+        self._gen = 0
+        self.forget()
+        if table is not None:
+            table._watch(self)
 
-    # -- the hot path ----------------------------------------------------------------------------
+    def forget(self) -> None:
+        """Drop every memoised decision, built callable, environment check and warning given."""
+        with self._lock:
+            self._gen += 1
+            # new objects, not cleared ones: a call that read the old dict finishes with it
+            self._fns: dict[tuple, Callable] = {}
+            self._why: dict[tuple, str] = {}
+            self._env_ok: dict[str, bool] = {}
+            self._warned: set[str] = set()
+            # without a table every call is SDPA, chosen by these arguments alone (given no mask= and an
+            # enable_gqa that is not None: those read the shapes), so the call shape is not needed
+            self._plain: dict[tuple, Callable] | None = {} if self.table is None else None
+
+    # -- the hot path (attention() inlines it) -------------------------------------------------------
     def __call__(self, q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
                  mask=None):
         if attn_mask is not None or dropout_p:
             return self._unbucketed(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask)
-        grad = self._grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-               is_causal, scale, enable_gqa, grad, mask)
+        key = call_key(q, k, v, is_causal, scale, enable_gqa, mask)
         fn = self._fns.get(key)
         if fn is None:
             fn = self._resolve(key, q, k, v)
         return fn(q, k, v)
+
+    def _plain_fn(self, is_causal, scale, enable_gqa) -> Callable:
+        """No table: SDPA with these arguments, as _choose would pick it, memoised in _plain."""
+        gen = self._gen
+        fn = _sdpa_fallback(self._F, bool(is_causal), scale, enable_gqa)
+        with self._lock:
+            if gen == self._gen:
+                self._plain[(is_causal, scale, enable_gqa)] = fn
+        return fn
 
     def _unbucketed(self, q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask):
         """attn_mask or dropout: SDPA, with a `mask=` made explicit (built per call: a rare path)."""
@@ -496,7 +632,7 @@ class Dispatcher:
             return None, "kv heads do not divide q heads"
         if hq != hkv and enable_gqa is False:
             return None, "grouped-query shapes with enable_gqa=False"
-        if scale is not None and abs(scale - qs[3] ** -0.5) > 1e-12 * qs[3] ** -0.5:
+        if not is_default_scale(scale, qs[3]):
             return None, "custom scale (tuned impls use 1/sqrt(head_dim))"
         device = str(qdev)
         if not self._env_matches(device):
@@ -511,6 +647,22 @@ class Dispatcher:
         return (entry, w), ""
 
     def _resolve(self, key: tuple, q, k, v) -> Callable:
+        return self._choose(key, q, k, v)[0]
+
+    def _choose(self, key: tuple, q, k, v) -> tuple[Callable, str]:
+        """The callable for a key and why, memoised. A change meanwhile (the table, or the first winner restricted
+        to one SDPA backend, maybe this one: the fallbacks need the lock then) means deciding again."""
+        for _ in range(3):
+            gen = self._gen
+            fn, why = self._decision(key, gen, q, k, v)
+            with self._lock:
+                if gen == self._gen:
+                    self._fns[key] = fn
+                    self._why[key] = why
+                    break
+        return fn, why
+
+    def _decision(self, key: tuple, gen: int, q, k, v) -> tuple[Callable, str]:
         is_causal, scale, enable_gqa = key[9], key[10], key[11]
         gqa = enable_gqa if enable_gqa is not None else (q.dim() == 4 and k.dim() == 4
                                                          and q.shape[1] != k.shape[1])
@@ -527,16 +679,13 @@ class Dispatcher:
                 fn, why = fallback, "winner is sdpa-auto"
             else:
                 try:
-                    fn = self._guarded(key, self._build(entry, w, str(q.device)), fallback, entry)
+                    fn = self._guarded(key, gen, self._build(entry, w, str(q.device)), fallback, entry)
                     why = f"{entry.impl}{_params_text(entry.params)} (bucket {entry.bucket})"
                 except Exception as exc:  # a winner that cannot be built here is not worth failing for
                     self._warn(f"cannot build {entry.impl} for {w.label}: {type(exc).__name__}: {exc}; "
                                "using scaled_dot_product_attention")
                     fn, why = fallback, f"build failed: {exc}"
-        with self._lock:
-            self._fns[key] = fn
-            self._why[key] = why if found is not None and fn is not fallback else f"sdpa fallback: {why}"
-        return fn
+        return fn, (why if found is not None and fn is not fallback else f"sdpa fallback: {why}")
 
     def _build(self, entry: Entry, w, device: str) -> Callable:
         from ..impls import resolve
@@ -552,7 +701,7 @@ class Dispatcher:
             return _build_sdpa_backend(w, impl.backend_name)
         return impl.build(w, device, entry.params)  # the impl states any other mask itself
 
-    def _guarded(self, key: tuple, fn: Callable, fallback: Callable, entry: Entry) -> Callable:
+    def _guarded(self, key: tuple, gen: int, fn: Callable, fallback: Callable, entry: Entry) -> Callable:
         def call(q, k, v):
             try:
                 return fn(q, k, v)
@@ -560,8 +709,9 @@ class Dispatcher:
                 self._warn(f"{entry.impl} raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                            f" for shape {tuple(q.shape)}; using scaled_dot_product_attention for it from now on")
                 with self._lock:
-                    self._fns[key] = fallback
-                    self._why[key] = f"sdpa fallback: {entry.impl} raised {type(exc).__name__}"
+                    if gen == self._gen:
+                        self._fns[key] = fallback
+                        self._why[key] = f"sdpa fallback: {entry.impl} raised {type(exc).__name__}"
                 return fallback(q, k, v)
 
         return call
@@ -571,12 +721,9 @@ class Dispatcher:
         """Which callable a call with these arguments uses, and why (builds it if needed)."""
         if attn_mask is not None or dropout_p:
             return "sdpa fallback: attn_mask or dropout given"
-        grad = self._torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-               is_causal, scale, enable_gqa, grad, mask)
-        if key not in self._fns:
-            self._resolve(key, q, k, v)
-        return self._why[key]
+        key = call_key(q, k, v, is_causal, scale, enable_gqa, mask)
+        why = self._why.get(key)
+        return why if why is not None else self._choose(key, q, k, v)[1]
 
 
 def _params_text(params: dict[str, Any]) -> str:
@@ -625,9 +772,21 @@ def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
     is_causal, a spec.masks text ('causal-br', 'window:W', ...), aligned bottom-right as decoding and
     flash-attention's sliding windows are; without a table entry it becomes an explicit SDPA mask.
     """
-    d = _FAST.get(table) if table is None or isinstance(table, (str, DispatchTable)) else None
-    if d is None:
+    try:
+        d = _FAST[table]
+    except (KeyError, TypeError):  # first call with this table, or an unhashable one (its UserError)
         d = _dispatcher(table)
+    if attn_mask is None and not dropout_p:
+        plain = d._plain
+        if plain is not None and mask is None and enable_gqa is not None:
+            fn = plain.get((is_causal, scale, enable_gqa)) or d._plain_fn(is_causal, scale, enable_gqa)
+            return fn(q, k, v)
+        # call_key inlined: the memoised decision for this call shape costs one tuple and one dict lookup
+        fn = d._fns.get((q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+                         is_causal, scale, enable_gqa,
+                         _grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad), mask))
+        if fn is not None:
+            return fn(q, k, v)
     return d(q, k, v, attn_mask, dropout_p, is_causal, scale, enable_gqa, mask)
 
 
