@@ -1,5 +1,6 @@
 """gate and baseline: synthetic samples for the statistics, a fake measurer for the ratchet, the CLI on the CPU."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -630,3 +631,137 @@ def test_gate_power_at_3_5_and_10_percent():
     found = {r: sum(_gate_sim(100 + s, 0.0, 4, ratio=r)[0] == g.REGRESSION for s in range(10)) for r in (1.05, 1.10)}
     assert found == {1.05: 10, 1.10: 10}
     assert all(v != g.REGRESSION for s in range(10) for v in _gate_sim(200 + s, 0.0, 4))
+
+
+# ------------------------------------------------------------------------------------------------ audit
+
+def test_a_policy_too_short_for_a_verdict_is_refused_before_measuring(tmp_path):
+    """--samples 5 gave 5 batches per measurement, so no cell ever got a verdict: a baseline made that way
+    passed a 100x slowdown as 'unchanged'. Such a policy is refused, for a new baseline and a check alike."""
+    from attnbench.measure.timing import TimingPolicy
+
+    path = tmp_path / "b.json"
+    fm = FakeMeasurer()
+    with pytest.raises(UserError, match="can stop after 5 samples or batches.*at least 8"):
+        gr.run_gate(gr.GateOptions(str(path), update=True, workloads=[wl(0)], impls=["sdpa-auto"],
+                                   policy=gr.policy_from_flags(5, None, None, None)), fm)
+    assert fm.calls == [] and not path.exists()
+    gr.run_gate(gr.GateOptions(str(path), update=True, workloads=[wl(0)], impls=["sdpa-auto"]), fm)
+    data = json.loads(path.read_text())
+    data["policy"] = {**data["policy"], "min_samples": 4, "max_samples": 4}
+    path.write_text(json.dumps(data))
+    fm = FakeMeasurer(factor={128: 100.0})
+    with pytest.raises(UserError, match=r"timing policy of .*b\.json: a measurement can stop after 4"):
+        gr.run_gate(gr.GateOptions(str(path)), fm)
+    assert fm.calls == []
+    assert gr.run_gate(gr.GateOptions(str(path), policy=TimingPolicy()), fm).exit_code == 1
+
+
+@pytest.mark.parametrize("opts, msg", [
+    (dict(threshold=3.0), "--threshold must be a fraction"), (dict(alpha=0.0), "--alpha must be in"),
+    (dict(confirm=-1), "--confirm must be >= 0"), (dict(repeats=0), "--repeats must be at least 1"),
+    (dict(accept=("sq999",), reason="x"), "--accept 'sq999': no such cell"),
+])
+def test_bad_options_are_refused_before_anything_is_measured(tmp_path, opts, msg):
+    path = tmp_path / "b.json"
+    gr.run_gate(gr.GateOptions(str(path), update=True, workloads=[wl(0)], impls=["sdpa-auto"]), FakeMeasurer())
+    fm = FakeMeasurer()
+    with pytest.raises(UserError, match=msg):
+        gr.run_gate(gr.GateOptions(str(path), **opts), fm)
+    assert fm.calls == []
+
+
+def test_a_new_baseline_keeps_one_timer_and_a_mixed_file_is_refused(tmp_path):
+    """On a GPU `auto` picks graph for some cells and cold for others; a baseline that recorded one of them as
+    the file's timer re-measured the other cells with a different quantity on every later check."""
+    class Mixed(FakeMeasurer):
+        def measure(self, cells, timer, policy, name):
+            return [dataclasses.replace(m, timer="graph" if i == 0 else "cold")
+                    for i, m in enumerate(super().measure(cells, timer, policy, name))]
+
+    path = tmp_path / "b.json"
+    with pytest.raises(UserError, match=r"timed with different timers \(cold, graph\)"):
+        gr.run_gate(gr.GateOptions(str(path), update=True, workloads=[wl(0), wl(1)], impls=["sdpa-auto"]), Mixed())
+    assert not path.exists()
+    gr.run_gate(gr.GateOptions(str(path), update=True, workloads=[wl(0), wl(1)], impls=["sdpa-auto"]),
+                FakeMeasurer())
+    data = json.loads(path.read_text())
+    next(iter(data["cells"].values()))["summary"]["timer"] = "graph"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="timed with the 'graph' timer, the file's timer is 'fake'"):
+        Baseline.load(path)
+
+
+def test_the_cli_measurer_times_every_cell_with_one_mode(tmp_path):
+    seen = []
+
+    class Store:
+        def measurements(self, run_id):
+            return []
+
+    import attnbench.execute.sweep as sweep
+
+    def fake_run_sweep(config, store, executor, **kw):
+        seen.append(config.timer)
+        return 1
+
+    m = gr.RunnerMeasurer(Store(), "cpu")
+    orig, sweep.run_sweep = sweep.run_sweep, fake_run_sweep
+    try:
+        m.measure([Cell(wl(0), "sdpa-math")], "auto", None, "gate")
+        gr.RunnerMeasurer(Store(), "cuda:0").measure([Cell(wl(0), "sdpa-math")], "auto", None, "gate")
+    finally:
+        sweep.run_sweep = orig
+    assert seen == ["host", "cold"]
+
+
+def test_an_impl_gone_from_the_registry_is_missing_and_a_plugin_that_no_longer_imports_is_broken(
+        capsys, tmp_path, one_thread):
+    """The gate stopped with exit 2 ('unknown impl') when a baseline cell's impl had been renamed, and --update
+    or --accept could not repair it, since they measure first. Now the other cells are still compared."""
+    base, db = str(tmp_path / "base.json"), str(tmp_path / "r.db")
+    plugin = tmp_path / "kern.py"
+    plugin.write_text("from attnbench.impls import resolve\nattn = resolve('sdpa-math').build\n")
+    code, _, err = cli(capsys, "gate", "--baseline", base, "--update", *TINY, "--db", db)
+    assert code == 0, err
+    data = json.loads(Path(base).read_text())
+    (key, cell), = data["cells"].items()
+    gone = json.loads(json.dumps(cell))
+    gone["impl"] = "sdpa-renamed"
+    data["cells"][key.replace("sdpa-math", "sdpa-renamed")] = gone
+    Path(base).write_text(json.dumps(data))
+    code, out, err = cli(capsys, "gate", "--baseline", base, "--threshold", "0.9", "--db", db, "-q")
+    assert code == 0, err
+    assert "1 unchanged, 1 missing" in out and "no impl is registered as 'sdpa-renamed' now" in out
+    code, out, err = cli(capsys, "gate", "--baseline", base, "--accept", "sdpa-renamed", "--reason", "renamed to x",
+                         "--threshold", "0.9", "--db", db, "-q")
+    assert code == 0, err
+    after = json.loads(Path(base).read_text())
+    assert list(after["cells"]) == [key] and after["history"][-1]["kind"] == "accepted-regression"
+    # A plugin kernel in the baseline whose module stops importing is a broken kernel: exit 1, not 2.
+    spec = f"{plugin}:attn"
+    broken = json.loads(json.dumps(cell))
+    broken["impl"] = spec
+    after["cells"][key.replace("sdpa-math", spec)] = broken
+    Path(base).write_text(json.dumps(after))
+    plugin.write_text("raise ImportError('the PR broke this module')\n")
+    code, out, err = cli(capsys, "gate", "--baseline", base, "--threshold", "0.9", "--db", db, "-q")
+    assert code == 1, out + err
+    assert "1 broken" in out and "the PR broke this module" in out
+    # A misspelt registered name on the command line is still a usage error.
+    code, _, err = cli(capsys, "gate", "--baseline", base, "-i", "sdpa-mth", "--db", db, "-q")
+    assert code == 2 and "unknown impl 'sdpa-mth'" in err
+
+
+def test_an_override_replaces_the_threshold_and_only_the_noise_floor_bounds_it():
+    """docs/gate.md said 'the largest of --threshold, the override and the noise floor' while the code (and the
+    CLI's help) let an override replace --threshold, lower too: the docs now say what the code does."""
+    ms = [meas(wl(0), spread=0.003, n=200), meas(wl(1), spread=0.003, n=200, seed=1)]
+    base = baseline_of(ms)
+    base.thresholds = {f"workload:{wl(0).key}": 0.01}
+    res = g.check(base, [meas(m.workload, median=1.02, spread=0.003, n=200, seed=9) for m in ms], threshold=0.03)
+    by = {c.key.split("_")[3]: c for c in res.cells}
+    assert by["sq128"].threshold == 0.01 and by["sq128"].verdict == g.REGRESSION
+    assert by["sq256"].threshold == 0.03 and by["sq256"].verdict == g.UNCHANGED
+    text = (ROOT / "docs" / "gate.md").read_text()
+    assert "the largest of `--threshold`" not in text and "else `--threshold`" in text

@@ -10,9 +10,10 @@ rounds.MIN_ROUNDS batches: too few for a verdict; a note lists such cells). A ke
 incorrect or runs out of memory is BROKEN: a failure like a regression. Cells on one side only are NEW or MISSING
 (reported, never failures; a cell that became unsupported counts as missing).
 
-The threshold of a cell is the largest of --threshold, the baseline file's override for the cell,
-workload or impl, and the cell's noise floor: the spread of the baseline's independent measurements
-(see gate/baseline.py), so a cell whose medians move 6% between measurements is not failed for 4%.
+The threshold of a cell is the baseline file's override for the cell, workload or impl (the most
+specific one), else --threshold, and never below the cell's noise floor: the spread of the baseline's
+independent measurements (see gate/baseline.py), so a cell whose medians move 6% between measurements is
+not failed for 4%.
 
 Confirmation ("test each"): every flagged cell is re-measured `confirm` times; each re-measurement is
 tested on its own against the baseline (Holm over the re-measured cells) and must flag the cell in
