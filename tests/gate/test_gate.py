@@ -765,3 +765,14 @@ def test_an_override_replaces_the_threshold_and_only_the_noise_floor_bounds_it()
     assert by["sq256"].threshold == 0.03 and by["sq256"].verdict == g.UNCHANGED
     text = (ROOT / "docs" / "gate.md").read_text()
     assert "the largest of `--threshold`" not in text and "else `--threshold`" in text
+
+
+def test_a_new_cell_that_is_not_ok_says_how_in_the_title_and_the_list():
+    """A kernel added in the PR that gives wrong results was listed only by its reason ('boom'), under a title
+    'PASS (1 unchanged, 1 new)': its status is now in the list, the JSON reason and the title."""
+    base = baseline_of([meas(wl(0))])
+    res = g.check(base, [meas(wl(0), seed=5), meas(wl(1), status="incorrect"), meas(wl(2), seed=6)])
+    md = res.markdown()
+    assert md.startswith("## attnbench gate: PASS (1 unchanged, 2 new (1 not ok))")
+    assert f"`{Cell(wl(1), 'sdpa-auto').key}` (incorrect: boom)" in md
+    assert res.to_dict()["cells"][1]["reason"] == "incorrect: boom" and res.cells[2].reason == ""
