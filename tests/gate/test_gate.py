@@ -464,6 +464,8 @@ def test_workflow_is_valid_and_sticky():
     assert "<!-- attnbench-gate -->" in script["with"]["script"]
     assert "updateComment" in script["with"]["script"] and "createComment" in script["with"]["script"]
     assert wf["permissions"]["pull-requests"] == "write"
+    doc = " ".join((ROOT / "docs" / "gate.md").read_text().split())
+    assert "0 pass, 1 regression or broken kernel, 2 usage or environment error; 130 (Ctrl-C) or 143" in doc
 
 
 def test_run_gate_refuses_to_mix_environments_or_write_nothing(tmp_path):
