@@ -778,3 +778,24 @@ def test_a_new_cell_that_is_not_ok_says_how_in_the_title_and_the_list():
     assert md.startswith("## attnbench gate: PASS (1 unchanged, 2 new (1 not ok))")
     assert f"`{Cell(wl(1), 'sdpa-auto').key}` (incorrect: boom)" in md
     assert res.to_dict()["cells"][1]["reason"] == "incorrect: boom" and res.cells[2].reason == ""
+
+
+def test_history_records_the_commit_of_the_baselines_repository(tmp_path):
+    """Each history entry's `commit` was the fingerprint's git_commit: attnbench's own checkout (None when it
+    is pip-installed), never the commit of the repository whose baseline it is."""
+    import subprocess
+
+    repo = tmp_path / "proj"
+    (repo / "perf").mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    (repo / "README").write_text("x\n")
+    subprocess.run(git + ["add", "README"], check=True)
+    subprocess.run(git + ["commit", "-qm", "one"], check=True)
+    head = subprocess.run(git[:3] + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    path = repo / "perf" / "b.json"
+    gr.run_gate(gr.GateOptions(str(path), update=True, workloads=[wl(0)], impls=["sdpa-auto"]), FakeMeasurer())
+    gr.run_gate(gr.GateOptions(str(path), update=True, workloads=[wl(0), wl(1)]), FakeMeasurer(seed=50))
+    (entry,) = Baseline.load(path).history
+    assert entry["kind"] == "new-cell" and entry["commit"] == head != FP["git_commit"]
+    assert gr.repo_commit(tmp_path / "elsewhere" / "b.json") is None

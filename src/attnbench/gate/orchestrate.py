@@ -156,7 +156,7 @@ def run_gate(opts: GateOptions, measurer: Measurer, *, date: str | None = None) 
     result.baseline_path, result.created = str(path), creating
     if ceilings and base.ceilings and not creating:
         result.notes.append(_ceiling_drift(base.ceilings, ceilings))
-    new, commit = base, fp.get("git_commit")
+    new, commit = base, repo_commit(path)
     if not creating and opts.repeats > 1 and (opts.update or opts.accept):
         now_ok = {Cell.of(m).key: Cell.of(m) for m in current if m.ok}
         moving = [r.key for r in result.cells if opts.update and r.verdict in (NEW, IMPROVEMENT)]
@@ -174,6 +174,25 @@ def run_gate(opts: GateOptions, measurer: Measurer, *, date: str | None = None) 
         new.save(path)
         result.notes.append(f"wrote {path}")
     return result
+
+
+def repo_commit(path: str | Path) -> str | None:
+    """Short commit (git HEAD) of the repository that holds the baseline file, for its history: the change an
+    entry belongs to. (The fingerprint's git_commit is attnbench's own checkout, None when it is installed.)
+    None outside a git repository or without git; never raises."""
+    import re
+    import subprocess
+
+    here = Path(path).resolve().parent
+    while not here.is_dir():  # a new baseline's folder may not exist yet
+        here = here.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{4,40}", commit) else None
 
 
 def check_options(opts: GateOptions) -> None:
