@@ -172,6 +172,10 @@ class BaselineCell:
     def from_dict(cls, key: str, d: Mapping[str, Any]) -> "BaselineCell":
         try:
             s = d["summary"]
+            unknown = sorted(set(d["workload"]) - {f.name for f in dataclasses.fields(Workload)})
+            if unknown:  # Workload.from_dict would drop them: another workload would be compared under this key
+                raise UserError(f"baseline cell {key!r}: workload field(s) {', '.join(unknown)} unknown to this "
+                                "attnbench (a newer one wrote the file?); upgrade attnbench")
             cell = Cell(Workload.from_dict(d["workload"]), d["impl"], dict(d.get("params") or {}))
             out = cls(cell, [float(x) for x in d["samples_ms"]], float(s["median_ms"]),
                       tuple(float(x) for x in s["ci_ms"]), int(s["n"]), str(s["timer"]), s.get("clock_mhz"),
