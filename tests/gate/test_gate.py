@@ -17,6 +17,7 @@ from attnbench.store import Measurement
 from attnbench.spec import Workload
 from attnbench.store import Store
 from tests.clitools import cli
+from tests.gate.gate_sim import gate_sim as _gate_sim
 
 ROOT = Path(__file__).resolve().parents[2]
 FP = {"device_kind": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3", "sm_count": 132, "driver": "580.1",
@@ -577,47 +578,12 @@ def test_gate_keeps_its_power_with_batch_level_statistics():
     assert _gate_runs(1.10) == 10
 
 
-def _offset_meas(rng, w: Workload, median: float, sigma: float, ratio: float = 1.0) -> Measurement:
-    """One measurement of 10 batches of 10: its own offset exp(N(0, sigma)) (what moves between
-    measurements: clocks, placement), 20% of batches hit by a burst, 1% noise within."""
-    off = float(np.exp(rng.normal(0.0, sigma)))
-    xs = []
-    for _ in range(10):
-        burst = float(np.exp(abs(rng.normal(0.0, 0.03)))) if rng.random() < 0.2 else 1.0
-        xs += list(median * ratio * off * burst * np.exp(rng.normal(0.0, 0.01, 10)))
-    return Measurement(workload=w, impl="sdpa-auto", status="ok", samples_ms=tuple(float(x) for x in xs),
-                       timer="fake", batch_sizes=(10,) * 10)
-
-
-def _gate_sim(seed: int, sigma: float, cells: int, ratio: float = 1.0, floor: bool = True) -> list[str]:
-    """Verdicts of one gate check (5-measurement baseline, one confirmation) of `cells` cells, the first
-    `ratio` x slower now."""
-    rng = np.random.default_rng(seed)
-    ws = [wl(i % 10, batch=1 + i // 10) for i in range(cells)]
-    base = Baseline.empty(FP, "env0", "fake", {}, date="2026-01-01")
-    base.cells = {}
-    for i, w in enumerate(ws):
-        c = BaselineCell.from_measurements([_offset_meas(rng, w, 0.05 * (i + 1), sigma) for _ in range(5)],
-                                           date="2026-01-01")
-        if not floor:
-            c.repeat_medians = [c.median_ms]
-        base.cells[c.key] = c
-    index = {w.key: i for i, w in enumerate(ws)}
-
-    def now(w: Workload) -> Measurement:
-        i = index[w.key]
-        return _offset_meas(rng, w, 0.05 * (i + 1), sigma, ratio if i == 0 else 1.0)
-
-    res = g.check(base, [now(w) for w in ws], remeasure=lambda cs: [now(c.workload) for c in cs])
-    return [c.verdict for c in res.cells]
-
-
 def test_noise_floor_keeps_between_measurement_noise_from_failing_the_gate():
     """Each measurement of a cell lands 5% (sd) apart from the next, which the batch-level test cannot see
     (it sees only the noise within a measurement): without the noise floor 12 of 100 unchanged cells were
     flagged (5 as regressions) even after a confirmation; with it, 2 improvements and no regression.
-    (Simulated over 2000 cells: 0.25% of cells regress falsely at 2% sd, 0.65% at 4%, so a suite's
-    chance of a false failure grows with its number of cells: 10% and 27% of 50-cell suites.)"""
+    (Over 100 suites of 50 cells, tests/gate/gate_sim.py: 0.44% of cells regress falsely at 2% sd, 0.72% at
+    4%, so a suite's chance of a false failure grows with its number of cells: 20% and 28% of the suites.)"""
     flagged = {}
     for floor in (True, False):
         vs = [v for s in range(2) for v in _gate_sim(s, 0.05, 50, floor=floor)]
@@ -816,3 +782,16 @@ def test_a_workload_field_this_version_does_not_know_is_refused_not_dropped(tmp_
     del cell["workload"]["dropout"]
     p.write_text(json.dumps(d))
     assert Baseline.load(p).cells[Cell(wl(0), "sdpa-auto").key].cell.workload == wl(0)
+
+
+def test_the_false_failure_simulation_reproduces_from_its_command_line(capsys):
+    """docs/gate.md's false-failure figures (0.25% and 0.65% of cells, '10% and 27%' of suites) came from no
+    runnable code and did not hold: 100 suites per noise level gave 0.44% and 0.72%, 20% and 28%. The
+    simulation now has a command line, and the docs quote its output; a short run here checks the command."""
+    from tests.gate import gate_sim
+
+    gate_sim.main(["--sigma", "0.04", "--suites", "2", "--cells", "10", "--seed", "1000"])
+    out = capsys.readouterr().out
+    assert out.startswith("sigma 0.04, 2 unchanged suites of 10 cells (seeds 1000..1001): cells failed ")
+    doc = " ".join((ROOT / "docs" / "gate.md").read_text().split())
+    assert "python -m tests.gate.gate_sim --sigma 0.02 --suites 100" in doc and "0.44% [95% CI 0.28-0.67%]" in doc
