@@ -84,7 +84,7 @@ def test_run_and_gate_from_the_command_line_on_a_dask_scheduler(capsys, tmp_path
     assert data["run"]["config"]["executor"].startswith("dask tcp://") and data["run"]["config"]["device"] == "cpu"
     base = tmp_path / "base.json"
     code, out, err = cli(capsys, "gate", "--update", "--baseline", str(base), "--executor", address(dask_client),
-                         *SHAPE, "-i", "reference", "--samples", "5", "--repeats", "1", "--db", db)
+                         *SHAPE, "-i", "reference", "--samples", "8", "--repeats", "1", "--db", db)
     assert code == 0, err
     with Store(db) as store:
         worker_env = store.measurements(store.run().run_id)[0].env_id

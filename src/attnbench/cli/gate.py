@@ -47,7 +47,8 @@ def gate(
     reason: Optional[str] = typer.Option(None, "--reason", help="why the --accept'ed change is fine (kept in history)"),
     fmt: str = typer.Option("md", "--format", help="md (PR comment) or json"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: the GPU if any)"),
-    timer: Optional[str] = typer.Option(None, "--timer", help="for a new baseline: cold, warm, host (default auto)"),
+    timer: Optional[str] = typer.Option(None, "--timer", help="for a new baseline: cold, warm, graph, graph-warm, "
+                                                      "host (default: cold on a GPU, host on a CPU)"),
     samples: Optional[int] = typer.Option(None, "--samples", help="samples per cell (default: the baseline's; 100)"),
     min_samples: Optional[int] = typer.Option(None, "--min-samples"),
     warmup_ms: Optional[float] = typer.Option(None, "--warmup-ms", help="warm-up by time, after the first call"),
@@ -59,6 +60,7 @@ def gate(
     """CI ratchet: measure now, compare with the baseline; exit 1 on a confirmed, significant and large
     regression (or a kernel that broke), 2 on a usage or environment error."""
     from ..execute import open_executor
+    from ..impls import resolve
     from ..gate.orchestrate import GateOptions, RunnerMeasurer, append_step_summary, policy_from_flags, run_gate
 
     if fmt not in ("md", "json"):
@@ -75,11 +77,15 @@ def gate(
         workloads = None
         if preset or sweep or any(x is not None for x in (*shape, mask, score_mod)) or not baseline.exists():
             workloads, _ = build_workloads(preset, sweep, *shape, dev, **masks)
+        impls = split_impls(impl) or None
+        for name in impls or ():  # a misspelt name is a usage error; a baseline's impl that is gone is reported
+            if ":" not in name:
+                resolve(name)
         policy = policy_from_flags(samples, min_samples, warmup_ms, max_time_ms)
         opts = GateOptions(str(baseline), update=update, threshold=threshold, alpha=alpha, confirm=confirm,
                            repeats=repeats, normalize=normalize, allow_env_mismatch=allow_env_mismatch,
                            accept=tuple(accept or ()), reason=reason, workloads=workloads,
-                           impls=split_impls(impl) or None, timer=timer, policy=policy)
+                           impls=impls, timer=timer, policy=policy)
         measurer = RunnerMeasurer(store, dev, progress=not quiet and sys.stderr.isatty(), executor=ex)
         try:
             result = run_gate(opts, measurer)

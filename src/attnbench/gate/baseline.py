@@ -172,6 +172,10 @@ class BaselineCell:
     def from_dict(cls, key: str, d: Mapping[str, Any]) -> "BaselineCell":
         try:
             s = d["summary"]
+            unknown = sorted(set(d["workload"]) - {f.name for f in dataclasses.fields(Workload)})
+            if unknown:  # Workload.from_dict would drop them: another workload would be compared under this key
+                raise UserError(f"baseline cell {key!r}: workload field(s) {', '.join(unknown)} unknown to this "
+                                "attnbench (a newer one wrote the file?); upgrade attnbench")
             cell = Cell(Workload.from_dict(d["workload"]), d["impl"], dict(d.get("params") or {}))
             out = cls(cell, [float(x) for x in d["samples_ms"]], float(s["median_ms"]),
                       tuple(float(x) for x in s["ci_ms"]), int(s["n"]), str(s["timer"]), s.get("clock_mhz"),
@@ -280,13 +284,18 @@ class Baseline:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 10:
                 raise UserError(f"{where}: threshold {k!r} must be a fraction such as 0.05, got {v!r}")
         try:
-            return cls(fingerprint=dict(d.get("fingerprint") or {}), env_id=str(d.get("env_id", "")),
-                       timer=str(d["timer"]), policy=dict(d.get("policy") or {}), ceilings=d.get("ceilings"),
-                       cells={k: BaselineCell.from_dict(k, c) for k, c in (d.get("cells") or {}).items()},
-                       thresholds=thresholds, history=list(d.get("history") or []),
-                       created=str(d.get("created", "")), updated=str(d.get("updated", "")))
+            out = cls(fingerprint=dict(d.get("fingerprint") or {}), env_id=str(d.get("env_id", "")),
+                      timer=str(d["timer"]), policy=dict(d.get("policy") or {}), ceilings=d.get("ceilings"),
+                      cells={k: BaselineCell.from_dict(k, c) for k, c in (d.get("cells") or {}).items()},
+                      thresholds=thresholds, history=list(d.get("history") or []),
+                      created=str(d.get("created", "")), updated=str(d.get("updated", "")))
         except KeyError as exc:
             raise UserError(f"{where}: missing field {exc}") from None
+        odd = next((c for c in out.cells.values() if c.timer != out.timer), None)
+        if odd is not None:  # the gate measures every cell with the file's timer: this one would change quantity
+            raise UserError(f"{where}: cell {odd.key!r} was timed with the {odd.timer!r} timer, the file's timer is "
+                            f"{out.timer!r}; delete the file and create a new baseline with one --timer")
+        return out
 
     @classmethod
     def load(cls, path: str | Path) -> "Baseline":

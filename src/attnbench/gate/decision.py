@@ -10,9 +10,10 @@ rounds.MIN_ROUNDS batches: too few for a verdict; a note lists such cells). A ke
 incorrect or runs out of memory is BROKEN: a failure like a regression. Cells on one side only are NEW or MISSING
 (reported, never failures; a cell that became unsupported counts as missing).
 
-The threshold of a cell is the largest of --threshold, the baseline file's override for the cell,
-workload or impl, and the cell's noise floor: the spread of the baseline's independent measurements
-(see gate/baseline.py), so a cell whose medians move 6% between measurements is not failed for 4%.
+The threshold of a cell is the baseline file's override for the cell, workload or impl (the most
+specific one), else --threshold, and never below the cell's noise floor: the spread of the baseline's
+independent measurements (see gate/baseline.py), so a cell whose medians move 6% between measurements is
+not failed for 4%.
 
 Confirmation ("test each"): every flagged cell is re-measured `confirm` times; each re-measurement is
 tested on its own against the baseline (Holm over the re-measured cells) and must flag the cell in
@@ -164,7 +165,8 @@ def _compare(baseline: Baseline, current: Mapping[str, Measurement], keys: Seque
         if m is not None and m.clocks_mhz:
             r.clock_mhz = stats.median(m.clocks_mhz)
         if b is None:
-            r.verdict, r.reason, r.current_ms = NEW, m.reason, m.median_ms
+            r.verdict, r.current_ms = NEW, m.median_ms
+            r.reason = m.reason if m.ok else f"{m.status}: {m.reason}".rstrip(": ")  # not ok: say how
         elif m is None:
             r.verdict, r.reason = MISSING, "not measured in this run"
         elif not m.ok:
@@ -284,8 +286,10 @@ def markdown(result: GateResult) -> str:
     line for the unchanged cells with the suite geometric mean; new/missing cells and notes last."""
     regs, broken, imps = result.having(REGRESSION), result.having(BROKEN), result.having(IMPROVEMENT)
     same, new, missing = result.having(UNCHANGED), result.having(NEW), result.having(MISSING)
+    new_bad = sum(r.status != "ok" for r in new)
     counts = [f"{len(x)} {name}" for x, name in ((regs, "regressed"), (broken, "broken"), (imps, "improved"),
                                                   (same, "unchanged"), (new, "new"), (missing, "missing")) if x]
+    counts = [c + (f" ({new_bad} not ok)" if c.endswith(" new") and new_bad else "") for c in counts]
     lines = [f"## attnbench gate: {'PASS' if result.passed else 'FAIL'} ({', '.join(counts) or 'no cells'})", ""]
     lines += [f"> **Warning:** {w}" for w in result.warnings] + ([""] if result.warnings else [])
     where = f"`{result.baseline_path}`" if result.baseline_path else "(in memory)"

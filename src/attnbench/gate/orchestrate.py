@@ -90,6 +90,7 @@ def run_gate(opts: GateOptions, measurer: Measurer, *, date: str | None = None) 
     from ..measure.timing import TimingPolicy
 
     path = Path(opts.baseline)
+    check_options(opts)
     exists = path.exists()
     if not exists and not opts.update:
         raise UserError(f"no baseline at {path}; create one with --update")
@@ -116,9 +117,11 @@ def run_gate(opts: GateOptions, measurer: Measurer, *, date: str | None = None) 
                             "different quantities cannot be compared")
     timer = base.timer if base is not None else (opts.timer or "auto")
     policy = opts.policy or (base.timing_policy() if base is not None else TimingPolicy())
+    _check_policy(policy, "--samples/--min-samples" if opts.policy else f"the timing policy of {path}")
     cells = _plan(opts, base)
-    if opts.repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {opts.repeats}")
+    if opts.accept:  # before measuring: a misspelt cell must not cost a whole gate run first
+        for k in opts.accept:
+            resolve_cell(k, sorted({c.key for c in cells} | set(base.cells)))
     ceilings = measurer.ceilings(sorted({c.workload.dtype for c in cells}))
     current = _one_environment(measurer.measure(cells, timer, policy, "gate"))
     extra: list[Measurement] = []  # more rounds for the cells whose baseline is (re)written
@@ -128,6 +131,9 @@ def run_gate(opts: GateOptions, measurer: Measurer, *, date: str | None = None) 
     modes = {m.timer for m in current if m.ok}
     if base is not None and modes - {base.timer}:
         raise UserError(f"{path} was measured with the {base.timer!r} timer; this run used {', '.join(sorted(modes))}")
+    if base is None and len(modes) > 1:
+        raise UserError(f"the cells were timed with different timers ({', '.join(sorted(modes))}); a baseline keeps "
+                        "one, so that every cell is compared with the same quantity: give --timer")
     if base is None and not modes:
         first = next((f"{Cell.of(m).key}: {m.status} {m.reason}" for m in current), "no cells")
         raise UserError(f"no cell measured ok, so no baseline was written ({first})")
@@ -150,7 +156,7 @@ def run_gate(opts: GateOptions, measurer: Measurer, *, date: str | None = None) 
     result.baseline_path, result.created = str(path), creating
     if ceilings and base.ceilings and not creating:
         result.notes.append(_ceiling_drift(base.ceilings, ceilings))
-    new, commit = base, fp.get("git_commit")
+    new, commit = base, repo_commit(path)
     if not creating and opts.repeats > 1 and (opts.update or opts.accept):
         now_ok = {Cell.of(m).key: Cell.of(m) for m in current if m.ok}
         moving = [r.key for r in result.cells if opts.update and r.verdict in (NEW, IMPROVEMENT)]
@@ -168,6 +174,49 @@ def run_gate(opts: GateOptions, measurer: Measurer, *, date: str | None = None) 
         new.save(path)
         result.notes.append(f"wrote {path}")
     return result
+
+
+def repo_commit(path: str | Path) -> str | None:
+    """Short commit (git HEAD) of the repository that holds the baseline file, for its history: the change an
+    entry belongs to. (The fingerprint's git_commit is attnbench's own checkout, None when it is installed.)
+    None outside a git repository or without git; never raises."""
+    import re
+    import subprocess
+
+    here = Path(path).resolve().parent
+    while not here.is_dir():  # a new baseline's folder may not exist yet
+        here = here.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{4,40}", commit) else None
+
+
+def check_options(opts: GateOptions) -> None:
+    """The options' own errors (UserError), found before anything is measured."""
+    if not 0 <= opts.threshold < 1:
+        raise UserError(f"--threshold must be a fraction in [0, 1), e.g. 0.03 for 3%, got {opts.threshold!r}")
+    if not 0 < opts.alpha < 1:
+        raise UserError(f"--alpha must be in (0, 1), got {opts.alpha!r}")
+    if opts.confirm < 0:
+        raise UserError(f"--confirm must be >= 0, got {opts.confirm!r}")
+    if opts.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {opts.repeats}")
+
+
+def _check_policy(policy: Any, which: str) -> None:
+    """A timing policy whose measurements can end with fewer batches than a verdict needs is refused: a cell
+    that slows down into the time limit would then get no verdict, and the gate would pass it."""
+    from ..analysis.rounds import MIN_ROUNDS
+
+    least = min(policy.min_samples, policy.min_batches)
+    if least < MIN_ROUNDS:
+        raise UserError(f"{which}: a measurement can stop after {least} samples or batches, and the "
+                        f"gate tests batches and needs at least {MIN_ROUNDS} per measurement (use --samples and "
+                        f"--min-samples of at least {MIN_ROUNDS}; the default takes 100 samples in 10 batches)")
 
 
 def _one_environment(ms: list[Measurement], also: list[Measurement] = ()) -> list[Measurement]:
@@ -259,6 +308,15 @@ class RunnerMeasurer:
         from ..execute.sweep import run_sweep
         from ..measure.runner import RunConfig
 
+        if timer == "auto":  # one mode for every cell: auto would pick graph for some and cold for others
+            timer = "cold" if self.device.startswith("cuda") else "host"
+        out: list[Measurement] = []
+        gone = self._unresolved({c.impl for c in cells})
+        for c in cells:  # a baseline's impl that is gone is reported on its cells; the other cells still run
+            if c.impl in gone:
+                out.append(Measurement(workload=c.workload, impl=c.impl, params=dict(c.params), device=self.device,
+                                       timer=timer, **gone[c.impl]))
+        cells = [c for c in cells if c.impl not in gone]
         # One run per set of workloads shared by some (impl, params): exactly the cells asked for.
         groups: dict[tuple[str, ...], dict[str, Any]] = {}
         for c in cells:
@@ -269,7 +327,6 @@ class RunnerMeasurer:
             sets = g["params"].setdefault(c.impl, [])
             if c.params not in sets:
                 sets.append(c.params)
-        out: list[Measurement] = []
         for g in groups.values():
             config = RunConfig(workloads=g["workloads"], impls=list(g["params"]), device=self.device, timer=timer,
                                policy=policy, name=name, params=g["params"])
@@ -277,6 +334,23 @@ class RunnerMeasurer:
                                progress=self.progress)
             self.run_ids.append(run_id)
             out += self.store.measurements(run_id)
+        return out
+
+    @staticmethod
+    def _unresolved(names: set[str]) -> dict[str, dict[str, str]]:
+        """{impl: status and reason} for the names that no longer resolve: a registered name that is gone
+        (renamed or removed: unsupported, so its cells are missing) or a plugin that no longer imports (error:
+        its cells are broken). The runner would stop the whole gate on either."""
+        from ..impls import resolve
+
+        out = {}
+        for name in sorted(names):
+            try:
+                resolve(name)
+            except UserError as exc:
+                out[name] = ({"status": "error", "reason": str(exc)} if ":" in name else
+                             {"status": "unsupported", "reason": f"no impl is registered as {name!r} now (renamed "
+                                                                 "or removed)"})
         return out
 
     def record(self, result: GateResult) -> None:
