@@ -114,11 +114,24 @@ def test_broken_new_missing_and_unsupported():
     now = [meas(wl(0), status="error"), meas(wl(1), status="unsupported"), meas(wl(3), seed=3), meas(wl(5), seed=5)]
     res = g.check(base, now)
     v = {c.key.split("|")[0].split("_")[3]: c.verdict for c in res.cells}
-    assert v == {"sq128": "broken", "sq256": "missing", "sq384": "missing", "sq512": "unchanged", "sq768": "new"}
-    assert res.exit_code == 1 and [c.status for c in res.failures] == ["error"]
+    assert v == {"sq128": "broken", "sq256": "broken", "sq384": "missing", "sq512": "unchanged", "sq768": "new"}
+    assert res.exit_code == 1 and [c.status for c in res.failures] == ["error", "unsupported"]
     md = res.markdown()
     assert "### Broken" in md and "error now (ok in the baseline): boom" in md and "Missing cells" in md
-    assert g.check(base, now[1:]).passed  # unsupported / missing / new are reported, not failures
+    assert g.check(base, now[2:]).passed  # missing / new are reported, not failures
+
+
+def test_a_cell_its_impl_now_declines_fails_and_one_of_an_impl_gone_is_missing():
+    """In the baseline's environment, a cell that was ok and whose impl now declines it changed with the code
+    (a PR that broke supports() for causal masks sent every causal shape to a slower path): it fails as broken.
+    It passed as 'missing' before. An impl no longer registered (renamed or removed) stays missing."""
+    base = baseline_of([meas(wl(0)), meas(wl(1))])
+    declined = dataclasses.replace(meas(wl(0), status="unsupported"), reason="head_dim 80 is not supported")
+    gone = dataclasses.replace(meas(wl(1), status="unsupported"), reason=g.IMPL_GONE.format(name="sdpa-auto"))
+    res = g.check(base, [declined, gone])
+    v = {c.key.split("|")[0].split("_")[3]: c.verdict for c in res.cells}
+    assert v == {"sq128": "broken", "sq256": "missing"}
+    assert not res.passed and "unsupported now (ok in the baseline): head_dim 80" in res.markdown()
 
 
 def test_improvement_is_symmetric():

@@ -7,8 +7,10 @@ batches of each of its pooled measurements); the p-values of all compared cells 
 together. It is a REGRESSION when p_holm < alpha, the CI's lower bound > 1 and the ratio > 1 +
 threshold; an IMPROVEMENT symmetrically; otherwise unchanged (also when a side has fewer than
 rounds.MIN_ROUNDS batches: too few for a verdict; a note lists such cells). A kernel that now errors, is
-incorrect or runs out of memory is BROKEN: a failure like a regression. Cells on one side only are NEW or MISSING
-(reported, never failures; a cell that became unsupported counts as missing).
+incorrect or runs out of memory is BROKEN: a failure like a regression, and so is one its impl now declines
+(unsupported: in the same environment only the code changed, and a kernel that stopped taking a shape sends it to
+a slower path). Cells on one side only are NEW or MISSING (reported, never failures), as are the cells of an impl
+no longer registered (renamed or removed: IMPL_GONE).
 
 The threshold of a cell is the baseline file's override for the cell, workload or impl (the most
 specific one), else --threshold, and never below the cell's noise floor: the spread of the baseline's
@@ -36,7 +38,8 @@ from .baseline import Baseline, Cell
 REGRESSION, IMPROVEMENT, UNCHANGED = "regression", "improvement", "unchanged"
 BROKEN, NEW, MISSING = "broken", "new", "missing"
 FAILING = (REGRESSION, BROKEN)
-BROKEN_STATUSES = ("error", "incorrect", "oom")
+BROKEN_STATUSES = ("error", "incorrect", "oom", "unsupported")
+IMPL_GONE = "no impl is registered as {name!r} now (renamed or removed)"   # an unsupported cell that is missing
 
 Remeasure = Callable[[list[Cell]], list[Measurement]]
 
@@ -170,7 +173,8 @@ def _compare(baseline: Baseline, current: Mapping[str, Measurement], keys: Seque
         elif m is None:
             r.verdict, r.reason = MISSING, "not measured in this run"
         elif not m.ok:
-            r.verdict = BROKEN if m.status in BROKEN_STATUSES else MISSING
+            gone = m.status == "unsupported" and m.reason.startswith(IMPL_GONE.split("{")[0])
+            r.verdict = BROKEN if m.status in BROKEN_STATUSES and not gone else MISSING
             r.reason = f"{m.status} now (ok in the baseline): {m.reason}".rstrip(": ")
         else:
             r.norm_factor, r.norm_basis = normalization(cell, baseline.ceilings, now_ceilings)

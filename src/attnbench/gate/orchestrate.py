@@ -12,7 +12,7 @@ from typing import Any, Mapping, Protocol
 from ..errors import UserError
 from ..store import Measurement
 from .baseline import Baseline, Cell, accept, impl_label, ratchet, resolve_cell
-from .decision import IMPROVEMENT, NEW, GateResult, check, environment_mismatch
+from .decision import IMPL_GONE, IMPROVEMENT, NEW, GateResult, check, environment_mismatch
 
 
 class Measurer(Protocol):
@@ -349,8 +349,7 @@ class RunnerMeasurer:
                 resolve(name)
             except UserError as exc:
                 out[name] = ({"status": "error", "reason": str(exc)} if ":" in name else
-                             {"status": "unsupported", "reason": f"no impl is registered as {name!r} now (renamed "
-                                                                 "or removed)"})
+                             {"status": "unsupported", "reason": IMPL_GONE.format(name=name)})
         return out
 
     def record(self, result: GateResult) -> None:
