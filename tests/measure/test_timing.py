@@ -114,6 +114,21 @@ def test_fixed_counts_are_spread_over_min_batches():
         TimingPolicy(min_batches=0)
 
 
+def test_min_batches_hold_when_a_limit_binds_first():
+    """The sample and time limits leave room for the batches still owed: a sub-microsecond call whose
+    shortest batch (MIN_BATCH_MS) is thousands of samples stopped after 3 batches of 4000 at --max-samples
+    10000, and a short --max-time-ms after 8 batches, too few for a CI or a verdict over batches."""
+    fast = FakeTimer(median_ms=0.0005, spread=0.01, seed=1)
+    r = measure(fast, noop, TimingPolicy(**{**ADAPTIVE, "warmup_ms": 25.0, "max_samples": 10_000}))
+    assert len(r.samples_ms) <= 10_000 and r.batches >= MIN_BATCHES
+    for seed in range(5):
+        noisy = FakeTimer(median_ms=1.0, spread=0.2, seed=seed)
+        policy = TimingPolicy(**{**ADAPTIVE, "warmup_ms": 5.0, "max_time_ms": 50.0, "target_precision": 0.001})
+        r = measure(noisy, noop, policy)
+        assert r.stop_reason == "time-limit" and r.batches >= MIN_BATCHES, r.batch_sizes
+        assert r.sampling_ms < 50.0 + 10 * 1.0 * 2  # and the limit still holds (a few calls past it)
+
+
 def test_bursty_noise_needs_more_batches_to_converge_not_larger_ones():
     """Batches moved by 3% as a whole, samples within a batch 0.5% apart: the sample-level half-width is
     under 1% after ten batches, the batch-aware one is not; sampling goes on with batches no larger than

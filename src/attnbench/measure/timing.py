@@ -174,6 +174,8 @@ class _Sampler:
             else:
                 need = max(6 - n, n)
             b = max(floor, min(max(math.ceil(need / spread), lo), cap, hi_time))
+        if self.batches < p.min_batches:  # leave room under both limits for the batches still owed
+            b = min(b, max(1, left // spread), max(1, hi_time // spread))
         return max(1, min(left, b, int(self.max_batch_ms / per)))
 
     def step(self) -> bool:
