@@ -7,7 +7,7 @@ from attnbench.measure.runner import RunConfig, measure_cell, run
 from attnbench.impls import Alias, resolve
 from attnbench.spec import Workload
 from attnbench.store import Store
-from attnbench.measure.timing import FakeTimer, TimingPolicy
+from attnbench.measure.timing import FakeTimer, Sample, TimingPolicy
 
 W1 = Workload(batch=1, q_heads=2, kv_heads=2, q_len=64, kv_len=64, head_dim=16, dtype="fp32")
 W2 = W1.replace(causal=True)
@@ -287,3 +287,26 @@ def test_a_cpu_cell_larger_than_the_available_memory_is_not_attempted(tmp_path, 
         first, second = store.measurements(rid)
     assert first.status == "oom" and "not attempted" in first.reason and "1.2 GiB" in first.reason, first.reason
     assert second.status == "ok"
+
+
+class _BadSamples(FakeTimer):
+    """A FakeTimer whose every batch holds one of `values` in place of its first sample."""
+
+    def __init__(self, value, **kw):
+        super().__init__(**kw)
+        self.value = value
+
+    def run(self, fn, n):
+        out = super().run(fn, n)
+        return [Sample(self.value, s.host_ms, s.clock_mhz) if i == 0 else s for i, s in enumerate(out)]
+
+
+@pytest.mark.parametrize("value, kind", [(float("inf"), "inf"), (float("nan"), "NaN"), (0.0, "zero"),
+                                         (-0.002, "negative")])
+def test_invalid_samples_make_the_cell_an_error_that_says_which(value, kind):
+    """An infinite reading passed as a time (the check was x == x and x > 0), and its median was stored."""
+    policy = TimingPolicy(warmup_ms=0.0, min_samples=10, max_samples=20)
+    m = measure_cell(resolve("sdpa-math"), W1, "cpu", _BadSamples(value), policy)
+    assert m.status == "error" and m.samples_ms == ()
+    assert m.reason == f"timer returned 10 invalid samples of 20 (10 {kind})"
+    assert m.compile_ms is not None and m.compile_ms > 0

@@ -224,6 +224,25 @@ def test_fake_clocks_slow_samples_and_discarding_restores_the_median():
     assert r.samples_ms == kept.samples_ms[:30] + dropped["samples_ms"] + kept.samples_ms[30:]  # nothing lost
 
 
+def test_discarding_throttled_samples_restates_the_batch_aware_precision_of_what_is_kept():
+    t = FakeTimer(median_ms=1.0, spread=0.02, seed=3, clocks=_throttled_clocks)
+    r = measure(t, noop, TimingPolicy(warmup_ms=0.0, min_samples=60, max_samples=60))
+    kept, dropped = split_throttled(r, 1755.0)
+    assert kept.batch_sizes == [6, 6, 6, 6, 6, 0, 2, 6, 6, 6] and len(dropped["indices"]) == 10
+    assert kept.precision == pytest.approx(batch_precision(kept.samples_ms, kept.batch_sizes))
+    assert kept.precision > relative_halfwidth(kept.samples_ms)  # not the sample-level one
+    from attnbench.impls import resolve
+    from attnbench.measure.runner import ClockTrack, measure_cell
+    from attnbench.spec import Workload
+
+    w = Workload(batch=1, q_heads=2, kv_heads=2, q_len=32, kv_len=32, head_dim=16, dtype="fp32")
+    t = FakeTimer(median_ms=1.0, spread=0.02, seed=3, clocks=_throttled_clocks)
+    m = measure_cell(resolve("sdpa-math"), w, "cpu", t, TimingPolicy(warmup_ms=0.0, min_samples=60, max_samples=60),
+                     clocks=ClockTrack(), discard_throttled=True)
+    assert len(m.samples_ms) == 50  # the stored precision is that of the stored samples, not of all 60
+    assert m.extra["precision"] == pytest.approx(batch_precision(m.samples_ms, m.batch_sizes))
+
+
 def test_split_throttled_never_empties_a_measurement():
     r = TimingResult(mode="fake", samples_ms=[1.0, 1.1], clocks_mhz=[1000.0, 1000.0])
     kept, info = split_throttled(r, 1755.0)

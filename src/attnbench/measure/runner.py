@@ -6,8 +6,8 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
-import itertools
 import json
+import math
 import random
 import sys
 import time
@@ -194,30 +194,46 @@ def _failed(base: dict[str, Any], stage: str, exc: BaseException, device: str, *
     return Measurement(status="error", reason=f"{stage}: {_one_line(exc)}", **kw, **base)
 
 
+def invalid_samples(xs) -> str:
+    """'' when every sample is a finite time above zero, else what is wrong, e.g. '2 invalid samples of 50 (1 NaN,
+    1 inf)': an infinite or NaN reading, a zero (under the timer's resolution) or a negative one (a clock
+    that went backwards) is not a time, and a median over it would be reported as one."""
+    kinds = {"NaN": 0, "inf": 0, "zero": 0, "negative": 0}
+    for x in xs:
+        kind = ("NaN" if x != x else "inf" if math.isinf(x) else "zero" if x == 0 else "negative" if x < 0
+                else None)
+        if kind:
+            kinds[kind] += 1
+    n = sum(kinds.values())
+    if not n:
+        return ""
+    what = ", ".join(f"{c} {k}" for k, c in kinds.items() if c)
+    return f"{n} invalid sample{'s' if n > 1 else ''} of {len(xs)} ({what})"
+
+
 def finish_cell(p: Prepared, timing: TimingResult, clocks: ClockTrack | None = None,
                 discard_throttled: bool = False) -> Measurement:
     """A prepared cell and its timing -> the ok Measurement; throttling is flagged (and, on request,
     throttled samples are moved to extra['discarded_throttled'], never dropped silently)."""
-    bad = [x for x in timing.samples_ms if not (x == x and x > 0)]
+    bad = invalid_samples(timing.samples_ms)
     if bad:
-        return Measurement(status="error", reason=f"timer returned {len(bad)} invalid samples", **p.base)
+        return Measurement(status="error", reason=f"timer returned {bad}", compile_ms=p.compile_ms, **p.base)
     extra = dict(p.extra, warmup_calls=timing.warmup_calls, sampling_ms=round(timing.sampling_ms, 3))
-    if timing.precision is not None and timing.precision == timing.precision and timing.precision != float("inf"):
-        extra["precision"] = timing.precision
     if timing.info:
         extra["timing"] = timing.info
     typical = clocks.typical(timing.clocks_mhz) if clocks is not None else None
     if clocks is not None:
         clocks.add(timing.clocks_mhz)
-    sizes = list(timing.batch_sizes)
     if typical:
         extra["typical_mhz"] = typical
         if throttled(timing.clocks_mhz, typical):
             extra["throttled"] = True
-            if discard_throttled:
+            if discard_throttled:  # the kept samples' batch sizes and precision come with them
                 timing, dropped = split_throttled(timing, typical)
                 extra["discarded_throttled"] = dropped
-                sizes = _without(sizes, dropped.get("indices", []))
+    if timing.precision is not None and math.isfinite(timing.precision):
+        extra["precision"] = timing.precision
+    sizes = list(timing.batch_sizes)
     return Measurement(
         status="ok", samples_ms=tuple(timing.samples_ms), host_ms=tuple(timing.host_ms),
         clocks_mhz=tuple(timing.clocks_mhz), batch_sizes=tuple(sizes) if sum(sizes) == len(timing.samples_ms)
@@ -240,18 +256,6 @@ def choose_timer(auto: AutoTimer, cells: list[Prepared], mode: str | None = None
             p.extra.setdefault("timer_choice", {}).update(chose=mode, fallback=why)
         auto.release(p.call, mode)
     return auto.timer(mode)
-
-
-def _without(sizes: list[int], dropped: list[int]) -> list[int]:
-    """Batch sizes after the samples at `dropped` (indices into the samples) were set aside; a batch may
-    become empty and is kept as 0, so batch k stays round k of an interleaved measurement."""
-    import bisect
-
-    ends = list(itertools.accumulate(sizes))
-    out = list(sizes)
-    for i in dropped:
-        out[bisect.bisect_right(ends, i)] -= 1
-    return out
 
 
 def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer | AutoTimer, policy: TimingPolicy,
