@@ -310,3 +310,62 @@ def test_invalid_samples_make_the_cell_an_error_that_says_which(value, kind):
     assert m.status == "error" and m.samples_ms == ()
     assert m.reason == f"timer returned 10 invalid samples of 20 (10 {kind})"
     assert m.compile_ms is not None and m.compile_ms > 0
+
+
+class _CtrlC(FakeTimer):
+    """A FakeTimer that raises KeyboardInterrupt at its `at`-th run() call (1-based), mid-batch."""
+
+    def __init__(self, at: int, **kw):
+        super().__init__(**kw)
+        self.at = at
+
+    def run(self, fn, n):
+        if len(self.log) + 1 == self.at:
+            self.log.append((fn, n, self._now))
+            raise KeyboardInterrupt
+        return super().run(fn, n)
+
+
+def test_an_interruption_mid_measurement_keeps_its_completed_batches_and_resume_retakes_the_cell(tmp_path):
+    """Ctrl-C during a cell's sampling lost every sample of that cell; now its completed batches are stored
+    with stop reason 'interrupted', and --resume measures that cell again (in place of the partial one)."""
+    from attnbench.measure.timing import Interrupted, measure
+
+    policy = TimingPolicy(warmup_ms=0.5, min_samples=10, max_samples=50)  # one warm-up call; 10 batches of 5
+    with pytest.raises(Interrupted) as info:
+        measure(_CtrlC(at=6), lambda: None, policy)  # run() 1: the first call, 2: warm-up, 3-5: three batches
+    r = info.value.results[""]
+    assert r.stop_reason == "interrupted" and r.batch_sizes == [5, 5, 5] and len(r.samples_ms) == 15
+
+    config = RunConfig(workloads=[W1], impls=["sdpa-math", "reference"], device="cpu", policy=policy)
+    with Store(tmp_path / "r.db") as store:
+        with pytest.raises(KeyboardInterrupt):
+            # cell 1: first call, warm-up, 10 batches = 12 run() calls; cell 2: the same to 3 batches, then Ctrl-C
+            run(config, store, timer=_CtrlC(at=12 + 6), progress=False)
+        info = store.run()
+        assert info.status == "interrupted"
+        first, cut = store.measurements(info.run_id)
+        assert first.stop_reason == "fixed" and len(first.samples_ms) == 50
+        assert cut.status == "ok" and cut.stop_reason == "interrupted" and cut.batch_sizes == (5, 5, 5)
+        again = []
+        other = FakeTimer(seed=1)
+        other.mode = "fake-b"  # as --timer auto may pick another mode the second time: the partial row goes
+        rid = run(config, store, timer=other, resume=True, progress=False,
+                  on_measurement=lambda m: again.append(m.impl))
+        assert rid == info.run_id and again == ["reference"] and store.run(rid).status == "complete"
+        final = store.measurements(rid)
+        assert [m.stop_reason for m in final] == ["fixed", "fixed"] and final[0].samples_ms == first.samples_ms
+        assert final[1].timer == "fake-b"
+
+
+def test_an_interleaved_interruption_keeps_every_cells_completed_rounds(tmp_path):
+    policy = TimingPolicy(warmup_ms=0.5, min_samples=10, max_samples=50)
+    config = RunConfig(workloads=[W1], impls=["sdpa-math", "reference"], device="cpu", policy=policy,
+                       interleave=True)
+    with Store(tmp_path / "r.db") as store:
+        with pytest.raises(KeyboardInterrupt):  # two first calls, two warm-ups, four rounds, then Ctrl-C
+            run(config, store, timer=_CtrlC(at=4 + 2 * 4 + 1), progress=False)
+        ms = store.measurements(store.run().run_id)
+        assert [m.stop_reason for m in ms] == ["interrupted", "interrupted"]
+        assert sorted(len(m.batch_sizes) for m in ms) == [4, 4]
+        assert all(m.extra["timing"]["interleaved"]["rounds"] >= 4 for m in ms)

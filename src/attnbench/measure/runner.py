@@ -24,8 +24,8 @@ from . import repeats
 from .correctness import check
 from .cuda_timers import GraphCaptureError
 from .timers import AutoTimer
-from .timing import (Timer, TimingPolicy, TimingResult, make_timer, measure, measure_interleaved, split_throttled,
-                     throttled)
+from .timing import (Interrupted, Timer, TimingPolicy, TimingResult, make_timer, measure, measure_interleaved,
+                     split_throttled, throttled)
 
 
 @dataclass
@@ -277,6 +277,9 @@ def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer | Aut
                     raise
                 chosen = choose_timer(timer, [p], "cold", f"graph capture failed: {_one_line(exc)}")
                 timing = measure(chosen, p.call, policy)
+    except Interrupted as exc:  # the completed batches become the cell, stop reason 'interrupted'
+        exc.measurements = [finish_cell(p, r, clocks, discard_throttled) for r in exc.results.values()]
+        raise
     except Exception as exc:
         return _failed(p.base, "timing", exc, device, compile_ms=p.compile_ms)
     return finish_cell(p, timing, clocks, discard_throttled)
@@ -302,6 +305,10 @@ def measure_together(cells: list[Prepared], device: str, timer: Timer | AutoTime
                 errors.clear()
                 chosen = choose_timer(timer, cells, "cold", f"graph capture failed: {_one_line(failed)}")
                 results = measure_interleaved(chosen, calls, policy, seed, errors)
+    except Interrupted as exc:
+        exc.measurements = [finish_cell(p, exc.results[k], clocks, discard_throttled)
+                            for k, p in zip(keys, cells) if k in exc.results]
+        raise
     except Exception as exc:
         return [_failed(p.base, "timing", exc, device, compile_ms=p.compile_ms) for p in cells]
     return [_failed(p.base, "timing", errors[k], device, compile_ms=p.compile_ms) if k in errors
@@ -421,7 +428,8 @@ def run(config: RunConfig, store: Store, *, timer: Timer | AutoTimer | None = No
     and interleaving order; a cell's repeats are merged into its one measurement (measure.repeats), which
     is stored again after each pass. A cell that is not ok is not measured again.
     With resume, the newest unfinished run of the same configuration continues, skipping stored cells
-    (and, with repeats, the repeats they already hold).
+    (and, with repeats, the repeats they already hold); a cell an interruption cut short (stored with its
+    completed batches, stop reason 'interrupted') is measured again.
     `--timer auto` (the default) on a GPU picks graph or cold per cell (AutoTimer); on a CPU it is host.
     """
     device = resolve_device(config.device)
@@ -440,11 +448,14 @@ def run(config: RunConfig, store: Store, *, timer: Timer | AutoTimer | None = No
     chash = config.hash()
     run_id = None
     stored: dict[tuple[str, str, str], Measurement] = {}
+    partial: dict[tuple[str, str, str], Measurement] = {}  # cells an interruption cut short: measured again
     if resume:
         previous = store.resumable_run(chash)
         if previous is not None:
             run_id = previous.run_id
             stored = {m.cell: m for m in store.measurements(run_id)}
+            partial = {c: m for c, m in stored.items() if m.stop_reason == "interrupted"}
+            stored = {c: m for c, m in stored.items() if c not in partial}
             store.reopen_run(run_id)
     if run_id is None:
         cfg = config.to_dict()
@@ -468,6 +479,9 @@ def run(config: RunConfig, store: Store, *, timer: Timer | AutoTimer | None = No
             m = repeats.merge(stored.get(m.cell), m, rep, config.seed + rep)
         m = annotate(m, ceilings)
         stored[m.cell] = m
+        cut = partial.pop(m.cell, None)
+        if cut is not None and cut.timer != m.timer:  # same timer: replaced in place by add
+            store.remove(run_id, cut)
         store.add(run_id, m)
         if on_measurement:
             on_measurement(m)
@@ -504,8 +518,16 @@ def run(config: RunConfig, store: Store, *, timer: Timer | AutoTimer | None = No
                     emit(m, rep)
                 if config.interleave:
                     _free(device)  # the group's shared inputs are released only here
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         bar.close()
+        # The completed batches of the cells in progress, stop reason 'interrupted' (--resume measures them
+        # again). A later pass of --repeats is not kept: the cell's earlier passes are, and resume retakes it.
+        for m in getattr(exc, "measurements", ()) if total == 1 else ():
+            m = annotate(m, ceilings)
+            cut = partial.pop(m.cell, None)
+            if cut is not None and cut.timer != m.timer:
+                store.remove(run_id, cut)
+            store.add(run_id, m)
         store.finish_run(run_id, "interrupted")
         raise
     bar.close()

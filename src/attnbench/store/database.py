@@ -270,6 +270,14 @@ class Store:
                  m.warmup_ms, m.rel_err, m.tolerance, m.backend, m.peak_mem_mb,
                  json.dumps(m.extra, default=str), time.time()))
 
+    @_guarded
+    def remove(self, run_id: int, m: Measurement) -> None:
+        """Delete the stored measurement of m's cell and timer (a resumed run replacing an interrupted cell's
+        partial measurement by one taken with another timer mode)."""
+        with self.db:
+            self.db.execute("DELETE FROM measurements WHERE run_id=? AND workload_key=? AND impl=? AND params=? "
+                            "AND timer=?", (run_id, m.workload.key, m.impl, params_key(m.params), m.timer))
+
     @staticmethod
     def _measurement(row: sqlite3.Row) -> Measurement:
         return Measurement(
