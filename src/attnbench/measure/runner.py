@@ -24,8 +24,8 @@ from . import repeats
 from .correctness import check
 from .cuda_timers import GraphCaptureError
 from .timers import AutoTimer
-from .timing import (Interrupted, Timer, TimingPolicy, TimingResult, make_timer, measure, measure_interleaved,
-                     split_throttled, throttled)
+from .timing import (Timer, TimingPolicy, TimingResult, make_timer, measure, measure_interleaved, split_throttled,
+                     throttled)
 
 
 @dataclass
@@ -277,8 +277,9 @@ def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer | Aut
                     raise
                 chosen = choose_timer(timer, [p], "cold", f"graph capture failed: {_one_line(exc)}")
                 timing = measure(chosen, p.call, policy)
-    except Interrupted as exc:  # the completed batches become the cell, stop reason 'interrupted'
-        exc.measurements = [finish_cell(p, r, clocks, discard_throttled) for r in exc.results.values()]
+    except KeyboardInterrupt as exc:  # the completed batches become the cell, stop reason 'interrupted'
+        exc.measurements = [finish_cell(p, r, clocks, discard_throttled)
+                            for r in getattr(exc, "timings", {}).values()]
         raise
     except Exception as exc:
         return _failed(p.base, "timing", exc, device, compile_ms=p.compile_ms)
@@ -305,9 +306,10 @@ def measure_together(cells: list[Prepared], device: str, timer: Timer | AutoTime
                 errors.clear()
                 chosen = choose_timer(timer, cells, "cold", f"graph capture failed: {_one_line(failed)}")
                 results = measure_interleaved(chosen, calls, policy, seed, errors)
-    except Interrupted as exc:
-        exc.measurements = [finish_cell(p, exc.results[k], clocks, discard_throttled)
-                            for k, p in zip(keys, cells) if k in exc.results]
+    except KeyboardInterrupt as exc:
+        timings = getattr(exc, "timings", {})
+        exc.measurements = [finish_cell(p, timings[k], clocks, discard_throttled) for k, p in zip(keys, cells)
+                            if k in timings]
         raise
     except Exception as exc:
         return [_failed(p.base, "timing", exc, device, compile_ms=p.compile_ms) for p in cells]

@@ -13,7 +13,8 @@ of samples until the policy stops, with the stop reason recorded:
 - `sample-limit` / `time-limit`: `max_samples` reached, or `max_time_ms` of sampling spent (the time
   limit applies only once `min_samples` are in: a few samples are the least a median needs);
 - `fixed`: no target; exactly `max_samples` (unless the time limit came first).
-- `interrupted`: Ctrl-C during sampling; `Interrupted` carries the completed batches (the runner stores them).
+- `interrupted`: Ctrl-C during sampling; the KeyboardInterrupt carries the completed batches as `timings`
+  (the runner stores them).
 
 Batches are the unit of evidence downstream (a run's CI resamples them; compare pairs interleaved
 cells round by round), so every measurement is spread over at least `min_batches` (MIN_BATCHES = 10
@@ -237,19 +238,11 @@ class _Sampler:
             sampling_ms=self.elapsed, batches=self.batches, batch_sizes=list(self.sizes), info=info)
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C (or SIGTERM) during sampling, with what was measured: `results` maps each callable's name ('' for
-    `measure`) to a TimingResult of its completed batches, stop reason 'interrupted' (the batch in progress
-    is lost; a callable with no completed batch is left out). A KeyboardInterrupt, so callers that only stop
-    on it still do; the runner stores these, so an interruption keeps what was measured."""
-
-    def __init__(self, results: dict[str, TimingResult]):
-        super().__init__()
-        self.results = results
-        self.measurements: list[Any] = []  # set by the runner: the cells these results became
-
-
 def _interrupted(samplers: Mapping[str, "_Sampler"]) -> dict[str, TimingResult]:
+    """Ctrl-C (or SIGTERM: cli.Terminated) during sampling: each callable's completed batches, stop reason
+    'interrupted', by name ('' for `measure`); a callable with no completed batch is left out, and the batch in
+    progress is lost. The KeyboardInterrupt is re-raised as it was (its type tells Ctrl-C from SIGTERM), with
+    these as its `timings` attribute; the runner stores them, so an interruption keeps what was measured."""
     out = {}
     for name, s in samplers.items():
         if s.samples:
@@ -273,9 +266,9 @@ def measure(timer: Timer, fn: Callable[[], object], policy: TimingPolicy = Timin
             while not s.step():
                 pass
         except KeyboardInterrupt as exc:
-            if isinstance(exc, Interrupted) or not s.samples:
-                raise
-            raise Interrupted(_interrupted({"": s})) from exc
+            if s.samples and not hasattr(exc, "timings"):
+                exc.timings = _interrupted({"": s})
+            raise
         return s.result()
     finally:
         _release(timer, fn)
@@ -327,16 +320,15 @@ def measure_interleaved(timer: Timer, calls: Mapping[str, Callable[[], object]],
                         guarded(name, samplers[name].step)
                 active = [n for n in active if n in samplers and not samplers[n].reason]
         except KeyboardInterrupt as exc:
-            if isinstance(exc, Interrupted):
-                raise
-            # a callable that had already stopped keeps its own stop reason
-            done = {n: s.result() for n, s in samplers.items() if s.reason}
-            partial = {**_interrupted({n: s for n, s in samplers.items() if not s.reason}), **done}
-            if not partial:
-                raise
-            for name, r in partial.items():
-                r.info["interleaved"] = {"rounds": rounds[name], "seed": seed, "of": len(calls), "session": session}
-            raise Interrupted(partial) from exc
+            if not hasattr(exc, "timings"):
+                # a callable that had already stopped keeps its own stop reason
+                done = {n: s.result() for n, s in samplers.items() if s.reason}
+                partial = {**_interrupted({n: s for n, s in samplers.items() if not s.reason}), **done}
+                for name, r in partial.items():
+                    r.info["interleaved"] = {"rounds": rounds[name], "seed": seed, "of": len(calls),
+                                             "session": session}
+                exc.timings = partial
+            raise
         out = {}
         for name, s in samplers.items():
             r = s.result()
