@@ -272,6 +272,44 @@ def test_runner_flags_and_on_request_discards_throttled_samples():
             assert m.batch_sizes == (6,) * 10
 
 
+class _Settling(FakeTimer):
+    """A FakeTimer whose call is `step` slower until virtual time `until_ms` (warm-up not over), then steady."""
+
+    def __init__(self, until_ms: float, step: float, **kw):
+        super().__init__(**kw)
+        self.until_ms, self.step = until_ms, step
+
+    def run(self, fn, n):
+        f = 1.0 + self.step if self._now < self.until_ms else 1.0
+        return [Sample(s.device_ms * f, s.host_ms, s.clock_mhz) for s in super().run(fn, n)]
+
+
+def test_a_time_that_changes_during_the_measurement_is_reported_not_averaged_silently():
+    """A call 10% slower for its first 10 ms of sampling (after a 25 ms warm-up that was too short) converged
+    to a median of the two levels with nothing said; now the cell records the shift and the report shows it."""
+    from attnbench.impls import resolve
+    from attnbench.measure.runner import measure_cell
+    from attnbench.report.tables import timing_note
+    from attnbench.spec import Workload
+
+    w = Workload(batch=1, q_heads=2, kv_heads=2, q_len=32, kv_len=32, head_dim=16, dtype="fp32")
+    policy = TimingPolicy(**{**ADAPTIVE, "warmup_ms": 25.0, "min_time_ms": 20.0})
+    flagged = 0
+    for seed in range(10):
+        m = measure_cell(resolve("sdpa-math"), w, "cpu", _Settling(35.0, 0.10, median_ms=0.05, spread=0.01,
+                                                                        seed=seed), policy)
+        assert m.status == "ok" and m.stop_reason == "converged"
+        if m.extra.get("shift"):
+            flagged += 1
+            shift = m.extra["shift"]
+            assert shift["change"] == pytest.approx(1 / 1.1 - 1, abs=0.02) and shift["p"] < 0.01
+            assert f"SHIFT {100 * shift['change']:+.2g}% after batch {shift['after_batch']}" in timing_note(m, None)
+        steady = measure_cell(resolve("sdpa-math"), w, "cpu", FakeTimer(median_ms=0.05, spread=0.01, seed=seed),
+                              policy)
+        assert "shift" not in steady.extra and "SHIFT" not in timing_note(steady, None)
+    assert flagged >= 8
+
+
 def test_report_note_shows_stop_iqr_outliers_clock_and_throttle():
     from attnbench.store import Measurement
     from attnbench.report.tables import timing_note

@@ -125,6 +125,8 @@ class ClockTrack:
 
 
 HOST_SHARE = 0.75   # of the host's available memory a CPU cell's own tensors may take
+SHIFT_P = 0.01      # a level shift within a measurement is flagged at this p (rounds.batch_shift) ...
+SHIFT_MIN = 0.03    # ... when it moves the median by at least this much (the gate's threshold)
 
 
 def host_memory_problem(workload: Workload, device: str) -> str | None:
@@ -211,6 +213,20 @@ def invalid_samples(xs) -> str:
     return f"{n} invalid sample{'s' if n > 1 else ''} of {len(xs)} ({what})"
 
 
+def level_shift(samples_ms, sizes) -> dict[str, Any]:
+    """{} or, when the time changed during the measurement (warm-up not over, a clock or power change), the
+    change (after / before - 1), its p, the batch it came after and the batches: the median of such samples
+    is of two levels, and the report says so instead of averaging them silently."""
+    from ..analysis.rounds import batch_shift
+
+    if len(samples_ms) < 6:
+        return {}
+    s = batch_shift(samples_ms, sizes)
+    if s.p >= SHIFT_P or abs(s.change) < SHIFT_MIN:
+        return {}
+    return {"change": round(s.change, 4), "p": round(s.p, 6), "after_batch": s.at, "batches": s.batches}
+
+
 def finish_cell(p: Prepared, timing: TimingResult, clocks: ClockTrack | None = None,
                 discard_throttled: bool = False) -> Measurement:
     """A prepared cell and its timing -> the ok Measurement; throttling is flagged (and, on request,
@@ -234,6 +250,9 @@ def finish_cell(p: Prepared, timing: TimingResult, clocks: ClockTrack | None = N
     if timing.precision is not None and math.isfinite(timing.precision):
         extra["precision"] = timing.precision
     sizes = list(timing.batch_sizes)
+    shift = level_shift(timing.samples_ms, sizes if sum(sizes) == len(timing.samples_ms) else None)
+    if shift:
+        extra["shift"] = shift
     return Measurement(
         status="ok", samples_ms=tuple(timing.samples_ms), host_ms=tuple(timing.host_ms),
         clocks_mhz=tuple(timing.clocks_mhz), batch_sizes=tuple(sizes) if sum(sizes) == len(timing.samples_ms)
