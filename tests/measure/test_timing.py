@@ -310,6 +310,35 @@ def test_a_time_that_changes_during_the_measurement_is_reported_not_averaged_sil
     assert flagged >= 8
 
 
+def test_warmup_by_time_keeps_a_slow_start_out_of_the_samples():
+    """A call 30% slower for its first 20 ms: a 25 ms warm-up leaves every slow call out of the samples."""
+    t = _Settling(20.0, 0.30, median_ms=0.05, spread=0.01, seed=2)
+    r = measure(t, noop, TimingPolicy(**{**ADAPTIVE, "warmup_ms": 25.0}))
+    assert r.warmup_ms >= 25.0 and max(r.samples_ms) < 1.1 * 0.05
+    t = _Settling(20.0, 0.30, median_ms=0.05, spread=0.01, seed=2)
+    r = measure(t, noop, TimingPolicy(**{**ADAPTIVE, "warmup_ms": 0.0}))
+    assert max(r.samples_ms) > 1.2 * 0.05  # without it they are sampled
+
+
+def test_the_time_limit_counts_sampling_with_its_overhead_and_waits_for_min_samples():
+    class Overhead(FakeTimer):  # 10 us of host work per sample beside a 0.5 us call
+        def run(self, fn, n):
+            out = super().run(fn, n)
+            self._now += 0.01 * n
+            return out
+
+    r = measure(Overhead(median_ms=0.0005, spread=0.3), noop,
+                TimingPolicy(**{**ADAPTIVE, "warmup_ms": 25.0, "max_time_ms": 50.0, "target_precision": 1e-4}))
+    assert r.stop_reason == "time-limit" and 50.0 <= r.sampling_ms < 50.5 and r.batches >= MIN_BATCHES
+    # a 5 s call against a 2 s limit: the limit applies once min_samples are in (docs/methods.md)
+    slow = measure(FakeTimer(median_ms=5000.0, spread=0.1), noop,
+                   TimingPolicy(**{**ADAPTIVE, "warmup_ms": 25.0, "max_time_ms": 2000.0}))
+    assert slow.stop_reason == "time-limit" and len(slow.samples_ms) == 10 and slow.warmup_calls == 1
+    one = measure(FakeTimer(median_ms=5000.0, spread=0.1), noop,
+                  TimingPolicy(**{**ADAPTIVE, "min_samples": 1, "max_time_ms": 2000.0}))
+    assert one.stop_reason == "time-limit" and len(one.samples_ms) == 1
+
+
 def test_report_note_shows_stop_iqr_outliers_clock_and_throttle():
     from attnbench.store import Measurement
     from attnbench.report.tables import timing_note
