@@ -306,7 +306,9 @@ class Store:
 
     @_guarded
     def cells(self, run_id: int) -> set[tuple[str, str, str]]:
-        rows = self.db.execute("SELECT workload_key, impl, params FROM measurements WHERE run_id=?", (run_id,))
+        """The cells a resumed run need not measure again: all stored but those an interruption cut short."""
+        rows = self.db.execute("SELECT workload_key, impl, params FROM measurements WHERE run_id=? "
+                               "AND stop_reason!='interrupted'", (run_id,))
         return {(r[0], r[1], r[2]) for r in rows}
 
     # -- small key-value cache (ceilings, tuning results) -------------------------------------
