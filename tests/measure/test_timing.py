@@ -249,6 +249,11 @@ def test_split_throttled_never_empties_a_measurement():
     assert kept.samples_ms == [1.0, 1.1] and info["all_throttled"]
     unknown = TimingResult(mode="fake", samples_ms=[1.0, 1.1], clocks_mhz=[])
     assert split_throttled(unknown, 1755.0) == (unknown, {})
+    # an NVML reading that failed for one batch leaves fewer clocks than samples: nothing is dropped, and
+    # that is said (it was an empty record, as if nothing had been throttled)
+    partial = TimingResult(mode="fake", samples_ms=[1.0, 1.1, 1.2], clocks_mhz=[1000.0, 1755.0])
+    kept, info = split_throttled(partial, 1755.0)
+    assert kept is partial and info == {"kept": 3, "typical_mhz": 1755.0, "not_per_sample": 2}
 
 
 def test_runner_flags_and_on_request_discards_throttled_samples():

@@ -110,8 +110,10 @@ def split_throttled(result: Any, typical: float | None,
     from ..analysis.rounds import batch_precision
 
     n = len(result.samples_ms)
-    if len(result.clocks_mhz) != n or n == 0:
+    if n == 0 or not result.clocks_mhz:
         return result, {}
+    if len(result.clocks_mhz) != n:  # a reading failed for some batch: which sample had which clock is unknown
+        return result, {"kept": n, "typical_mhz": typical, "not_per_sample": len(result.clocks_mhz)}
     mask = throttle_mask(result.clocks_mhz, typical, tolerance)
     k = sum(mask)
     if k == 0:
