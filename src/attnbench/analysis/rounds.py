@@ -300,8 +300,11 @@ def batch_shift(x, sizes: Sequence[int] | None, n_permutations: int = 2000, seed
 
     observed = float(stat(ranks))
     rng = np.random.default_rng(seed)
-    perms = rng.permuted(np.broadcast_to(ranks, (n_permutations, k)), axis=1)
-    p = (1.0 + float(np.sum(stat(perms) >= observed - 1e-9))) / (n_permutations + 1.0)
+    hits, step = 0, max(1, _CHUNK_ELEMS // k)  # permutations in chunks: memory stays bounded for long runs
+    for start in range(0, n_permutations, step):
+        perms = rng.permuted(np.broadcast_to(ranks, (min(step, n_permutations - start), k)), axis=1)
+        hits += int(np.sum(stat(perms) >= observed - 1e-9))
+    p = (1.0 + hits) / (n_permutations + 1.0)
     t = np.arange(1, k)
     at = int(t[np.argmax(np.abs(2.0 * np.cumsum(ranks)[:-1] - t * (k + 1.0)))])
     before, after = np.concatenate(blocks[:at]), np.concatenate(blocks[at:])
