@@ -139,7 +139,6 @@ def split_throttled(result: Any, typical: float | None,
     return kept, dropped
 
 
-
 def without(sizes: Sequence[int], dropped: Sequence[int]) -> list[int]:
     """Batch sizes after the samples at `dropped` (indices into the samples) were set aside; a batch may
     become empty and is kept as 0, so batch k stays round k of an interleaved measurement."""
