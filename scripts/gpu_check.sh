@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU-side check in one call. Usage: scripts/gpu_check.sh [section ...]
-# Sections: env, tests, run, warm, flag, correctness, executor, workloads, adapters, triton, hf, benchmarks
+# Sections: env, tests, run, shifts, warm, flag, correctness, executor, workloads, adapters, triton, hf, benchmarks
 # (= timer, ncu, tune, dispatch, gate, compare, aa), all (default). `all` takes longer than one 10-minute device
 # call: split it.
 # `adapters` installs .whl/nvidia_cudnn_frontend-*.whl when present (into /tmp, for its own commands only);
@@ -100,6 +100,19 @@ if want run; then
   say "## attnbench run --preset llm-prefill"
   step "run llm-prefill" python3 -m attnbench run --preset llm-prefill --db "$DB" -q --name llm-prefill
   python3 -m attnbench report --db "$DB" | head -n 45 >> "$SUMMARY" 2>&1
+fi
+
+if want shifts; then
+  # The measurement core on a real GPU (benchmarks/measure_audit.py): every ok row of characterize has at
+  # least 10 batches, few rows (0-2 of 70) are flagged SHIFT (the time changed within the measurement),
+  # and no row is an error for invalid samples.
+  say "## measurement audit: batches, stop reasons, level shifts (characterize)"
+  step "run characterize (audit)" python3 -m attnbench run --preset characterize --db "$DB" -q --name audit
+  audit_log=$(mktemp)   # not under $OUT: the device tool fetches few files; the lines that matter go to the summary
+  python3 benchmarks/measure_audit.py --db "$DB" > "$audit_log" 2>&1
+  cat "$audit_log" >> "$BENCH"
+  tail -n 1 "$audit_log" | tee -a "$SUMMARY"
+  grep -E "SHIFT|FEW" "$audit_log" | head -n 20 >> "$SUMMARY"
 fi
 
 if want warm; then

@@ -9,7 +9,8 @@ from tests.test_gpu_check import ROOT, dry_run
 
 # Benchmarks meant to run on the CPU too, and what each prints that shows it started and did its work (here:
 # reading the store), rather than stopping for want of a GPU.
-CPU = {"executor_parity": "no run named characterize-inproc, characterize-gpus"}
+CPU = {"executor_parity": "no run named characterize-inproc, characterize-gpus",
+       "measure_audit": "measure_audit: no runs in"}
 TIMEOUT_S = 45
 
 
@@ -68,3 +69,20 @@ def test_dispatch_overhead_compares_its_interleaved_batches_as_rounds():
     attn = [1.0 + rng.gauss(0, 0.003) + (0.1 if i // bench.PER_BATCH in (3, 7) else 0.0) for i in range(n)]
     row = bench.compare_samples(Workload(1, 1, 1, 16, 16, 64, "fp16"), attn, sdpa)
     assert row["pairing"] == "rounds" and row["verdict"] != "slower"
+
+
+def test_measure_audit_lists_batches_stop_reasons_and_shifts(tmp_path):
+    from attnbench.measure.runner import RunConfig, run
+    from attnbench.measure.timing import FakeTimer, TimingPolicy
+    from attnbench.spec import Workload
+    from attnbench.store import Store
+    from benchmarks.measure_audit import audit
+
+    w = Workload(batch=1, q_heads=2, kv_heads=2, q_len=32, kv_len=32, head_dim=16, dtype="fp32")
+    config = RunConfig(workloads=[w], impls=["sdpa-math"], device="cpu",
+                       policy=TimingPolicy(warmup_ms=1.0, min_samples=10, max_samples=50))
+    with Store(tmp_path / "r.db") as store:
+        run(config, store, timer=FakeTimer(), progress=False)
+        lines, counts = audit(store)
+    assert counts == {"ok": 1, "few_batches": 0, "shifted": 0, "invalid": 0}
+    assert "n=50 batches=10 fixed" in lines[0] and "timer=fake" in lines[0]

@@ -7,7 +7,7 @@ from attnbench.measure.runner import RunConfig, measure_cell, run
 from attnbench.impls import Alias, resolve
 from attnbench.spec import Workload
 from attnbench.store import Store
-from attnbench.measure.timing import FakeTimer, TimingPolicy
+from attnbench.measure.timing import FakeTimer, Sample, TimingPolicy
 
 W1 = Workload(batch=1, q_heads=2, kv_heads=2, q_len=64, kv_len=64, head_dim=16, dtype="fp32")
 W2 = W1.replace(causal=True)
@@ -287,3 +287,86 @@ def test_a_cpu_cell_larger_than_the_available_memory_is_not_attempted(tmp_path, 
         first, second = store.measurements(rid)
     assert first.status == "oom" and "not attempted" in first.reason and "1.2 GiB" in first.reason, first.reason
     assert second.status == "ok"
+
+
+class _BadSamples(FakeTimer):
+    """A FakeTimer whose every batch holds one of `values` in place of its first sample."""
+
+    def __init__(self, value, **kw):
+        super().__init__(**kw)
+        self.value = value
+
+    def run(self, fn, n):
+        out = super().run(fn, n)
+        return [Sample(self.value, s.host_ms, s.clock_mhz) if i == 0 else s for i, s in enumerate(out)]
+
+
+@pytest.mark.parametrize("value, kind", [(float("inf"), "inf"), (float("nan"), "NaN"), (0.0, "zero"),
+                                         (-0.002, "negative")])
+def test_invalid_samples_make_the_cell_an_error_that_says_which(value, kind):
+    """An infinite reading passed as a time (the check was x == x and x > 0), and its median was stored."""
+    policy = TimingPolicy(warmup_ms=0.0, min_samples=10, max_samples=20)
+    m = measure_cell(resolve("sdpa-math"), W1, "cpu", _BadSamples(value), policy)
+    assert m.status == "error" and m.samples_ms == ()
+    assert m.reason == f"timer returned 10 invalid samples of 20 (10 {kind})"
+    assert m.compile_ms is not None and m.compile_ms > 0
+
+
+class _CtrlC(FakeTimer):
+    """A FakeTimer that raises KeyboardInterrupt at its `at`-th run() call (1-based), mid-batch."""
+
+    def __init__(self, at: int, **kw):
+        super().__init__(**kw)
+        self.at = at
+
+    def run(self, fn, n):
+        if len(self.log) + 1 == self.at:
+            self.log.append((fn, n, self._now))
+            raise KeyboardInterrupt
+        return super().run(fn, n)
+
+
+def test_an_interruption_mid_measurement_keeps_its_completed_batches_and_resume_retakes_the_cell(tmp_path):
+    """Ctrl-C during a cell's sampling lost every sample of that cell; now its completed batches are stored
+    with stop reason 'interrupted', and --resume measures that cell again (in place of the partial one)."""
+    from attnbench.measure.timing import measure
+
+    policy = TimingPolicy(warmup_ms=0.5, min_samples=10, max_samples=50)  # one warm-up call; 10 batches of 5
+    with pytest.raises(KeyboardInterrupt) as info:
+        measure(_CtrlC(at=6), lambda: None, policy)  # run() 1: the first call, 2: warm-up, 3-5: three batches
+    assert type(info.value) is KeyboardInterrupt  # re-raised as it was (SIGTERM's cli.Terminated stays one)
+    r = info.value.timings[""]
+    assert r.stop_reason == "interrupted" and r.batch_sizes == [5, 5, 5] and len(r.samples_ms) == 15
+
+    config = RunConfig(workloads=[W1], impls=["sdpa-math", "reference"], device="cpu", policy=policy)
+    with Store(tmp_path / "r.db") as store:
+        with pytest.raises(KeyboardInterrupt):
+            # cell 1: first call, warm-up, 10 batches = 12 run() calls; cell 2: the same to 3 batches, then Ctrl-C
+            run(config, store, timer=_CtrlC(at=12 + 6), progress=False)
+        info = store.run()
+        assert info.status == "interrupted"
+        first, cut = store.measurements(info.run_id)
+        assert first.stop_reason == "fixed" and len(first.samples_ms) == 50
+        assert cut.status == "ok" and cut.stop_reason == "interrupted" and cut.batch_sizes == (5, 5, 5)
+        again = []
+        other = FakeTimer(seed=1)
+        other.mode = "fake-b"  # as --timer auto may pick another mode the second time: the partial row goes
+        rid = run(config, store, timer=other, resume=True, progress=False,
+                  on_measurement=lambda m: again.append(m.impl))
+        assert rid == info.run_id and again == ["reference"] and store.run(rid).status == "complete"
+        final = store.measurements(rid)
+        assert [m.stop_reason for m in final] == ["fixed", "fixed"] and final[0].samples_ms == first.samples_ms
+        assert final[1].timer == "fake-b"
+
+
+def test_an_interleaved_interruption_keeps_every_cells_completed_rounds(tmp_path):
+    policy = TimingPolicy(warmup_ms=0.5, min_samples=10, max_samples=50)
+    config = RunConfig(workloads=[W1], impls=["sdpa-math", "reference"], device="cpu", policy=policy,
+                       interleave=True)
+    with Store(tmp_path / "r.db") as store:
+        with pytest.raises(KeyboardInterrupt):  # two first calls, two warm-ups, four rounds, then Ctrl-C
+            run(config, store, timer=_CtrlC(at=4 + 2 * 4 + 1), progress=False)
+        ms = store.measurements(store.run().run_id)
+        assert [m.stop_reason for m in ms] == ["interrupted", "interrupted"]
+        assert sorted(len(m.batch_sizes) for m in ms) == [4, 4]
+        assert all(m.extra["timing"]["interleaved"]["rounds"] >= 4 for m in ms)

@@ -114,6 +114,21 @@ def test_fixed_counts_are_spread_over_min_batches():
         TimingPolicy(min_batches=0)
 
 
+def test_min_batches_hold_when_a_limit_binds_first():
+    """The sample and time limits leave room for the batches still owed: a sub-microsecond call whose
+    shortest batch (MIN_BATCH_MS) is thousands of samples stopped after 3 batches of 4000 at --max-samples
+    10000, and a short --max-time-ms after 8 batches, too few for a CI or a verdict over batches."""
+    fast = FakeTimer(median_ms=0.0005, spread=0.01, seed=1)
+    r = measure(fast, noop, TimingPolicy(**{**ADAPTIVE, "warmup_ms": 25.0, "max_samples": 10_000}))
+    assert len(r.samples_ms) <= 10_000 and r.batches >= MIN_BATCHES
+    for seed in range(5):
+        noisy = FakeTimer(median_ms=1.0, spread=0.2, seed=seed)
+        policy = TimingPolicy(**{**ADAPTIVE, "warmup_ms": 5.0, "max_time_ms": 50.0, "target_precision": 0.001})
+        r = measure(noisy, noop, policy)
+        assert r.stop_reason == "time-limit" and r.batches >= MIN_BATCHES, r.batch_sizes
+        assert r.sampling_ms < 50.0 + 10 * 1.0 * 2  # and the limit still holds (a few calls past it)
+
+
 def test_bursty_noise_needs_more_batches_to_converge_not_larger_ones():
     """Batches moved by 3% as a whole, samples within a batch 0.5% apart: the sample-level half-width is
     under 1% after ten batches, the batch-aware one is not; sampling goes on with batches no larger than
@@ -209,12 +224,36 @@ def test_fake_clocks_slow_samples_and_discarding_restores_the_median():
     assert r.samples_ms == kept.samples_ms[:30] + dropped["samples_ms"] + kept.samples_ms[30:]  # nothing lost
 
 
+def test_discarding_throttled_samples_restates_the_batch_aware_precision_of_what_is_kept():
+    t = FakeTimer(median_ms=1.0, spread=0.02, seed=3, clocks=_throttled_clocks)
+    r = measure(t, noop, TimingPolicy(warmup_ms=0.0, min_samples=60, max_samples=60))
+    kept, dropped = split_throttled(r, 1755.0)
+    assert kept.batch_sizes == [6, 6, 6, 6, 6, 0, 2, 6, 6, 6] and len(dropped["indices"]) == 10
+    assert kept.precision == pytest.approx(batch_precision(kept.samples_ms, kept.batch_sizes))
+    assert kept.precision > relative_halfwidth(kept.samples_ms)  # not the sample-level one
+    from attnbench.impls import resolve
+    from attnbench.measure.runner import ClockTrack, measure_cell
+    from attnbench.spec import Workload
+
+    w = Workload(batch=1, q_heads=2, kv_heads=2, q_len=32, kv_len=32, head_dim=16, dtype="fp32")
+    t = FakeTimer(median_ms=1.0, spread=0.02, seed=3, clocks=_throttled_clocks)
+    m = measure_cell(resolve("sdpa-math"), w, "cpu", t, TimingPolicy(warmup_ms=0.0, min_samples=60, max_samples=60),
+                     clocks=ClockTrack(), discard_throttled=True)
+    assert len(m.samples_ms) == 50  # the stored precision is that of the stored samples, not of all 60
+    assert m.extra["precision"] == pytest.approx(batch_precision(m.samples_ms, m.batch_sizes))
+
+
 def test_split_throttled_never_empties_a_measurement():
     r = TimingResult(mode="fake", samples_ms=[1.0, 1.1], clocks_mhz=[1000.0, 1000.0])
     kept, info = split_throttled(r, 1755.0)
     assert kept.samples_ms == [1.0, 1.1] and info["all_throttled"]
     unknown = TimingResult(mode="fake", samples_ms=[1.0, 1.1], clocks_mhz=[])
     assert split_throttled(unknown, 1755.0) == (unknown, {})
+    # an NVML reading that failed for one batch leaves fewer clocks than samples: nothing is dropped, and
+    # that is said (it was an empty record, as if nothing had been throttled)
+    partial = TimingResult(mode="fake", samples_ms=[1.0, 1.1, 1.2], clocks_mhz=[1000.0, 1755.0])
+    kept, info = split_throttled(partial, 1755.0)
+    assert kept is partial and info == {"kept": 3, "typical_mhz": 1755.0, "not_per_sample": 2}
 
 
 def test_runner_flags_and_on_request_discards_throttled_samples():
@@ -236,6 +275,73 @@ def test_runner_flags_and_on_request_discards_throttled_samples():
         else:
             assert len(m.samples_ms) == 60 and "discarded_throttled" not in m.extra
             assert m.batch_sizes == (6,) * 10
+
+
+class _Settling(FakeTimer):
+    """A FakeTimer whose call is `step` slower until virtual time `until_ms` (warm-up not over), then steady."""
+
+    def __init__(self, until_ms: float, step: float, **kw):
+        super().__init__(**kw)
+        self.until_ms, self.step = until_ms, step
+
+    def run(self, fn, n):
+        f = 1.0 + self.step if self._now < self.until_ms else 1.0
+        return [Sample(s.device_ms * f, s.host_ms, s.clock_mhz) for s in super().run(fn, n)]
+
+
+def test_a_time_that_changes_during_the_measurement_is_reported_not_averaged_silently():
+    """A call 10% slower for its first 10 ms of sampling (after a 25 ms warm-up that was too short) converged
+    to a median of the two levels with nothing said; now the cell records the shift and the report shows it."""
+    from attnbench.impls import resolve
+    from attnbench.measure.runner import measure_cell
+    from attnbench.report.tables import timing_note
+    from attnbench.spec import Workload
+
+    w = Workload(batch=1, q_heads=2, kv_heads=2, q_len=32, kv_len=32, head_dim=16, dtype="fp32")
+    policy = TimingPolicy(**{**ADAPTIVE, "warmup_ms": 25.0, "min_time_ms": 20.0})
+    flagged = 0
+    for seed in range(10):
+        m = measure_cell(resolve("sdpa-math"), w, "cpu", _Settling(35.0, 0.10, median_ms=0.05, spread=0.01,
+                                                                        seed=seed), policy)
+        assert m.status == "ok" and m.stop_reason == "converged"
+        if m.extra.get("shift"):
+            flagged += 1
+            shift = m.extra["shift"]
+            assert shift["change"] == pytest.approx(1 / 1.1 - 1, abs=0.02) and shift["p"] < 0.01
+            assert f"SHIFT {100 * shift['change']:+.3g}% after batch {shift['after_batch']}" in timing_note(m, None)
+        steady = measure_cell(resolve("sdpa-math"), w, "cpu", FakeTimer(median_ms=0.05, spread=0.01, seed=seed),
+                              policy)
+        assert "shift" not in steady.extra and "SHIFT" not in timing_note(steady, None)
+    assert flagged >= 8
+
+
+def test_warmup_by_time_keeps_a_slow_start_out_of_the_samples():
+    """A call 30% slower for its first 20 ms: a 25 ms warm-up leaves every slow call out of the samples."""
+    t = _Settling(20.0, 0.30, median_ms=0.05, spread=0.01, seed=2)
+    r = measure(t, noop, TimingPolicy(**{**ADAPTIVE, "warmup_ms": 25.0}))
+    assert r.warmup_ms >= 25.0 and max(r.samples_ms) < 1.1 * 0.05
+    t = _Settling(20.0, 0.30, median_ms=0.05, spread=0.01, seed=2)
+    r = measure(t, noop, TimingPolicy(**{**ADAPTIVE, "warmup_ms": 0.0}))
+    assert max(r.samples_ms) > 1.2 * 0.05  # without it they are sampled
+
+
+def test_the_time_limit_counts_sampling_with_its_overhead_and_waits_for_min_samples():
+    class Overhead(FakeTimer):  # 10 us of host work per sample beside a 0.5 us call
+        def run(self, fn, n):
+            out = super().run(fn, n)
+            self._now += 0.01 * n
+            return out
+
+    r = measure(Overhead(median_ms=0.0005, spread=0.3), noop,
+                TimingPolicy(**{**ADAPTIVE, "warmup_ms": 25.0, "max_time_ms": 50.0, "target_precision": 1e-4}))
+    assert r.stop_reason == "time-limit" and 50.0 <= r.sampling_ms < 50.5 and r.batches >= MIN_BATCHES
+    # a 5 s call against a 2 s limit: the limit applies once min_samples are in (docs/methods.md)
+    slow = measure(FakeTimer(median_ms=5000.0, spread=0.1), noop,
+                   TimingPolicy(**{**ADAPTIVE, "warmup_ms": 25.0, "max_time_ms": 2000.0}))
+    assert slow.stop_reason == "time-limit" and len(slow.samples_ms) == 10 and slow.warmup_calls == 1
+    one = measure(FakeTimer(median_ms=5000.0, spread=0.1), noop,
+                  TimingPolicy(**{**ADAPTIVE, "min_samples": 1, "max_time_ms": 2000.0}))
+    assert one.stop_reason == "time-limit" and len(one.samples_ms) == 1
 
 
 def test_report_note_shows_stop_iqr_outliers_clock_and_throttle():

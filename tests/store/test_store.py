@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import sqlite3
 
@@ -56,6 +57,11 @@ def test_resumable_run_and_cells(tmp_path):
         assert s.resumable_run("cfg").run_id == rid
         assert s.resumable_run("other") is None
         assert s.cells(rid) == {(W.key, "sdpa-math", "")}
+        cut = dataclasses.replace(m(), impl="reference", stop_reason="interrupted")
+        s.add(rid, cut)  # an interruption's partial cell is measured again on resume (any executor)
+        assert s.cells(rid) == {(W.key, "sdpa-math", "")} and len(s.measurements(rid)) == 2
+        s.remove(rid, cut)
+        assert [x.impl for x in s.measurements(rid)] == ["sdpa-math"]
         s.finish_run(rid, "complete")
         assert s.resumable_run("cfg") is None
 

@@ -41,7 +41,8 @@ def compare(
                                          "needs 8, and Holm over M rows needs 2^(1-rounds) < alpha/M"),
     min_samples: int = typer.Option(10, "--min-samples"),
     warmup_ms: float = typer.Option(25.0, "--warmup-ms", help="warm-up by time, after the first call"),
-    max_time_ms: float = typer.Option(2000.0, "--max-time-ms", help="time limit per measurement"),
+    max_time_ms: float = typer.Option(2000.0, "--max-time-ms", help="time limit of a measurement's "
+                                    "sampling, once --min-samples are taken (first call and warm-up not counted)"),
     threshold: float = typer.Option(0.02, "--threshold", help="relative change below which A and B are 'same'"),
     fmt: str = typer.Option("md", "--format", help="md or json"),
     per_token: bool = typer.Option(False, "--per-token", help="compare throughput per token (different shapes)"),

@@ -52,7 +52,8 @@ def gate(
     samples: Optional[int] = typer.Option(None, "--samples", help="samples per cell (default: the baseline's; 100)"),
     min_samples: Optional[int] = typer.Option(None, "--min-samples"),
     warmup_ms: Optional[float] = typer.Option(None, "--warmup-ms", help="warm-up by time, after the first call"),
-    max_time_ms: Optional[float] = typer.Option(None, "--max-time-ms", help="time limit per measurement"),
+    max_time_ms: Optional[float] = typer.Option(None, "--max-time-ms", help="time limit of a measurement's "
+                                    "sampling, once --min-samples are taken (first call and warm-up not counted)"),
     executor: str = EXECUTOR_OPT,
     db: Optional[str] = DB_OPT,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),

@@ -40,7 +40,8 @@ def run(
     max_samples: int = typer.Option(10_000, "--max-samples", help="sample limit of adaptive stopping"),
     warmup_ms: float = typer.Option(25.0, "--warmup-ms", help="warm-up by time, after the first call"),
     min_time_ms: float = typer.Option(20.0, "--min-time-ms", help="sample at least this long (adaptive)"),
-    max_time_ms: float = typer.Option(2000.0, "--max-time-ms", help="time limit per measurement"),
+    max_time_ms: float = typer.Option(2000.0, "--max-time-ms", help="time limit of a measurement's "
+                                    "sampling, once --min-samples are taken (first call and warm-up not counted)"),
     target_precision: Optional[float] = typer.Option(
         None, "--target-precision", help="stop when the median's 95% CI half-width is under this fraction "
         "(default 0.01; 0: a fixed count of --samples, default 50)"),

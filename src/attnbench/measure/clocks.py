@@ -103,13 +103,17 @@ def split_throttled(result: Any, typical: float | None,
     """Drop a TimingResult's throttled samples (--discard-throttled), returning them beside the kept result.
 
     Nothing is dropped when clocks are not known per sample, and all samples are kept (and that is
-    said) when every one of them is throttled: a measurement is never emptied silently.
+    said) when every one of them is throttled: a measurement is never emptied silently. The kept result's
+    batch sizes shrink with the samples (a batch may become empty, so batch k stays round k) and its
+    precision is the batch-aware one of what is kept, as the sampler's is.
     """
-    from ..analysis.stats import relative_halfwidth
+    from ..analysis.rounds import batch_precision
 
     n = len(result.samples_ms)
-    if len(result.clocks_mhz) != n or n == 0:
+    if n == 0 or not result.clocks_mhz:
         return result, {}
+    if len(result.clocks_mhz) != n:  # a reading failed for some batch: which sample had which clock is unknown
+        return result, {"kept": n, "typical_mhz": typical, "not_per_sample": len(result.clocks_mhz)}
     mask = throttle_mask(result.clocks_mhz, typical, tolerance)
     k = sum(mask)
     if k == 0:
@@ -120,16 +124,29 @@ def split_throttled(result: Any, typical: float | None,
     drop = [i for i in range(n) if mask[i]]
     host = result.host_ms if len(result.host_ms) == n else None
     kept_ms = [result.samples_ms[i] for i in keep]
+    sizes = without(result.batch_sizes, drop) if sum(result.batch_sizes) == n else []
     try:
-        precision = relative_halfwidth(kept_ms)
+        precision = batch_precision(kept_ms, sizes)
     except ValueError:  # non-finite samples: never "converged"
         precision = float("inf")
     kept = replace(result, samples_ms=kept_ms,
                    clocks_mhz=[result.clocks_mhz[i] for i in keep],
                    host_ms=[host[i] for i in keep] if host else result.host_ms,
-                   precision=precision)
+                   precision=precision, batch_sizes=sizes)
     dropped = {"indices": drop, "samples_ms": [result.samples_ms[i] for i in drop],
                "clocks_mhz": [result.clocks_mhz[i] for i in drop], "typical_mhz": typical,
                "tolerance": tolerance}
     return kept, dropped
 
+
+def without(sizes: Sequence[int], dropped: Sequence[int]) -> list[int]:
+    """Batch sizes after the samples at `dropped` (indices into the samples) were set aside; a batch may
+    become empty and is kept as 0, so batch k stays round k of an interleaved measurement."""
+    import bisect
+    import itertools
+
+    ends = list(itertools.accumulate(sizes))
+    out = list(sizes)
+    for i in dropped:
+        out[bisect.bisect_right(ends, i)] -= 1
+    return out

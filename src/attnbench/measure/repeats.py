@@ -33,6 +33,7 @@ def repeat_info(m: Measurement, rep: int, seed: int) -> dict[str, Any]:
         info["median_ms"] = median(m.samples_ms)
     for key, value in (("stop_reason", m.stop_reason), ("compile_ms", m.compile_ms), ("backend", m.backend),
                        ("precision", m.extra.get("precision")), ("throttled", m.extra.get("throttled")),
+                       ("shift", m.extra.get("shift")),
                        ("session", (m.extra.get("timing") or {}).get("interleaved", {}).get("session"))):
         if value not in (None, "", False):
             info[key] = value
@@ -82,6 +83,8 @@ def merge(prev: Measurement | None, new: Measurement, rep: int, seed: int) -> Me
     sizes = prev.batch_sizes + new.batch_sizes if prev.batch_sizes and new.batch_sizes else ()
     if new.extra.get("throttled"):
         extra["throttled"] = True
+    if new.extra.get("shift") and not extra.get("shift"):  # the first pass whose time changed within it
+        extra["shift"] = dict(new.extra["shift"], repeat=rep + 1)
     before = len(prev.samples_ms) + len((prev.extra.get("discarded_throttled") or {}).get("indices", []))
     dropped = _dropped(prev.extra.get("discarded_throttled") or {}, new.extra.get("discarded_throttled") or {},
                        before)

@@ -6,8 +6,8 @@ import contextlib
 import dataclasses
 import gc
 import hashlib
-import itertools
 import json
+import math
 import random
 import sys
 import time
@@ -125,6 +125,8 @@ class ClockTrack:
 
 
 HOST_SHARE = 0.75   # of the host's available memory a CPU cell's own tensors may take
+SHIFT_P = 0.01      # a level shift within a measurement is flagged at this p (rounds.batch_shift) ...
+SHIFT_MIN = 0.03    # ... when it moves the median by at least this much (the gate's threshold)
 
 
 def host_memory_problem(workload: Workload, device: str) -> str | None:
@@ -197,30 +199,63 @@ def _failed(base: dict[str, Any], stage: str, exc: BaseException, device: str, *
     return Measurement(status="error", reason=f"{stage}: {_one_line(exc)}", **kw, **base)
 
 
+def invalid_samples(xs) -> str:
+    """'' when every sample is a finite time above zero, else what is wrong, e.g. '2 invalid samples of 50 (1 NaN,
+    1 inf)': an infinite or NaN reading, a zero (under the timer's resolution) or a negative one (a clock
+    that went backwards) is not a time, and a median over it would be reported as one."""
+    kinds = {"NaN": 0, "inf": 0, "zero": 0, "negative": 0}
+    for x in xs:
+        kind = ("NaN" if x != x else "inf" if math.isinf(x) else "zero" if x == 0 else "negative" if x < 0
+                else None)
+        if kind:
+            kinds[kind] += 1
+    n = sum(kinds.values())
+    if not n:
+        return ""
+    what = ", ".join(f"{c} {k}" for k, c in kinds.items() if c)
+    return f"{n} invalid sample{'s' if n > 1 else ''} of {len(xs)} ({what})"
+
+
+def level_shift(samples_ms, sizes) -> dict[str, Any]:
+    """{} or, when the time changed during the measurement (warm-up not over, a clock or power change), the
+    change (after / before - 1), its p, the batch it came after and the batches: the median of such samples
+    is of two levels, and the report says so instead of averaging them silently."""
+    from ..analysis.rounds import batch_shift
+
+    if len(samples_ms) < 6:
+        return {}
+    s = batch_shift(samples_ms, sizes)
+    if s.p >= SHIFT_P or abs(s.change) < SHIFT_MIN:
+        return {}
+    return {"change": round(s.change, 4), "p": round(s.p, 6), "after_batch": s.at, "batches": s.batches}
+
+
 def finish_cell(p: Prepared, timing: TimingResult, clocks: ClockTrack | None = None,
                 discard_throttled: bool = False) -> Measurement:
     """A prepared cell and its timing -> the ok Measurement; throttling is flagged (and, on request,
     throttled samples are moved to extra['discarded_throttled'], never dropped silently)."""
-    bad = [x for x in timing.samples_ms if not (x == x and x > 0)]
+    bad = invalid_samples(timing.samples_ms)
     if bad:
-        return Measurement(status="error", reason=f"timer returned {len(bad)} invalid samples", **p.base)
+        return Measurement(status="error", reason=f"timer returned {bad}", compile_ms=p.compile_ms, **p.base)
     extra = dict(p.extra, warmup_calls=timing.warmup_calls, sampling_ms=round(timing.sampling_ms, 3))
-    if timing.precision is not None and timing.precision == timing.precision and timing.precision != float("inf"):
-        extra["precision"] = timing.precision
     if timing.info:
         extra["timing"] = timing.info
     typical = clocks.typical(timing.clocks_mhz) if clocks is not None else None
     if clocks is not None:
         clocks.add(timing.clocks_mhz)
-    sizes = list(timing.batch_sizes)
     if typical:
         extra["typical_mhz"] = typical
         if throttled(timing.clocks_mhz, typical):
             extra["throttled"] = True
-            if discard_throttled:
+            if discard_throttled:  # the kept samples' batch sizes and precision come with them
                 timing, dropped = split_throttled(timing, typical)
                 extra["discarded_throttled"] = dropped
-                sizes = _without(sizes, dropped.get("indices", []))
+    if timing.precision is not None and math.isfinite(timing.precision):
+        extra["precision"] = timing.precision
+    sizes = list(timing.batch_sizes)
+    shift = level_shift(timing.samples_ms, sizes if sum(sizes) == len(timing.samples_ms) else None)
+    if shift:
+        extra["shift"] = shift
     return Measurement(
         status="ok", samples_ms=tuple(timing.samples_ms), host_ms=tuple(timing.host_ms),
         clocks_mhz=tuple(timing.clocks_mhz), batch_sizes=tuple(sizes) if sum(sizes) == len(timing.samples_ms)
@@ -245,18 +280,6 @@ def choose_timer(auto: AutoTimer, cells: list[Prepared], mode: str | None = None
     return auto.timer(mode)
 
 
-def _without(sizes: list[int], dropped: list[int]) -> list[int]:
-    """Batch sizes after the samples at `dropped` (indices into the samples) were set aside; a batch may
-    become empty and is kept as 0, so batch k stays round k of an interleaved measurement."""
-    import bisect
-
-    ends = list(itertools.accumulate(sizes))
-    out = list(sizes)
-    for i in dropped:
-        out[bisect.bisect_right(ends, i)] -= 1
-    return out
-
-
 def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer | AutoTimer, policy: TimingPolicy,
                  params: dict[str, Any] | None = None, seed: int = 0, env_id: str = "", *,
                  clocks: ClockTrack | None = None, discard_throttled: bool = False) -> Measurement:
@@ -276,6 +299,10 @@ def measure_cell(impl: Impl, workload: Workload, device: str, timer: Timer | Aut
                     raise
                 chosen = choose_timer(timer, [p], "cold", f"graph capture failed: {_one_line(exc)}")
                 timing = measure(chosen, p.call, policy)
+    except KeyboardInterrupt as exc:  # the completed batches become the cell, stop reason 'interrupted'
+        exc.measurements = [finish_cell(p, r, clocks, discard_throttled)
+                            for r in getattr(exc, "timings", {}).values()]
+        raise
     except Exception as exc:
         return _failed(p.base, "timing", exc, device, compile_ms=p.compile_ms)
     return finish_cell(p, timing, clocks, discard_throttled)
@@ -301,6 +328,11 @@ def measure_together(cells: list[Prepared], device: str, timer: Timer | AutoTime
                 errors.clear()
                 chosen = choose_timer(timer, cells, "cold", f"graph capture failed: {_one_line(failed)}")
                 results = measure_interleaved(chosen, calls, policy, seed, errors)
+    except KeyboardInterrupt as exc:
+        timings = getattr(exc, "timings", {})
+        exc.measurements = [finish_cell(p, timings[k], clocks, discard_throttled) for k, p in zip(keys, cells)
+                            if k in timings]
+        raise
     except Exception as exc:
         return [_failed(p.base, "timing", exc, device, compile_ms=p.compile_ms) for p in cells]
     return [_failed(p.base, "timing", errors[k], device, compile_ms=p.compile_ms) if k in errors
@@ -420,7 +452,8 @@ def run(config: RunConfig, store: Store, *, timer: Timer | AutoTimer | None = No
     and interleaving order; a cell's repeats are merged into its one measurement (measure.repeats), which
     is stored again after each pass. A cell that is not ok is not measured again.
     With resume, the newest unfinished run of the same configuration continues, skipping stored cells
-    (and, with repeats, the repeats they already hold).
+    (and, with repeats, the repeats they already hold); a cell an interruption cut short (stored with its
+    completed batches, stop reason 'interrupted') is measured again.
     `--timer auto` (the default) on a GPU picks graph or cold per cell (AutoTimer); on a CPU it is host.
     """
     device = resolve_device(config.device)
@@ -439,11 +472,14 @@ def run(config: RunConfig, store: Store, *, timer: Timer | AutoTimer | None = No
     chash = config.hash()
     run_id = None
     stored: dict[tuple[str, str, str], Measurement] = {}
+    partial: dict[tuple[str, str, str], Measurement] = {}  # cells an interruption cut short: measured again
     if resume:
         previous = store.resumable_run(chash)
         if previous is not None:
             run_id = previous.run_id
             stored = {m.cell: m for m in store.measurements(run_id)}
+            partial = {c: m for c, m in stored.items() if m.stop_reason == "interrupted"}
+            stored = {c: m for c, m in stored.items() if c not in partial}
             store.reopen_run(run_id)
     if run_id is None:
         cfg = config.to_dict()
@@ -467,6 +503,9 @@ def run(config: RunConfig, store: Store, *, timer: Timer | AutoTimer | None = No
             m = repeats.merge(stored.get(m.cell), m, rep, config.seed + rep)
         m = annotate(m, ceilings)
         stored[m.cell] = m
+        cut = partial.pop(m.cell, None)
+        if cut is not None and cut.timer != m.timer:  # same timer: replaced in place by add
+            store.remove(run_id, cut)
         store.add(run_id, m)
         if on_measurement:
             on_measurement(m)
@@ -503,8 +542,16 @@ def run(config: RunConfig, store: Store, *, timer: Timer | AutoTimer | None = No
                     emit(m, rep)
                 if config.interleave:
                     _free(device)  # the group's shared inputs are released only here
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         bar.close()
+        # The completed batches of the cells in progress, stop reason 'interrupted' (--resume measures them
+        # again). A later pass of --repeats is not kept: the cell's earlier passes are, and resume retakes it.
+        for m in getattr(exc, "measurements", ()) if total == 1 else ():
+            m = annotate(m, ceilings)
+            cut = partial.pop(m.cell, None)
+            if cut is not None and cut.timer != m.timer:
+                store.remove(run_id, cut)
+            store.add(run_id, m)
         store.finish_run(run_id, "interrupted")
         raise
     bar.close()

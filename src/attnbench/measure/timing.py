@@ -13,6 +13,8 @@ of samples until the policy stops, with the stop reason recorded:
 - `sample-limit` / `time-limit`: `max_samples` reached, or `max_time_ms` of sampling spent (the time
   limit applies only once `min_samples` are in: a few samples are the least a median needs);
 - `fixed`: no target; exactly `max_samples` (unless the time limit came first).
+- `interrupted`: Ctrl-C during sampling; the KeyboardInterrupt carries the completed batches as `timings`
+  (the runner stores them).
 
 Batches are the unit of evidence downstream (a run's CI resamples them; compare pairs interleaved
 cells round by round), so every measurement is spread over at least `min_batches` (MIN_BATCHES = 10
@@ -174,6 +176,8 @@ class _Sampler:
             else:
                 need = max(6 - n, n)
             b = max(floor, min(max(math.ceil(need / spread), lo), cap, hi_time))
+        if self.batches < p.min_batches:  # leave room under both limits for the batches still owed
+            b = min(b, max(1, left // spread), max(1, hi_time // spread))
         return max(1, min(left, b, int(self.max_batch_ms / per)))
 
     def step(self) -> bool:
@@ -234,6 +238,19 @@ class _Sampler:
             sampling_ms=self.elapsed, batches=self.batches, batch_sizes=list(self.sizes), info=info)
 
 
+def _interrupted(samplers: Mapping[str, "_Sampler"]) -> dict[str, TimingResult]:
+    """Ctrl-C (or SIGTERM: cli.Terminated) during sampling: each callable's completed batches, stop reason
+    'interrupted', by name ('' for `measure`); a callable with no completed batch is left out, and the batch in
+    progress is lost. The KeyboardInterrupt is re-raised as it was (its type tells Ctrl-C from SIGTERM), with
+    these as its `timings` attribute; the runner stores them, so an interruption keeps what was measured."""
+    out = {}
+    for name, s in samplers.items():
+        if s.samples:
+            s.reason = "interrupted"
+            out[name] = s.result()
+    return out
+
+
 def _release(timer: Timer, fn: Callable) -> None:
     if hasattr(timer, "release"):
         timer.release(fn)
@@ -245,8 +262,13 @@ def measure(timer: Timer, fn: Callable[[], object], policy: TimingPolicy = Timin
     try:
         s.first_call()
         s.warmup()
-        while not s.step():
-            pass
+        try:
+            while not s.step():
+                pass
+        except KeyboardInterrupt as exc:
+            if s.samples and not hasattr(exc, "timings"):
+                exc.timings = _interrupted({"": s})
+            raise
         return s.result()
     finally:
         _release(timer, fn)
@@ -289,13 +311,24 @@ def measure_interleaved(timer: Timer, calls: Mapping[str, Callable[[], object]],
             if names[i] in samplers:
                 guarded(names[i], samplers[names[i]].warmup)
         active = list(samplers)
-        while active:
-            for i in rng.permutation(len(active)):
-                name = active[i]
-                if name in samplers:
-                    rounds[name] += 1
-                    guarded(name, samplers[name].step)
-            active = [n for n in active if n in samplers and not samplers[n].reason]
+        try:
+            while active:
+                for i in rng.permutation(len(active)):
+                    name = active[i]
+                    if name in samplers:
+                        rounds[name] += 1
+                        guarded(name, samplers[name].step)
+                active = [n for n in active if n in samplers and not samplers[n].reason]
+        except KeyboardInterrupt as exc:
+            if not hasattr(exc, "timings"):
+                # a callable that had already stopped keeps its own stop reason
+                done = {n: s.result() for n, s in samplers.items() if s.reason}
+                partial = {**_interrupted({n: s for n, s in samplers.items() if not s.reason}), **done}
+                for name, r in partial.items():
+                    r.info["interleaved"] = {"rounds": rounds[name], "seed": seed, "of": len(calls),
+                                             "session": session}
+                exc.timings = partial
+            raise
         out = {}
         for name, s in samplers.items():
             r = s.result()

@@ -261,6 +261,10 @@ def timing_note(m: Measurement, typical_mhz: float | None) -> str:
         parts.append(f"{100 * out:.2g}% beyond 3 IQR")
     if m.clocks_mhz:
         parts.append(f"{median(m.clocks_mhz):.0f} MHz")
+    shift = m.extra.get("shift")
+    if shift:  # the time changed during the measurement: its median is of two levels
+        parts.append(f"SHIFT {100 * shift['change']:+.3g}% after batch {shift['after_batch']} of {shift['batches']}"
+                     + (f" in repeat {shift['repeat']}" if shift.get("repeat") else ""))
     dropped = m.extra.get("discarded_throttled") or {}
     if m.extra.get("throttled") or throttled(m.clocks_mhz, typical_mhz):
         parts.append("THROTTLED" + (f" ({len(dropped['indices'])} samples dropped)" if dropped.get("indices")

@@ -270,6 +270,14 @@ class Store:
                  m.warmup_ms, m.rel_err, m.tolerance, m.backend, m.peak_mem_mb,
                  json.dumps(m.extra, default=str), time.time()))
 
+    @_guarded
+    def remove(self, run_id: int, m: Measurement) -> None:
+        """Delete the stored measurement of m's cell and timer (a resumed run replacing an interrupted cell's
+        partial measurement by one taken with another timer mode)."""
+        with self.db:
+            self.db.execute("DELETE FROM measurements WHERE run_id=? AND workload_key=? AND impl=? AND params=? "
+                            "AND timer=?", (run_id, m.workload.key, m.impl, params_key(m.params), m.timer))
+
     @staticmethod
     def _measurement(row: sqlite3.Row) -> Measurement:
         return Measurement(
@@ -298,7 +306,9 @@ class Store:
 
     @_guarded
     def cells(self, run_id: int) -> set[tuple[str, str, str]]:
-        rows = self.db.execute("SELECT workload_key, impl, params FROM measurements WHERE run_id=?", (run_id,))
+        """The cells a resumed run need not measure again: all stored but those an interruption cut short."""
+        rows = self.db.execute("SELECT workload_key, impl, params FROM measurements WHERE run_id=? "
+                               "AND stop_reason!='interrupted'", (run_id,))
         return {(r[0], r[1], r[2]) for r in rows}
 
     # -- small key-value cache (ceilings, tuning results) -------------------------------------

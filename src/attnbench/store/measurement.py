@@ -31,7 +31,7 @@ class Measurement:
     clocks_mhz: tuple[float, ...] = ()   # SM clock read around each sample, where known
     batch_sizes: tuple[int, ...] = ()    # samples in each batch, in order (interleaved: batch k is round k);
                                          # () = structure unknown (stored before schema 2)
-    stop_reason: str = ""                # converged / time-limit / sample-limit / fixed
+    stop_reason: str = ""                # converged / time-limit / sample-limit / fixed / interrupted
     compile_ms: float | None = None      # first call (compilation, autotuning, handle creation)
     warmup_ms: float | None = None
     rel_err: float | None = None
