@@ -251,14 +251,18 @@ def python_blocks():
     return [(f"{doc}:{line}", text) for doc, marker, lang, text, line in ALL if lang == "python"]
 
 
-def _resolve_names(where: str, text: str) -> None:
-    """Imports run; every attnbench.X.Y attribute chain named in the code exists."""
+def _resolve_names(where: str, text: str) -> list[str]:
+    """Imports run; every attnbench.X.Y attribute chain named in the code exists. Returns the import lines and
+    chains resolved."""
     import attnbench
 
+    done = []
     for line in text.splitlines():
         if re.match(r"\s*(from|import)\s+attnbench\b", line):
             exec(line.strip(), {})
+            done.append(line.strip())
     for chain in re.findall(r"\battnbench(?:\.\w+)+", text):
+        done.append(chain)
         obj = attnbench
         parts = chain.split(".")[1:]
         for i, part in enumerate(parts):
@@ -266,12 +270,15 @@ def _resolve_names(where: str, text: str) -> None:
                 obj = importlib.import_module(".".join(["attnbench", *parts[:i + 1]]))
             else:
                 obj = getattr(obj, part)
+    return done
 
 
 @pytest.mark.parametrize("where, text", python_blocks(), ids=[w for w, _ in python_blocks()])
 def test_python_block_compiles_and_its_names_resolve(where, text):
-    compile(text, where, "exec")
-    _resolve_names(where, text)
+    """Each block compiles, and what it takes from attnbench (imports, attribute chains) exists: a block that
+    names nothing of attnbench would check nothing here, so that fails too."""
+    assert compile(text, where, "exec").co_filename == where
+    assert _resolve_names(where, text), f"{where}: the block uses nothing from attnbench"
 
 
 def test_readme_attention_snippet_runs_on_the_cpu(tmp_path, monkeypatch):
