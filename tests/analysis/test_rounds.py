@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from attnbench.analysis import rounds as R
 from attnbench.analysis import stats as S
 from tests.analysis import bursty
+from tests.virtual_timer import VirtualTimer
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -345,26 +346,17 @@ def test_ratio_cis_with_few_rounds_are_the_range():
     assert t.hi - t.lo < a.max() / b.min() - a.min() / b.max()   # from min_blocks on: the bootstrap
 
 
-class _SwitchTimer:
+class _SwitchTimer(VirtualTimer):
     """A timer for interleaved A/B runs (the Timer protocol, virtual clock): each batch is 3% slower when
     the previous batch was the other kernel's (`switch`), every batch moves the level by a random walk
     (`drift`), 30% of batches are hit by a burst; A's true time is `ratio` x B's."""
 
-    mode = "fake"
-
     def __init__(self, seed: int, ratio: float = 1.0, switch: float = 0.03, drift: float = 0.003):
+        super().__init__()
         self.rng, self.ratio, self.switch, self.drift = np.random.default_rng(seed), ratio, switch, drift
-        self.t, self.prev, self.level = 0.0, None, 0.0
-
-    def now_ms(self) -> float:
-        return self.t
-
-    def sync(self) -> None:
-        pass
+        self.prev, self.level = None, 0.0
 
     def run(self, fn, n):
-        from attnbench.measure.protocol import Sample
-
         rng = self.rng
         self.level += rng.normal(0.0, self.drift)
         mult = math.exp(self.level) * (1.0 + self.switch if self.prev not in (None, fn) else 1.0)
@@ -372,11 +364,7 @@ class _SwitchTimer:
         if rng.random() < 0.3:
             mult *= math.exp(abs(rng.normal(0.0, 0.05)))
         base = 0.1 * (self.ratio if fn.__name__ == "a" else 1.0)
-        out = []
-        for e in rng.normal(0.0, 0.01, n):
-            out.append(Sample(device_ms=base * mult * math.exp(e)))
-            self.t += out[-1].device_ms
-        return out
+        return self.emit(base * mult * math.exp(e) for e in rng.normal(0.0, 0.01, n))
 
 
 def test_paired_ratio_of_adaptive_interleaved_runs_covers_with_unequal_rounds():

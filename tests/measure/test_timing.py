@@ -14,6 +14,7 @@ from attnbench.analysis.stats import relative_halfwidth
 from attnbench.measure.timing import (INTERLEAVE_BATCH_MS, MAX_BATCH_MS, MIN_BATCH_MS, MIN_BATCHES, FakeTimer,
                                       HostTimer, Sample, TimingPolicy, TimingResult, make_timer, measure,
                                       measure_interleaved, policy_from_options)
+from tests.virtual_timer import VirtualTimer
 
 ADAPTIVE = dict(warmup_ms=0.0, min_samples=10, max_samples=100_000, max_time_ms=60_000.0, target_precision=0.01)
 
@@ -1028,31 +1029,20 @@ def test_a_call_makes_the_same_call_on_a_copy_of_its_inputs():
     assert seen[0] != seen[1]            # ... in other memory
 
 
-class _BatchNoiseTimer:
+class _BatchNoiseTimer(VirtualTimer):
     """Timer protocol on a virtual clock: every batch (run call) gets its own level exp(N(0, batch_sd)) and,
     with probability p_burst, a burst exp(|N(0, 0.05)|); samples inside vary by 1%."""
 
-    mode = "fake"
-
     def __init__(self, seed: int, batch_sd: float = 0.0, p_burst: float = 0.0):
-        self.rng, self.batch_sd, self.p_burst, self.t = np.random.default_rng(seed), batch_sd, p_burst, 0.0
-
-    def now_ms(self) -> float:
-        return self.t
-
-    def sync(self) -> None:
-        pass
+        super().__init__()
+        self.rng, self.batch_sd, self.p_burst = np.random.default_rng(seed), batch_sd, p_burst
 
     def run(self, fn, n):
-        from attnbench.measure.protocol import Sample
-
         rng = self.rng
         level = math.exp(rng.normal(0.0, self.batch_sd)) if self.batch_sd else 1.0
         if rng.random() < self.p_burst:
             level *= math.exp(abs(rng.normal(0.0, 0.05)))
-        out = [Sample(device_ms=0.1 * level * math.exp(e)) for e in rng.normal(0.0, 0.01, n)]
-        self.t += sum(s.device_ms for s in out)
-        return out
+        return self.emit(0.1 * level * math.exp(e) for e in rng.normal(0.0, 0.01, n))
 
 
 def test_converged_precision_covers_the_true_median():
